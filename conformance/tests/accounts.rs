@@ -1,0 +1,255 @@
+//! Account management over raw HTTP: registration, login, logout, devices,
+//! password change.
+
+use hearth_conformance::{
+    Method, TestServer, Value, assert_matrix_error, enc, flows_offer_stage, json,
+};
+
+const PW: &str = "s3cret-password";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_login_whoami_logout() {
+    let server = TestServer::start().await;
+    let (user_id, reg_token, reg_device) = server.register("alice", PW).await;
+    assert_eq!(user_id, "@alice:localhost");
+    assert!(!reg_token.is_empty() && !reg_device.is_empty());
+
+    let (status, who) = server.get("/account/whoami", &reg_token).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(who["user_id"], user_id.as_str());
+    assert_eq!(who["device_id"], reg_device.as_str());
+
+    // A password login creates a new device with a new token.
+    let (login_user, login_token, login_device) = server.login("alice", PW).await;
+    assert_eq!(login_user, user_id);
+    assert_ne!(login_token, reg_token);
+    assert_ne!(login_device, reg_device);
+    let (status, who) = server.get("/account/whoami", &login_token).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(who["user_id"], user_id.as_str());
+    assert_eq!(who["device_id"], login_device.as_str());
+
+    // Logging in with the full user id works too.
+    let (status, body) = server.try_login("@alice:localhost", PW).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], user_id.as_str());
+
+    // Logout invalidates exactly that token.
+    let (status, body) = server.post("/logout", &login_token, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_matrix_error(
+        &server.get("/account/whoami", &login_token).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    let (status, _) = server.get("/account/whoami", &reg_token).await;
+    assert_eq!(status, 200, "other tokens stay valid after /logout");
+
+    // /logout/all invalidates every token of the user.
+    let (_, third_token, _) = server.login("alice", PW).await;
+    let (status, body) = server.post("/logout/all", &reg_token, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    for t in [&reg_token, &third_token] {
+        assert_matrix_error(
+            &server.get("/account/whoami", t).await,
+            401,
+            "M_UNKNOWN_TOKEN",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_uia_and_username_rules() {
+    let server = TestServer::start().await;
+
+    // The first stage is a 401 UIA response offering m.login.dummy.
+    let (status, body) = server
+        .post_anon("/register", &json!({ "username": "uia", "password": PW }))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["session"].is_string(), "{body}");
+    assert!(flows_offer_stage(&body, "m.login.dummy"), "{body}");
+
+    let (status, body) = server.get_anon("/register/available?username=bob").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["available"], true);
+
+    server.register("bob", PW).await;
+
+    // Taken now: /register/available answers 400 M_USER_IN_USE.
+    assert_matrix_error(
+        &server.get_anon("/register/available?username=bob").await,
+        400,
+        "M_USER_IN_USE",
+    );
+    // Registering again fails, whichever UIA stage the server checks it at.
+    assert_matrix_error(
+        &server.try_register("bob", "another-password").await,
+        400,
+        "M_USER_IN_USE",
+    );
+    // The original password still works; the second one does not.
+    let (status, _) = server.try_login("bob", PW).await;
+    assert_eq!(status, 200);
+    assert_matrix_error(
+        &server.try_login("bob", "another-password").await,
+        403,
+        "M_FORBIDDEN",
+    );
+
+    // Invalid localparts.
+    assert_matrix_error(
+        &server.try_register("Bad User!", PW).await,
+        400,
+        "M_INVALID_USERNAME",
+    );
+    assert_matrix_error(
+        &server
+            .get_anon(&format!(
+                "/register/available?username={}",
+                enc("Bad User!")
+            ))
+            .await,
+        400,
+        "M_INVALID_USERNAME",
+    );
+    let (status, _) = server.try_login("Bad User!", PW).await;
+    assert_ne!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_flows_and_wrong_password() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get_anon("/login").await;
+    assert_eq!(status, 200, "{body}");
+    let flows = body["flows"].as_array().expect("flows array");
+    assert!(
+        flows.iter().any(|f| f["type"] == "m.login.password"),
+        "{body}"
+    );
+
+    server.register("carol", PW).await;
+    assert_matrix_error(
+        &server.try_login("carol", "wrong password").await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // Unknown user: also 403 M_FORBIDDEN (no user enumeration).
+    assert_matrix_error(&server.try_login("nobody", PW).await, 403, "M_FORBIDDEN");
+    let (status, body) = server.try_login("carol", PW).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_listed() {
+    let server = TestServer::start().await;
+    let (_, token, device) = server.register("dave", PW).await;
+    let (_, _, device2) = server.login("dave", PW).await;
+
+    let (status, body) = server.get("/devices", &token).await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<&str> = body["devices"]
+        .as_array()
+        .expect("devices array")
+        .iter()
+        .map(|d| d["device_id"].as_str().expect("device_id"))
+        .collect();
+    ids.sort();
+    let mut expected = vec![device.as_str(), device2.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let (status, body) = server
+        .get(&format!("/devices/{}", enc(&device)), &token)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["device_id"], device.as_str());
+
+    // Rename a device.
+    let (status, body) = server
+        .put(
+            &format!("/devices/{}", enc(&device)),
+            &token,
+            &json!({ "display_name": "laptop" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server
+        .get(&format!("/devices/{}", enc(&device)), &token)
+        .await;
+    assert_eq!(body["display_name"], "laptop");
+
+    assert_matrix_error(
+        &server.get("/devices/NOSUCHDEVICE", &token).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+/// Complete a UIA-protected request: the first attempt without `auth` must
+/// be a 401 with flows; then authenticate with m.login.password (or
+/// m.login.dummy if that is all the flow needs).
+async fn with_uia(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: &str,
+    mut body: Value,
+    user: &str,
+    password: &str,
+) -> (u16, Value) {
+    let (status, first) = server
+        .request(method.clone(), path, Some(token), Some(&body))
+        .await;
+    assert_eq!(
+        status, 401,
+        "{path} must be protected by user-interactive auth: {first}"
+    );
+    let session = first["session"].clone();
+    let auth = if flows_offer_stage(&first, "m.login.password") {
+        json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": user },
+            "password": password,
+            "session": session,
+        })
+    } else {
+        assert!(flows_offer_stage(&first, "m.login.dummy"), "{first}");
+        json!({ "type": "m.login.dummy", "session": session })
+    };
+    body["auth"] = auth;
+    server.request(method, path, Some(token), Some(&body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_password() {
+    let server = TestServer::start().await;
+    let (user_id, token, _) = server.register("erin", PW).await;
+    let (_, other_token, _) = server.login("erin", PW).await;
+
+    let (status, body) = with_uia(
+        &server,
+        Method::POST,
+        "/account/password",
+        &token,
+        json!({ "new_password": "brand-new-password" }),
+        "erin",
+        PW,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    assert_matrix_error(&server.try_login("erin", PW).await, 403, "M_FORBIDDEN");
+    let (new_user, _, _) = server.login("erin", "brand-new-password").await;
+    assert_eq!(new_user, user_id);
+
+    // logout_devices defaults to true: other devices are logged out, the
+    // requesting one stays.
+    let (status, _) = server.get("/account/whoami", &token).await;
+    assert_eq!(status, 200);
+    assert_matrix_error(
+        &server.get("/account/whoami", &other_token).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+}

@@ -1,0 +1,99 @@
+//! Helpers shared by the matrix-sdk based tests.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use hearth_conformance::{TestServer, Value};
+use matrix_sdk::{
+    Client,
+    config::SyncSettings,
+    deserialized_responses::TimelineEvent,
+    ruma::api::client::{account::register::v3::Request as RegistrationRequest, uiaa},
+    sync::SyncResponse,
+};
+
+/// Build a matrix-sdk client for `server` and register `user` through the
+/// UIA `m.login.dummy` flow. The returned client is logged in.
+pub async fn sdk_register(server: &TestServer, user: &str, password: &str) -> Client {
+    let client = Client::builder()
+        .homeserver_url(server.base_url())
+        .build()
+        .await
+        .expect("build matrix-sdk client");
+    let mut request = RegistrationRequest::new();
+    request.username = Some(user.to_owned());
+    request.password = Some(password.to_owned());
+    let err = client
+        .matrix_auth()
+        .register(request.clone())
+        .await
+        .expect_err("registration without auth must ask for UIA (401)");
+    let info = err
+        .as_uiaa_response()
+        .unwrap_or_else(|| panic!("registration without auth did not return UIA info: {err:?}"));
+    let mut dummy = uiaa::Dummy::new();
+    dummy.session = info.session.clone();
+    request.auth = Some(uiaa::AuthData::Dummy(dummy));
+    let response = client
+        .matrix_auth()
+        .register(request)
+        .await
+        .unwrap_or_else(|e| panic!("registering {user} with m.login.dummy failed: {e:?}"));
+    assert_eq!(
+        response.user_id.as_str(),
+        format!("@{user}:{}", server.server_name())
+    );
+    assert!(
+        client.user_id().is_some(),
+        "client not logged in after registration"
+    );
+    client
+}
+
+/// One incremental sync with a short long-poll timeout.
+pub async fn sync(client: &Client) -> SyncResponse {
+    client
+        .sync_once(SyncSettings::default().timeout(Duration::from_millis(500)))
+        .await
+        .expect("sync_once")
+}
+
+/// Sync repeatedly (continuing from the previous token) until `done`
+/// returns true for the accumulated responses, or panic after `limit`.
+pub async fn sync_until(
+    client: &Client,
+    limit: Duration,
+    mut done: impl FnMut(&SyncResponse) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let response = sync(client).await;
+        if done(&response) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached through sync within {limit:?}"
+        );
+    }
+}
+
+/// A timeline event as JSON.
+pub fn event_json(event: &TimelineEvent) -> Value {
+    serde_json::from_str(event.raw().json().get()).expect("event is JSON")
+}
+
+/// Bodies of the m.room.message events in a list of timeline events.
+pub fn bodies(events: &[TimelineEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(event_json)
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The access token of a logged-in client.
+pub fn token(client: &Client) -> String {
+    client.access_token().expect("client has an access token")
+}

@@ -1,0 +1,326 @@
+//! Accounts, devices and access tokens.
+//!
+//! Access tokens are random and only their SHA-256 is stored, so a copy of the database does not
+//! hand out sessions. Passwords are hashed with argon2id off the async runtime.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use hearth_storage::{DeviceRecord, Store, TokenRecord, UserRecord, WriteOp};
+use parking_lot::RwLock;
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use tokio::sync::Mutex;
+
+use crate::util::{now_ms, random_string, sha256};
+use crate::{CoreConfig, Error, Result};
+
+/// Who made a request: the owner of a valid access token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+pub struct NewLogin {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+}
+
+pub struct Accounts {
+    config: Arc<CoreConfig>,
+    store: Arc<dyn Store>,
+    /// Serialises "is the name free? then create it", which must not interleave.
+    registration: Mutex<()>,
+    /// token hash → session; tokens are looked up on every request.
+    sessions: RwLock<HashMap<Vec<u8>, Session>>,
+}
+
+impl Accounts {
+    pub fn new(config: Arc<CoreConfig>, store: Arc<dyn Store>) -> Self {
+        Self { config, store, registration: Mutex::new(()), sessions: RwLock::new(HashMap::new()) }
+    }
+
+    /// Validates a requested localpart and turns it into a user ID of this server.
+    pub fn user_id_for(&self, localpart: &str) -> Result<OwnedUserId> {
+        let ok_chars = localpart
+            .chars()
+            .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'));
+        if localpart.is_empty() || !ok_chars || localpart.starts_with('_') {
+            return Err(Error::InvalidUsername(
+                "User ID can only contain characters a-z, 0-9, or '=_-./+'".into(),
+            ));
+        }
+        let user_id = format!("@{localpart}:{}", self.config.server_name);
+        if user_id.len() > 255 {
+            return Err(Error::InvalidUsername("User ID is too long".into()));
+        }
+        UserId::parse(user_id).map_err(|e| Error::InvalidUsername(e.to_string()))
+    }
+
+    /// Parses what a client gave as a login identifier: a localpart or a full user ID of ours.
+    pub fn resolve_login_user(&self, user: &str) -> Result<OwnedUserId> {
+        if user.starts_with('@') {
+            let id = UserId::parse(user.to_lowercase())
+                .map_err(|_| Error::forbidden("Invalid username or password"))?;
+            if id.server_name() != self.config.server_name {
+                return Err(Error::forbidden("Invalid username or password"));
+            }
+            Ok(id)
+        } else {
+            self.user_id_for(&user.to_lowercase())
+                .map_err(|_| Error::forbidden("Invalid username or password"))
+        }
+    }
+
+    pub fn is_available(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.store.user(user_id.as_str())?.is_none())
+    }
+
+    pub fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        Ok(self.store.user(user_id.as_str())?)
+    }
+
+    pub fn exists(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.store.user(user_id.as_str())?.is_some())
+    }
+
+    /// Creates an account; with `login`, also a device and an access token for it.
+    pub async fn register(
+        &self,
+        localpart: Option<&str>,
+        password: Option<&str>,
+        login: Option<(Option<String>, Option<String>)>,
+    ) -> Result<(OwnedUserId, Option<NewLogin>)> {
+        let password_hash = match password {
+            Some(p) => Some(hash_password(p.to_owned()).await?),
+            None => None,
+        };
+        let _guard = self.registration.lock().await;
+        let user_id = match localpart {
+            Some(l) => self.user_id_for(l)?,
+            None => loop {
+                let candidate = self.user_id_for(&random_string(12).to_lowercase())?;
+                if self.is_available(&candidate)? {
+                    break candidate;
+                }
+            },
+        };
+        if !self.is_available(&user_id)? {
+            return Err(Error::UserInUse);
+        }
+        let record = UserRecord {
+            password_hash,
+            displayname: Some(user_id.localpart().to_owned()),
+            created_ts: now_ms(),
+            ..Default::default()
+        };
+        let mut ops = vec![WriteOp::PutUser(user_id.to_string(), record)];
+        let login = login.map(|(device_id, name)| self.new_login_ops(&user_id, device_id, name, &mut ops));
+        self.store.submit(ops).await?;
+        if let Some(l) = &login {
+            self.cache_session(l);
+        }
+        Ok((user_id, login))
+    }
+
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let invalid = || Error::forbidden("Invalid username or password");
+        let user = self.store.user(user_id.as_str())?.ok_or_else(invalid)?;
+        if user.deactivated {
+            return Err(Error::forbidden("This account has been deactivated"));
+        }
+        let hash = user.password_hash.ok_or_else(invalid)?;
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(Error::internal)?;
+        if ok { Ok(()) } else { Err(invalid()) }
+    }
+
+    pub async fn login(
+        &self,
+        user_id: &UserId,
+        password: &str,
+        device_id: Option<String>,
+        display_name: Option<String>,
+    ) -> Result<NewLogin> {
+        self.check_password(user_id, password).await?;
+        let mut ops = Vec::new();
+        // Logging in again with an existing device id replaces that device's token.
+        if let Some(d) = &device_id
+            && let Some(old) = self.store.device(user_id.as_str(), d)?
+            && let Some(h) = old.token_hash
+        {
+            ops.push(WriteOp::DeleteToken(h.clone()));
+            self.sessions.write().remove(&h);
+        }
+        let login = self.new_login_ops(user_id, device_id, display_name, &mut ops);
+        self.store.submit(ops).await?;
+        self.cache_session(&login);
+        Ok(login)
+    }
+
+    fn new_login_ops(
+        &self,
+        user_id: &UserId,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        ops: &mut Vec<WriteOp>,
+    ) -> NewLogin {
+        let device_id: OwnedDeviceId = device_id.unwrap_or_else(|| random_string(10).to_uppercase()).into();
+        let access_token = format!("hth_{}", random_string(40));
+        let hash = sha256(access_token.as_bytes());
+        let existing = self.store.device(user_id.as_str(), device_id.as_str()).ok().flatten();
+        let device = DeviceRecord {
+            display_name: display_name.or(existing.and_then(|d| d.display_name)),
+            last_seen_ts: Some(now_ms()),
+            last_seen_ip: None,
+            token_hash: Some(hash.clone()),
+        };
+        ops.push(WriteOp::PutDevice(user_id.to_string(), device_id.to_string(), device));
+        ops.push(WriteOp::PutToken(
+            hash,
+            TokenRecord { user_id: user_id.to_string(), device_id: device_id.to_string() },
+        ));
+        NewLogin { user_id: user_id.to_owned(), device_id, access_token }
+    }
+
+    fn cache_session(&self, login: &NewLogin) {
+        self.sessions.write().insert(
+            sha256(login.access_token.as_bytes()),
+            Session { user_id: login.user_id.clone(), device_id: login.device_id.clone() },
+        );
+    }
+
+    /// Resolves an access token to its session.
+    pub fn authenticate(&self, token: &str) -> Result<Session> {
+        let hash = sha256(token.as_bytes());
+        if let Some(s) = self.sessions.read().get(&hash) {
+            return Ok(s.clone());
+        }
+        let rec = self.store.token(&hash)?.ok_or(Error::UnknownToken)?;
+        let session = Session {
+            user_id: UserId::parse(rec.user_id).map_err(Error::internal)?,
+            device_id: rec.device_id.into(),
+        };
+        self.sessions.write().insert(hash, session.clone());
+        Ok(session)
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> Result<Vec<(String, DeviceRecord)>> {
+        Ok(self.store.devices(user_id.as_str())?)
+    }
+
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceRecord>> {
+        Ok(self.store.device(user_id.as_str(), device_id)?)
+    }
+
+    pub async fn rename_device(&self, user_id: &UserId, device_id: &str, name: Option<String>) -> Result<()> {
+        let mut dev = self
+            .store
+            .device(user_id.as_str(), device_id)?
+            .ok_or_else(|| Error::not_found("Device not found"))?;
+        dev.display_name = name;
+        self.store.submit(vec![WriteOp::PutDevice(user_id.to_string(), device_id.to_owned(), dev)]).await?;
+        Ok(())
+    }
+
+    /// Deletes devices and revokes their access tokens.
+    pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
+        let mut ops = Vec::new();
+        let mut hashes = Vec::new();
+        for d in device_ids {
+            if let Some(dev) = self.store.device(user_id.as_str(), d)? {
+                if let Some(h) = dev.token_hash {
+                    ops.push(WriteOp::DeleteToken(h.clone()));
+                    hashes.push(h);
+                }
+                ops.push(WriteOp::DeleteDevice(user_id.to_string(), d.clone()));
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // Revoke in memory first: a request racing the commit must not slip through.
+        {
+            let mut sessions = self.sessions.write();
+            for h in &hashes {
+                sessions.remove(h);
+            }
+        }
+        self.store.submit(ops).await?;
+        Ok(())
+    }
+
+    pub async fn delete_all_devices_except(&self, user_id: &UserId, keep: Option<&str>) -> Result<()> {
+        let ids: Vec<String> = self
+            .devices(user_id)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| Some(id.as_str()) != keep)
+            .collect();
+        self.delete_devices(user_id, &ids).await
+    }
+
+    pub async fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let hash = hash_password(password.to_owned()).await?;
+        let mut user = self.store.user(user_id.as_str())?.ok_or_else(|| Error::not_found("No such user"))?;
+        user.password_hash = Some(hash);
+        self.store.submit(vec![WriteOp::PutUser(user_id.to_string(), user)]).await?;
+        Ok(())
+    }
+
+    pub async fn update_user(&self, user_id: &UserId, f: impl FnOnce(&mut UserRecord)) -> Result<UserRecord> {
+        let mut user = self.store.user(user_id.as_str())?.ok_or_else(|| Error::not_found("No such user"))?;
+        f(&mut user);
+        self.store.submit(vec![WriteOp::PutUser(user_id.to_string(), user.clone())]).await?;
+        Ok(user)
+    }
+
+    /// Marks the account deactivated and revokes every device. Leaving rooms is the caller's
+    /// part, since it goes through the room graph.
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
+        self.delete_all_devices_except(user_id, None).await?;
+        self.update_user(user_id, |u| {
+            u.deactivated = true;
+            u.password_hash = None;
+            u.displayname = None;
+            u.avatar_url = None;
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn put_filter(&self, user_id: &UserId, json: String) -> Result<u64> {
+        let _guard = self.registration.lock().await;
+        let counter = format!("filter:{user_id}");
+        let id = self.store.counter(&counter)? + 1;
+        self.store
+            .submit(vec![WriteOp::PutFilter(user_id.to_string(), id, json), WriteOp::SetCounter(counter, id)])
+            .await?;
+        Ok(id)
+    }
+
+    pub fn filter(&self, user_id: &UserId, id: u64) -> Result<Option<String>> {
+        Ok(self.store.filter(user_id.as_str(), id)?)
+    }
+}
+
+async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(Error::internal)
+    })
+    .await
+    .map_err(Error::internal)?
+}

@@ -1,0 +1,19 @@
+use ruma::{OwnedServerName, RoomVersionId};
+
+/// The domain settings the core needs; the binary fills them from its configuration.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub server_name: OwnedServerName,
+    /// Room version of new rooms when the client does not ask for one.
+    pub default_room_version: RoomVersionId,
+}
+
+impl CoreConfig {
+    pub fn new(server_name: OwnedServerName) -> Self {
+        Self { server_name, default_room_version: RoomVersionId::V11 }
+    }
+}
+
+/// Room versions this server can create and join.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] =
+    [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];

@@ -1,0 +1,55 @@
+//! Hearth's domain: accounts, rooms and their event graph, state and auth, sync fan-out.
+//!
+//! Nothing here knows about HTTP. The API crates translate requests into calls on the
+//! components below and errors from [`Error`] into Matrix error responses. Components get their
+//! dependencies explicitly when [`Core::new`] wires them; they never reach for a global, and
+//! they depend on each other in one direction only:
+//!
+//! `Sync → Rooms → (Store, ServerKeys, Notifier)`, `Profiles → (Accounts, Rooms)`,
+//! `Accounts → Store`.
+
+pub mod accounts;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod notifier;
+pub mod profiles;
+pub mod rooms;
+pub mod sync;
+pub mod util;
+
+use std::sync::Arc;
+
+pub use config::CoreConfig;
+pub use error::{Error, Result};
+use hearth_storage::Store;
+
+/// The wired-up homeserver domain, shared by the API layers.
+pub struct Core {
+    pub config: Arc<CoreConfig>,
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<keys::ServerKeys>,
+    pub notifier: Arc<notifier::Notifier>,
+    pub accounts: Arc<accounts::Accounts>,
+    pub rooms: Arc<rooms::Rooms>,
+    pub profiles: Arc<profiles::Profiles>,
+    pub sync: Arc<sync::SyncService>,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig, store: Arc<dyn Store>, keys: keys::ServerKeys) -> Result<Self> {
+        let config = Arc::new(config);
+        let keys = Arc::new(keys);
+        let notifier = Arc::new(notifier::Notifier::default());
+        let accounts = Arc::new(accounts::Accounts::new(config.clone(), store.clone()));
+        let rooms = Arc::new(rooms::Rooms::new(
+            config.clone(),
+            store.clone(),
+            keys.clone(),
+            notifier.clone(),
+        )?);
+        let profiles = Arc::new(profiles::Profiles::new(accounts.clone(), rooms.clone()));
+        let sync = Arc::new(sync::SyncService::new(store.clone(), rooms.clone(), notifier.clone()));
+        Ok(Self { config, store, keys, notifier, accounts, rooms, profiles, sync })
+    }
+}

@@ -1,0 +1,198 @@
+//! Building, signing and authorising a locally made event.
+
+use std::sync::Arc;
+
+use hearth_storage::{EventMeta, MembershipRecord, TxnRef, WriteOp};
+use ruma::events::TimelineEventType;
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::signatures::{hash_and_sign_event, reference_hash};
+use ruma::state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, UserId};
+use serde_json::{Value, json};
+
+use super::pdu::{Pdu, PduRef};
+use super::state::{StateMap, next_group};
+use super::{Batch, RoomHead, Rooms};
+use crate::util::now_ms;
+use crate::{Error, Result};
+
+/// What a local user (or the server on their behalf) wants to add to a room.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: String,
+    pub state_key: Option<String>,
+    pub content: Value,
+    pub redacts: Option<OwnedEventId>,
+    pub txn: Option<TxnRef>,
+}
+
+impl NewEvent {
+    pub fn state(kind: &str, state_key: &str, content: Value) -> Self {
+        Self { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None, txn: None }
+    }
+    pub fn message(kind: &str, content: Value) -> Self {
+        Self { kind: kind.into(), state_key: None, content, redacts: None, txn: None }
+    }
+}
+
+impl Rooms {
+    /// Hashes and signs a PDU, returning its event id (the reference hash).
+    pub(crate) fn sign(&self, rules: &RoomVersionRules, obj: &mut CanonicalJsonObject) -> Result<OwnedEventId> {
+        hash_and_sign_event(self.config.server_name.as_str(), &self.keys.key_pair, obj, &rules.redaction)
+            .map_err(sign_error)?;
+        let hash = reference_hash(obj, rules).map_err(sign_error)?;
+        OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)
+    }
+
+    /// Builds the next event of the room on top of `head`, checks it against the auth rules and
+    /// the current state, and advances `head`. The writes land in `batch`.
+    pub(crate) fn prepare(
+        &self,
+        head: &mut RoomHead,
+        sender: &UserId,
+        ev: NewEvent,
+        batch: &mut Batch,
+    ) -> Result<PduRef> {
+        if !ev.content.is_object() {
+            return Err(Error::BadJson("event content must be a JSON object".into()));
+        }
+        let kind = TimelineEventType::from(ev.kind.as_str());
+        let content_raw = serde_json::value::to_raw_value(&ev.content)?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &kind,
+            sender,
+            ev.state_key.as_deref(),
+            &content_raw,
+            &head.rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
+        let mut auth_events: Vec<OwnedEventId> = auth_types
+            .iter()
+            .filter_map(|(t, k)| head.state.get(&(t.to_string(), k.clone())).cloned())
+            .collect();
+        auth_events.sort();
+        auth_events.dedup();
+
+        let depth = head.depth + 1;
+        let mut pdu = json!({
+            "auth_events": auth_events,
+            "prev_events": head.extremities,
+            "content": ev.content,
+            "depth": depth,
+            "origin_server_ts": now_ms(),
+            "room_id": head.room_id,
+            "sender": sender,
+            "type": ev.kind,
+        });
+        if let Some(k) = &ev.state_key {
+            pdu["state_key"] = json!(k);
+        }
+        if let Some(r) = &ev.redacts {
+            // Room version 11 moved `redacts` from the top level into the content.
+            if head.version == ruma::RoomVersionId::V10 {
+                pdu["redacts"] = json!(r);
+            } else {
+                pdu["content"]["redacts"] = json!(r);
+            }
+        }
+        let mut obj = to_canonical(pdu)?;
+        let event_id = self.sign(&head.rules, &mut obj)?;
+        let pdu = Arc::new(Pdu::from_canonical(event_id.clone(), &obj)?);
+
+        self.authorize(&head.rules, &pdu, &head.state)?;
+        self.append_to_head(head, pdu.clone(), obj, ev.txn, batch)?;
+        Ok(pdu)
+    }
+
+    /// Runs the room version's auth rules for `pdu` against `state` (the state before it).
+    pub(crate) fn authorize(&self, rules: &RoomVersionRules, pdu: &PduRef, state: &StateMap) -> Result<()> {
+        let fetch_event = |id: &ruma::EventId| self.pdu(id).ok().flatten();
+        check_state_independent_auth_rules(&rules.authorization, &**pdu, fetch_event)
+            .map_err(|e| Error::Forbidden(format!("auth check failed: {e}")))?;
+        let fetch_state = |t: &ruma::events::StateEventType, k: &str| {
+            state.get(&(t.to_string(), k.to_owned())).and_then(|id| self.pdu(id).ok().flatten())
+        };
+        check_state_dependent_auth_rules(&rules.authorization, &**pdu, fetch_state)
+            .map_err(|e| Error::Forbidden(format!("auth check failed: {e}")))
+    }
+
+    /// Advances the head past an authorised event and queues its writes.
+    pub(crate) fn append_to_head(
+        &self,
+        head: &mut RoomHead,
+        pdu: PduRef,
+        obj: CanonicalJsonObject,
+        txn: Option<TxnRef>,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let state_before = head.state_group;
+        let mut replaces_state = None;
+        let mut membership = None;
+        if let Some(key) = &pdu.state_key {
+            let slot = (pdu.kind.to_string(), key.clone());
+            let mut map = (*head.state).clone();
+            replaces_state = map.insert(slot.clone(), pdu.event_id.clone()).map(|e| e.to_string());
+            let group_id = self.allocate_group();
+            let prev = (head.state_group != 0).then_some((head.state_group, &head.state_group_rec));
+            let rec = next_group(
+                head.room_id.as_str(),
+                prev,
+                &map,
+                &[(slot, pdu.event_id.clone())],
+            );
+            self.pending_groups.lock().insert(group_id, rec.clone());
+            batch.ops.push(WriteOp::PutStateGroup(group_id, rec.clone()));
+            batch.groups.push((group_id, rec.clone()));
+            head.state_group = group_id;
+            head.state_group_rec = rec;
+            head.state = Arc::new(map);
+            if let Some(m) = pdu.membership()
+                && let Ok(user) = UserId::parse(key.as_str())
+            {
+                batch.notify.insert(user.clone());
+                head.members.insert(user, m.clone());
+                membership = Some((
+                    key.clone(),
+                    MembershipRecord { membership: m, event_id: pdu.event_id.to_string(), pos: 0, forgotten: false },
+                ));
+            }
+        }
+        head.extremities = vec![pdu.event_id.clone()];
+        head.depth = pdu.depth;
+        batch.notify.extend(head.interested_users().cloned());
+
+        let meta = EventMeta {
+            room_id: head.room_id.to_string(),
+            pos: 0,
+            state_before,
+            state_after: head.state_group,
+            txn,
+            replaces_state,
+        };
+        self.pending_events.lock().insert(pdu.event_id.clone(), pdu.clone());
+        batch.ops.push(WriteOp::AppendEvent {
+            event_id: pdu.event_id.to_string(),
+            json: serde_json::to_vec(&obj)?,
+            meta,
+            room: head.record(),
+            membership,
+        });
+        batch.events.push(pdu);
+        Ok(())
+    }
+}
+
+pub(crate) fn to_canonical(v: Value) -> Result<CanonicalJsonObject> {
+    match CanonicalJsonValue::try_from(v) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        Ok(_) => Err(Error::BadJson("event must be a JSON object".into())),
+        Err(e) => Err(Error::BadJson(format!("not canonical JSON: {e}"))),
+    }
+}
+
+fn sign_error(e: ruma::signatures::JsonError) -> Error {
+    match e {
+        ruma::signatures::JsonError::PduTooLarge => Error::TooLarge("event is larger than 65536 bytes".into()),
+        other => Error::BadJson(other.to_string()),
+    }
+}

@@ -1,0 +1,229 @@
+//! `createRoom`: the events of a new room, committed as one batch so that a room is either
+//! fully there or not at all.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::build::{NewEvent, to_canonical};
+use super::pdu::{Pdu, derived_room_id};
+use super::{Batch, RoomHead, Rooms};
+use crate::config::SUPPORTED_ROOM_VERSIONS;
+use crate::util::{now_ms, random_string};
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+/// A member event's profile fields.
+#[derive(Clone, Debug, Default)]
+pub struct MemberProfile {
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateRoom {
+    pub preset: Option<Preset>,
+    pub public: bool,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    /// `(type, state_key, content)`
+    pub initial_state: Vec<(String, String, Value)>,
+    pub invite: Vec<OwnedUserId>,
+    pub is_direct: bool,
+    pub power_level_content_override: Option<Map<String, Value>>,
+    pub creation_content: Option<Map<String, Value>>,
+    pub room_version: Option<RoomVersionId>,
+}
+
+impl Rooms {
+    pub async fn create_room(
+        &self,
+        creator: &UserId,
+        profile: MemberProfile,
+        req: CreateRoom,
+    ) -> Result<OwnedRoomId> {
+        let version = req.room_version.clone().unwrap_or_else(|| self.config.default_room_version.clone());
+        if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
+            return Err(Error::UnsupportedRoomVersion(format!(
+                "This server does not support room version {version}"
+            )));
+        }
+        let rules = version.rules().expect("supported versions have rules");
+        let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
+        let v12 = rules.authorization.explicitly_privilege_room_creators;
+
+        let mut head = RoomHead {
+            room_id: OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.config.server_name))
+                .map_err(Error::internal)?,
+            version: version.clone(),
+            rules: rules.clone(),
+            extremities: vec![],
+            depth: 0,
+            state_group: 0,
+            state_group_rec: super::state::next_group("", None, &Default::default(), &[]),
+            state: Arc::new(Default::default()),
+            members: HashMap::new(),
+            is_public: req.public,
+            last_pos: 0,
+        };
+        let mut batch = Batch::default();
+
+        // m.room.create
+        let mut create = req.creation_content.clone().unwrap_or_default();
+        create.insert("room_version".into(), json!(version));
+        if !rules.authorization.use_room_create_sender {
+            create.insert("creator".into(), json!(creator));
+        }
+        if v12 && preset == Preset::TrustedPrivateChat && !req.invite.is_empty() {
+            create.insert("additional_creators".into(), json!(req.invite));
+        }
+        let create = NewEvent::state("m.room.create", "", Value::Object(create));
+        if v12 {
+            self.prepare_v12_create(&mut head, creator, create, &mut batch)?;
+        } else {
+            self.prepare(&mut head, creator, create, &mut batch)?;
+        }
+
+        let member = |membership: &str, p: &MemberProfile| {
+            let mut c = json!({ "membership": membership });
+            if let Some(d) = &p.displayname {
+                c["displayname"] = json!(d);
+            }
+            if let Some(a) = &p.avatar_url {
+                c["avatar_url"] = json!(a);
+            }
+            c
+        };
+        self.prepare(&mut head, creator, NewEvent::state("m.room.member", creator.as_str(), member("join", &profile)), &mut batch)?;
+
+        // m.room.power_levels, as Synapse makes them, then the client's override on top.
+        let mut users = Map::new();
+        if !v12 {
+            users.insert(creator.to_string(), json!(100));
+            if preset == Preset::TrustedPrivateChat {
+                for u in &req.invite {
+                    users.insert(u.to_string(), json!(100));
+                }
+            }
+        }
+        let invite_level = if preset == Preset::PublicChat { 50 } else { 0 };
+        let mut pl = json!({
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                "m.room.tombstone": 100,
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": invite_level,
+            "historical": 100,
+        });
+        if let Some(o) = &req.power_level_content_override {
+            for (k, v) in o {
+                pl[k] = v.clone();
+            }
+        }
+        let overridden: HashSet<(&str, &str)> =
+            req.initial_state.iter().map(|(t, k, _)| (t.as_str(), k.as_str())).collect();
+        self.prepare(&mut head, creator, NewEvent::state("m.room.power_levels", "", pl), &mut batch)?;
+
+        let mut preset_events = vec![
+            ("m.room.join_rules", json!({ "join_rule": if preset == Preset::PublicChat { "public" } else { "invite" } })),
+            ("m.room.history_visibility", json!({ "history_visibility": "shared" })),
+        ];
+        if preset != Preset::PublicChat {
+            preset_events.push(("m.room.guest_access", json!({ "guest_access": "can_join" })));
+        }
+        for (t, c) in preset_events {
+            if !overridden.contains(&(t, "")) {
+                self.prepare(&mut head, creator, NewEvent::state(t, "", c), &mut batch)?;
+            }
+        }
+        for (t, k, c) in req.initial_state {
+            if (t == "m.room.name" && req.name.is_some()) || (t == "m.room.topic" && req.topic.is_some()) {
+                continue;
+            }
+            self.prepare(&mut head, creator, NewEvent::state(&t, &k, c), &mut batch)?;
+        }
+        if let Some(name) = req.name {
+            self.prepare(&mut head, creator, NewEvent::state("m.room.name", "", json!({ "name": name })), &mut batch)?;
+        }
+        if let Some(topic) = req.topic {
+            let content = json!({
+                "topic": topic,
+                "m.topic": [{ "body": topic, "mimetype": "text/plain" }],
+            });
+            self.prepare(&mut head, creator, NewEvent::state("m.room.topic", "", content), &mut batch)?;
+        }
+        for invitee in &req.invite {
+            let mut content = json!({ "membership": "invite" });
+            if req.is_direct {
+                content["is_direct"] = json!(true);
+            }
+            self.prepare(&mut head, creator, NewEvent::state("m.room.member", invitee.as_str(), content), &mut batch)?;
+        }
+
+        let room_id = head.room_id.clone();
+        let head = Arc::new(Mutex::new(head));
+        let queued = {
+            let head_guard = head.lock();
+            // Publish the head before the commit so that the room's next event (which may come
+            // from another request as soon as the id is known) queues behind this batch.
+            self.heads.lock().insert(room_id.clone(), head.clone());
+            self.enqueue(&head_guard, batch)
+        };
+        self.finish(queued).await?;
+        Ok(room_id)
+    }
+
+    /// From room version 12 the create event has no `room_id`: the room is named after the
+    /// event's reference hash.
+    fn prepare_v12_create(
+        &self,
+        head: &mut RoomHead,
+        creator: &UserId,
+        ev: NewEvent,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let mut obj = to_canonical(json!({
+            "auth_events": [],
+            "prev_events": [],
+            "content": ev.content,
+            "depth": 1,
+            "origin_server_ts": now_ms(),
+            "sender": creator,
+            "type": "m.room.create",
+            "state_key": "",
+        }))?;
+        let event_id = self.sign(&head.rules, &mut obj)?;
+        let room_id = derived_room_id(&event_id)?;
+        head.room_id = room_id.clone();
+        let pdu = Arc::new(Pdu::parse(event_id, &serde_json::to_vec(&obj)?, Some(&room_id))?);
+        self.authorize(&head.rules, &pdu, &head.state)?;
+        self.append_to_head(head, pdu, obj, None, batch)
+    }
+
+    /// Whether `room_id` names a room this server has.
+    pub fn is_known(&self, room_id: &RoomId) -> bool {
+        self.exists(room_id).unwrap_or(false)
+    }
+}

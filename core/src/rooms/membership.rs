@@ -1,0 +1,204 @@
+//! Membership changes of local users: join, leave, invite, kick, ban, unban, forget.
+//! Whether a change is allowed is decided by the room version's auth rules, not here; this module
+//! only shapes the member events and the few cases the API treats specially.
+
+use hearth_storage::WriteOp;
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::create::MemberProfile;
+use super::{NewEvent, Rooms, StateMap};
+use crate::{Error, Result};
+
+fn member_content(membership: &str, profile: Option<&MemberProfile>, reason: Option<&str>) -> Value {
+    let mut c = json!({ "membership": membership });
+    if let Some(p) = profile {
+        if let Some(d) = &p.displayname {
+            c["displayname"] = json!(d);
+        }
+        if let Some(a) = &p.avatar_url {
+            c["avatar_url"] = json!(a);
+        }
+    }
+    if let Some(r) = reason {
+        c["reason"] = json!(r);
+    }
+    c
+}
+
+impl Rooms {
+    async fn send_member(&self, room_id: &RoomId, sender: &UserId, target: &UserId, content: Value) -> Result<()> {
+        self.send(room_id, sender, NewEvent::state("m.room.member", target.as_str(), content)).await?;
+        Ok(())
+    }
+
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: &MemberProfile,
+        reason: Option<&str>,
+    ) -> Result<OwnedRoomId> {
+        if !self.exists(room_id)? {
+            return Err(Error::not_found("No known servers for this room"));
+        }
+        let mut content = member_content("join", Some(profile), reason);
+        let (state, current) = {
+            let head = self.head(room_id)?;
+            let h = head.lock();
+            (h.state.clone(), h.membership_of(user).map(str::to_owned))
+        };
+        if current.as_deref() != Some("invite")
+            && current.as_deref() != Some("join")
+            && let Some(via) = self.restricted_join_authoriser(room_id, &state, user)?
+        {
+            content["join_authorised_via_users_server"] = json!(via);
+        }
+        self.send_member(room_id, user, user, content).await?;
+        Ok(room_id.to_owned())
+    }
+
+    /// For a restricted room: a local member able to invite, if the joiner is in one of the
+    /// rooms the join rule allows. `None` lets the auth rules refuse the join.
+    fn restricted_join_authoriser(&self, room_id: &RoomId, state: &StateMap, user: &UserId) -> Result<Option<String>> {
+        let Some(jr) = state.get(&("m.room.join_rules".into(), String::new())) else {
+            return Ok(None);
+        };
+        let Some(jr) = self.pdu(jr)? else { return Ok(None) };
+        let content = jr.content_value();
+        let rule = content["join_rule"].as_str().unwrap_or_default();
+        if rule != "restricted" && rule != "knock_restricted" {
+            return Ok(None);
+        }
+        let allowed = content["allow"].as_array().cloned().unwrap_or_default();
+        let in_allowed_room = allowed.iter().any(|a| {
+            a["type"] == "m.room_membership"
+                && a["room_id"]
+                    .as_str()
+                    .and_then(|r| RoomId::parse(r).ok())
+                    .is_some_and(|r| self.membership(&r, user).ok().flatten().as_deref() == Some("join"))
+        });
+        if !in_allowed_room {
+            return Ok(None);
+        }
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        let invite_level = self.power_levels(&h.state)?.map(|pl| pl["invite"].as_i64().unwrap_or(0)).unwrap_or(0);
+        for (member, m) in &h.members {
+            if m == "join"
+                && member.server_name() == self.config.server_name
+                && self.power_of(&h, member)? >= invite_level
+            {
+                return Ok(Some(member.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn power_levels(&self, state: &StateMap) -> Result<Option<Value>> {
+        match state.get(&("m.room.power_levels".into(), String::new())) {
+            Some(id) => Ok(self.pdu(id)?.map(|p| p.content_value())),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's power level in the current state (creators of v12 rooms rank above all).
+    pub(crate) fn power_of(&self, head: &super::RoomHead, user: &UserId) -> Result<i64> {
+        if head.rules.authorization.explicitly_privilege_room_creators
+            && let Some(create) = head.state.get(&("m.room.create".into(), String::new()))
+            && let Some(create) = self.pdu(create)?
+        {
+            let extra = create.content_value()["additional_creators"].clone();
+            let is_creator = create.sender == user
+                || extra.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+            if is_creator {
+                return Ok(i64::MAX);
+            }
+        }
+        match self.power_levels(&head.state)? {
+            Some(pl) => Ok(pl["users"][user.as_str()]
+                .as_i64()
+                .unwrap_or_else(|| pl["users_default"].as_i64().unwrap_or(0))),
+            // Without a power levels event the creator has 100, everyone else 0.
+            None => {
+                let creator = head
+                    .state
+                    .get(&("m.room.create".into(), String::new()))
+                    .and_then(|id| self.pdu(id).ok().flatten())
+                    .map(|p| p.sender.clone());
+                Ok(if creator.as_deref() == Some(user) { 100 } else { 0 })
+            }
+        }
+    }
+
+    pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+        match self.membership(room_id, user)?.as_deref() {
+            Some("leave") => Ok(()),
+            None => Err(Error::forbidden("You are not a member of this room")),
+            Some(_) => self.send_member(room_id, user, user, member_content("leave", None, reason)).await,
+        }
+    }
+
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        target_profile: Option<&MemberProfile>,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<()> {
+        match self.membership(room_id, target)?.as_deref() {
+            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room."))),
+            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+            _ => {}
+        }
+        let mut content = member_content("invite", target_profile, reason);
+        if is_direct {
+            content["is_direct"] = json!(true);
+        }
+        self.send_member(room_id, sender, target, content).await
+    }
+
+    pub async fn kick(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
+        match self.membership(room_id, target)?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            _ => return Err(Error::forbidden("The target user is not in the room")),
+        }
+        self.send_member(room_id, sender, target, member_content("leave", None, reason)).await
+    }
+
+    pub async fn ban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
+        self.send_member(room_id, sender, target, member_content("ban", None, reason)).await
+    }
+
+    pub async fn unban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
+        if self.membership(room_id, target)?.as_deref() != Some("ban") {
+            return Err(Error::forbidden("The target user is not banned"));
+        }
+        self.send_member(room_id, sender, target, member_content("leave", None, reason)).await
+    }
+
+    pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let Some(mut rec) = self.store.membership(user.as_str(), room_id.as_str())? else {
+            return Err(Error::not_found("Room not found"));
+        };
+        if rec.membership == "join" || rec.membership == "invite" || rec.membership == "knock" {
+            return Err(Error::Unknown("The user has not left the room".into()));
+        }
+        rec.forgotten = true;
+        self.store.submit(vec![WriteOp::PutMembership(user.to_string(), room_id.to_string(), rec)]).await?;
+        Ok(())
+    }
+
+    /// Rooms the user is joined to.
+    pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .store
+            .memberships_of_user(user.as_str())?
+            .into_iter()
+            .filter(|(_, m)| m.membership == "join")
+            .filter_map(|(r, _)| OwnedRoomId::try_from(r).ok())
+            .collect())
+    }
+}

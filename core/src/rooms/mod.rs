@@ -1,0 +1,319 @@
+//! Rooms: the per-room event graph, its state, and the operations that append to it.
+//!
+//! Each room has a [`RoomHead`] in memory: forward extremities, depth, current state and
+//! membership. Appending an event locks the head, builds and signs the PDU, runs the room
+//! version's auth rules against the current state, updates the head, and queues the write batch
+//! *while still holding the lock* — so batches of one room reach the writer in graph order —
+//! then waits for durability outside the lock. Readers learn of the event only after it is
+//! durable (see [`Rooms::commit`]).
+
+mod build;
+pub mod create;
+pub mod membership;
+pub mod pdu;
+pub mod state;
+pub mod timeline;
+pub mod visibility;
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hearth_storage::{RoomRecord, StateGroupRecord, Store, StreamPos, WriteOp};
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+
+pub use build::NewEvent;
+pub use pdu::{ClientFormat, Pdu, PduRef};
+pub use state::{SharedState, StateMap};
+
+use crate::keys::ServerKeys;
+use crate::notifier::Notifier;
+use crate::{CoreConfig, Error, Result};
+
+const STATE_GROUP_COUNTER: &str = "state_group";
+
+/// The in-memory head of one room's graph.
+pub struct RoomHead {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub rules: RoomVersionRules,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+    pub state_group: u64,
+    pub state_group_rec: StateGroupRecord,
+    pub state: SharedState,
+    /// user → membership, for every user with a member event in the current state.
+    pub members: HashMap<OwnedUserId, String>,
+    pub is_public: bool,
+    pub last_pos: StreamPos,
+}
+
+impl RoomHead {
+    pub fn membership_of(&self, user: &UserId) -> Option<&str> {
+        self.members.get(user).map(String::as_str)
+    }
+
+    /// Users a new event must wake: everyone joined or invited.
+    pub fn interested_users(&self) -> impl Iterator<Item = &OwnedUserId> {
+        self.members.iter().filter(|(_, m)| *m == "join" || *m == "invite").map(|(u, _)| u)
+    }
+
+    fn record(&self) -> RoomRecord {
+        RoomRecord {
+            room_version: self.version.to_string(),
+            forward_extremities: self.extremities.iter().map(|e| e.to_string()).collect(),
+            depth: self.depth,
+            state_group: self.state_group,
+            last_pos: self.last_pos,
+            is_public: self.is_public,
+        }
+    }
+}
+
+/// Writes prepared for one commit, and what to tell whom once it is durable.
+#[derive(Default)]
+pub struct Batch {
+    pub ops: Vec<WriteOp>,
+    pub events: Vec<PduRef>,
+    groups: Vec<(u64, StateGroupRecord)>,
+    notify: HashSet<OwnedUserId>,
+    room_id: Option<OwnedRoomId>,
+}
+
+pub struct Rooms {
+    pub(crate) config: Arc<CoreConfig>,
+    pub(crate) store: Arc<dyn Store>,
+    keys: Arc<ServerKeys>,
+    notifier: Arc<Notifier>,
+    heads: Mutex<HashMap<OwnedRoomId, Arc<Mutex<RoomHead>>>>,
+    /// Immutable once written, so caching parsed PDUs is always safe.
+    events: Mutex<LruCache<OwnedEventId, PduRef>>,
+    /// Events queued but not yet durable, visible to auth checks of the events that follow.
+    pending_events: Mutex<HashMap<OwnedEventId, PduRef>>,
+    state_cache: Mutex<LruCache<u64, SharedState>>,
+    pending_groups: Mutex<HashMap<u64, StateGroupRecord>>,
+    next_group: AtomicU64,
+    /// room → stream position of its latest durable event.
+    last_pos: RwLock<HashMap<OwnedRoomId, StreamPos>>,
+}
+
+impl Rooms {
+    pub fn new(
+        config: Arc<CoreConfig>,
+        store: Arc<dyn Store>,
+        keys: Arc<ServerKeys>,
+        notifier: Arc<Notifier>,
+    ) -> Result<Self> {
+        let next_group = store.counter(STATE_GROUP_COUNTER)?;
+        let last_pos = store
+            .rooms()?
+            .into_iter()
+            .filter_map(|(id, rec)| Some((OwnedRoomId::try_from(id).ok()?, rec.last_pos)))
+            .collect();
+        let cap = |n| NonZeroUsize::new(n).expect("non-zero");
+        Ok(Self {
+            config,
+            store,
+            keys,
+            notifier,
+            heads: Mutex::new(HashMap::new()),
+            events: Mutex::new(LruCache::new(cap(50_000))),
+            pending_events: Mutex::new(HashMap::new()),
+            state_cache: Mutex::new(LruCache::new(cap(2_000))),
+            pending_groups: Mutex::new(HashMap::new()),
+            next_group: AtomicU64::new(next_group),
+            last_pos: RwLock::new(last_pos),
+        })
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.config.server_name
+    }
+
+    /// The head of a room this server knows, loading it on first use.
+    pub fn head(&self, room_id: &RoomId) -> Result<Arc<Mutex<RoomHead>>> {
+        if let Some(h) = self.heads.lock().get(room_id) {
+            return Ok(h.clone());
+        }
+        let rec = self.store.room(room_id.as_str())?.ok_or_else(|| Error::not_found("Room not found"))?;
+        let head = Arc::new(Mutex::new(self.load_head(room_id, rec)?));
+        Ok(self.heads.lock().entry(room_id.to_owned()).or_insert(head).clone())
+    }
+
+    pub fn exists(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.heads.lock().contains_key(room_id) || self.store.room(room_id.as_str())?.is_some())
+    }
+
+    fn load_head(&self, room_id: &RoomId, rec: RoomRecord) -> Result<RoomHead> {
+        let version = RoomVersionId::try_from(rec.room_version.as_str()).map_err(Error::internal)?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::UnsupportedRoomVersion(format!("room version {version}")))?;
+        let state = self.state_at_group(rec.state_group)?;
+        let state_group_rec = self
+            .store
+            .state_group(rec.state_group)?
+            .ok_or_else(|| Error::Internal(format!("missing state group {}", rec.state_group)))?;
+        let mut members = HashMap::new();
+        for ((t, k), id) in state.iter() {
+            if t == "m.room.member"
+                && let Ok(user) = UserId::parse(k.as_str())
+                && let Some(m) = self.pdu(id)?.and_then(|p| p.membership())
+            {
+                members.insert(user, m);
+            }
+        }
+        Ok(RoomHead {
+            room_id: room_id.to_owned(),
+            version,
+            rules,
+            extremities: rec
+                .forward_extremities
+                .iter()
+                .map(|e| OwnedEventId::try_from(e.as_str()).map_err(Error::internal))
+                .collect::<Result<_>>()?,
+            depth: rec.depth,
+            state_group: rec.state_group,
+            state_group_rec,
+            state,
+            members,
+            is_public: rec.is_public,
+            last_pos: rec.last_pos,
+        })
+    }
+
+    /// A PDU by id: queued, cached or stored.
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<PduRef>> {
+        if let Some(p) = self.pending_events.lock().get(event_id) {
+            return Ok(Some(p.clone()));
+        }
+        if let Some(p) = self.events.lock().get(event_id) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(json) = self.store.event_json(event_id.as_str())? else {
+            return Ok(None);
+        };
+        let room = self.store.event_meta(event_id.as_str())?.map(|m| m.room_id);
+        let room = room.as_deref().and_then(|r| RoomId::parse(r).ok());
+        let pdu = Arc::new(Pdu::parse(event_id.to_owned(), &json, room.as_deref())?);
+        self.events.lock().put(event_id.to_owned(), pdu.clone());
+        Ok(Some(pdu))
+    }
+
+    /// The full state map of a state group.
+    pub fn state_at_group(&self, id: u64) -> Result<SharedState> {
+        if let Some(s) = self.state_cache.lock().get(&id) {
+            return Ok(s.clone());
+        }
+        let pending = |g: u64| self.pending_groups.lock().get(&g).cloned();
+        let map = Arc::new(state::resolve(&*self.store, &pending, id)?);
+        self.state_cache.lock().put(id, map.clone());
+        Ok(map)
+    }
+
+    /// The stream position of a room's latest durable event.
+    pub fn last_pos(&self, room_id: &RoomId) -> StreamPos {
+        self.last_pos.read().get(room_id).copied().unwrap_or(0)
+    }
+
+    pub fn current_state(&self, room_id: &RoomId) -> Result<SharedState> {
+        Ok(self.head(room_id)?.lock().state.clone())
+    }
+
+    pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
+        Ok(self.head(room_id)?.lock().membership_of(user).map(str::to_owned))
+    }
+
+    pub fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId> {
+        Ok(self.head(room_id)?.lock().version.clone())
+    }
+
+    /// The current state event of a type and key, if any.
+    pub fn state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<PduRef>> {
+        let state = self.current_state(room_id)?;
+        match state.get(&(kind.to_owned(), state_key.to_owned())) {
+            Some(id) => self.pdu(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends one locally made event and waits until it is durable.
+    pub async fn send(&self, room_id: &RoomId, sender: &UserId, event: NewEvent) -> Result<PduRef> {
+        let head = self.head(room_id)?;
+        let queued = {
+            let mut head = head.lock();
+            let mut batch = Batch::default();
+            self.prepare(&mut head, sender, event, &mut batch)?;
+            self.enqueue(&head, batch)
+        };
+        let mut events = self.finish(queued).await?;
+        Ok(events.pop().expect("one event was sent"))
+    }
+
+    fn allocate_group(&self) -> u64 {
+        self.next_group.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Queues a prepared batch on the writer. Call with the room head still locked, so that
+    /// batches of one room reach the writer in the order their events reference each other.
+    fn enqueue(&self, head: &RoomHead, mut batch: Batch) -> Queued {
+        batch.ops.push(WriteOp::SetCounter(
+            STATE_GROUP_COUNTER.to_owned(),
+            self.next_group.load(Ordering::SeqCst),
+        ));
+        batch.room_id = Some(head.room_id.clone());
+        let commit = self.store.submit(std::mem::take(&mut batch.ops));
+        Queued { batch, commit }
+    }
+
+    /// Waits for a queued batch to be durable, then makes it visible: caches, the room's
+    /// position, and the wake-ups of the users it concerns.
+    async fn finish(&self, queued: Queued) -> Result<Vec<PduRef>> {
+        let Queued { batch, commit } = queued;
+        let result = commit.await;
+        {
+            let mut pending = self.pending_events.lock();
+            let mut cache = self.events.lock();
+            for e in &batch.events {
+                pending.remove(&e.event_id);
+                if result.is_ok() {
+                    cache.put(e.event_id.clone(), e.clone());
+                }
+            }
+        }
+        {
+            let mut pending = self.pending_groups.lock();
+            for (id, _) in &batch.groups {
+                pending.remove(id);
+            }
+        }
+        let room_id = batch.room_id.clone().expect("enqueue sets the room");
+        match result {
+            Ok(positions) => {
+                let max = positions.iter().copied().max().unwrap_or(0);
+                {
+                    let mut last = self.last_pos.write();
+                    let entry = last.entry(room_id).or_insert(0);
+                    *entry = (*entry).max(max);
+                }
+                self.notifier.notify(batch.notify.iter().map(|u| &**u), max);
+                Ok(batch.events)
+            }
+            Err(e) => {
+                // The in-memory head ran ahead of the disk; reload it from what is durable.
+                tracing::error!(%room_id, error = %e, "room commit failed; reloading its head");
+                self.heads.lock().remove(&room_id);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+struct Queued {
+    batch: Batch,
+    commit: hearth_storage::PendingCommit,
+}

@@ -1,0 +1,216 @@
+//! A persistent data unit: one signed event of a room's graph, parsed once and shared.
+
+use std::sync::Arc;
+
+use ruma::events::TimelineEventType;
+use ruma::{
+    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, UInt, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue as RawJsonValue;
+
+use crate::{Error, Result};
+
+#[derive(Debug)]
+pub struct Pdu {
+    pub event_id: OwnedEventId,
+    /// The room, also for a v12 create event whose JSON carries none (its id derives from it).
+    pub room_id: OwnedRoomId,
+    room_id_in_json: bool,
+    pub sender: OwnedUserId,
+    pub kind: TimelineEventType,
+    pub state_key: Option<String>,
+    pub content: Box<RawJsonValue>,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub depth: u64,
+    redacts: Option<OwnedEventId>,
+}
+
+#[derive(Deserialize)]
+struct Fields {
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    state_key: Option<String>,
+    content: Box<RawJsonValue>,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(default)]
+    prev_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    auth_events: Vec<OwnedEventId>,
+    depth: UInt,
+    redacts: Option<OwnedEventId>,
+}
+
+#[derive(Deserialize)]
+struct RedactsInContent {
+    redacts: Option<OwnedEventId>,
+}
+
+impl Pdu {
+    /// Parses a PDU from its JSON; `room_id` is used where the JSON has none (v12 create).
+    pub fn parse(event_id: OwnedEventId, json: &[u8], room_id: Option<&RoomId>) -> Result<Self> {
+        let f: Fields = serde_json::from_slice(json).map_err(|e| Error::BadJson(e.to_string()))?;
+        let room_id_in_json = f.room_id.is_some();
+        let room_id = match (f.room_id, room_id) {
+            (Some(r), _) => r,
+            (None, Some(r)) => r.to_owned(),
+            (None, None) => derived_room_id(&event_id)?,
+        };
+        let redacts = match f.redacts {
+            Some(r) => Some(r),
+            None if f.kind == TimelineEventType::RoomRedaction => {
+                serde_json::from_str::<RedactsInContent>(f.content.get()).ok().and_then(|c| c.redacts)
+            }
+            None => None,
+        };
+        Ok(Self {
+            event_id,
+            room_id,
+            room_id_in_json,
+            sender: f.sender,
+            kind: f.kind,
+            state_key: f.state_key,
+            content: f.content,
+            origin_server_ts: f.origin_server_ts,
+            prev_events: f.prev_events,
+            auth_events: f.auth_events,
+            depth: f.depth.into(),
+            redacts,
+        })
+    }
+
+    pub fn from_canonical(event_id: OwnedEventId, obj: &CanonicalJsonObject) -> Result<Self> {
+        let bytes = serde_json::to_vec(obj)?;
+        Self::parse(event_id, &bytes, None)
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+
+    pub fn content_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.content.get()).unwrap_or_default()
+    }
+
+    /// `content.membership` of a member event.
+    pub fn membership(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct M {
+            membership: String,
+        }
+        if self.kind != TimelineEventType::RoomMember {
+            return None;
+        }
+        serde_json::from_str::<M>(self.content.get()).ok().map(|m| m.membership)
+    }
+
+    /// The event as clients see it (the "ClientEvent" format).
+    pub fn to_client(&self, opts: &ClientFormat<'_>) -> Box<RawJsonValue> {
+        #[derive(Serialize)]
+        struct Unsigned<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            age: Option<i64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            transaction_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            prev_content: Option<&'a RawJsonValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            replaces_state: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct ClientEvent<'a> {
+            content: &'a RawJsonValue,
+            event_id: &'a EventId,
+            origin_server_ts: MilliSecondsSinceUnixEpoch,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            room_id: Option<&'a RoomId>,
+            sender: &'a UserId,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            state_key: Option<&'a str>,
+            #[serde(rename = "type")]
+            kind: &'a TimelineEventType,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            redacts: Option<&'a EventId>,
+            unsigned: Unsigned<'a>,
+        }
+        let now = crate::util::now_ms() as i64;
+        let ev = ClientEvent {
+            content: &self.content,
+            event_id: &self.event_id,
+            origin_server_ts: self.origin_server_ts,
+            room_id: opts.with_room_id.then_some(&*self.room_id),
+            sender: &self.sender,
+            state_key: self.state_key.as_deref(),
+            kind: &self.kind,
+            redacts: self.redacts.as_deref(),
+            unsigned: Unsigned {
+                age: Some((now - i64::from(self.origin_server_ts.0)).max(0)),
+                transaction_id: opts.transaction_id,
+                prev_content: opts.prev_content,
+                replaces_state: opts.replaces_state,
+            },
+        };
+        serde_json::value::to_raw_value(&ev).expect("client events serialise")
+    }
+}
+
+/// How one event is shown to one client.
+#[derive(Default)]
+pub struct ClientFormat<'a> {
+    pub with_room_id: bool,
+    /// Set when the viewing device sent the event.
+    pub transaction_id: Option<&'a str>,
+    pub prev_content: Option<&'a RawJsonValue>,
+    pub replaces_state: Option<&'a str>,
+}
+
+/// Room versions from 12 on name a room after the reference hash of its create event.
+pub fn derived_room_id(create_event_id: &EventId) -> Result<OwnedRoomId> {
+    let hash = create_event_id.as_str().trim_start_matches('$');
+    RoomId::parse(format!("!{hash}")).map_err(Error::internal)
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        self.room_id_in_json.then_some(&*self.room_id)
+    }
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+    fn content(&self) -> &RawJsonValue {
+        &self.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        false
+    }
+}
+
+pub type PduRef = Arc<Pdu>;

@@ -1,0 +1,203 @@
+//! Reading a room's timeline: `/messages` pages, `/context`, single events, and the client format.
+
+use hearth_storage::{EventMeta, StreamPos};
+use ruma::{EventId, RoomId, UserId};
+use serde_json::value::RawValue as RawJsonValue;
+
+use super::{ClientFormat, PduRef, Rooms};
+use crate::{Error, Result};
+
+/// An event of a timeline with where it sits.
+#[derive(Clone)]
+pub struct TimelineEvent {
+    pub pdu: PduRef,
+    pub meta: EventMeta,
+}
+
+/// Which events a client wants (the parts of the spec's `RoomEventFilter` the server applies).
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub limit: Option<usize>,
+    pub lazy_load_members: bool,
+    pub include_redundant_members: bool,
+}
+
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+impl EventFilter {
+    pub fn matches(&self, pdu: &PduRef) -> bool {
+        let kind = pdu.kind.to_string();
+        let sender = pdu.sender.as_str();
+        if self.not_types.iter().any(|t| type_matches(t, &kind)) {
+            return false;
+        }
+        if let Some(types) = &self.types
+            && !types.iter().any(|t| type_matches(t, &kind))
+        {
+            return false;
+        }
+        if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        if let Some(senders) = &self.senders
+            && !senders.iter().any(|s| s == sender)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// A page of `/messages`.
+pub struct Page {
+    pub events: Vec<TimelineEvent>,
+    /// Token to continue from, `None` when the room has nothing further in that direction.
+    pub end: Option<StreamPos>,
+}
+
+/// The part of a room's stream a user may read.
+pub struct Access {
+    pub max_pos: StreamPos,
+    pub ever_member: bool,
+}
+
+impl Rooms {
+    pub fn timeline_event(&self, event_id: &EventId) -> Result<Option<TimelineEvent>> {
+        let Some(meta) = self.store.event_meta(event_id.as_str())? else { return Ok(None) };
+        let Some(pdu) = self.pdu(event_id)? else { return Ok(None) };
+        Ok(Some(TimelineEvent { pdu, meta }))
+    }
+
+    /// Formats an event for a client. `viewer` is the requesting (user, device): the device that
+    /// sent an event sees its transaction id.
+    pub fn format(&self, ev: &TimelineEvent, viewer: Option<(&UserId, &str)>, with_room_id: bool) -> Box<RawJsonValue> {
+        let transaction_id = match (&ev.meta.txn, viewer) {
+            (Some(t), Some((u, d))) if t.user_id == u.as_str() && t.device_id == d => Some(t.txn_id.as_str()),
+            _ => None,
+        };
+        let prev = ev
+            .meta
+            .replaces_state
+            .as_deref()
+            .and_then(|id| EventId::parse(id).ok())
+            .and_then(|id| self.pdu(&id).ok().flatten());
+        ev.pdu.to_client(&ClientFormat {
+            with_room_id,
+            transaction_id,
+            prev_content: prev.as_ref().map(|p| &*p.content),
+            replaces_state: ev.meta.replaces_state.as_deref(),
+        })
+    }
+
+    /// How far into a room's stream `user` may read, or `Forbidden` if not at all.
+    pub fn access(&self, room_id: &RoomId, user: &UserId) -> Result<Access> {
+        let now = self.store.persisted_pos();
+        let membership = self.store.membership(user.as_str(), room_id.as_str())?;
+        match membership {
+            Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {
+                Ok(Access { max_pos: now, ever_member: true })
+            }
+            // A user who left reads up to the moment they left.
+            Some(m) => Ok(Access { max_pos: m.pos, ever_member: true }),
+            None => {
+                let state = self.current_state(room_id)?;
+                if self.is_world_readable(&state)? {
+                    Ok(Access { max_pos: now, ever_member: false })
+                } else {
+                    Err(Error::forbidden(format!("User {user} not in room {room_id}, and room previews are disabled")))
+                }
+            }
+        }
+    }
+
+    /// Events of a room between two positions that the user may see and the filter lets
+    /// through, at most `limit`. Backwards pages cover `(to, from]` newest first, forwards pages
+    /// `(from, to]` oldest first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn page(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        access: &Access,
+        from: StreamPos,
+        to: Option<StreamPos>,
+        backwards: bool,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Page> {
+        let mut events = Vec::new();
+        let (mut lo, mut hi) = if backwards {
+            (to.map_or(1, |t| t + 1), from.min(access.max_pos))
+        } else {
+            (from + 1, to.unwrap_or(StreamPos::MAX).min(access.max_pos))
+        };
+        let chunk = limit.clamp(1, 200) * 2;
+        while lo <= hi && events.len() < limit {
+            let ids = self.store.room_events(room_id.as_str(), lo, hi, backwards, chunk)?;
+            let exhausted = ids.len() < chunk;
+            for (pos, id) in ids {
+                if backwards {
+                    hi = pos.saturating_sub(1);
+                } else {
+                    lo = pos + 1;
+                }
+                let id = EventId::parse(&id).map_err(Error::internal)?;
+                let Some(ev) = self.timeline_event(&id)? else { continue };
+                if filter.matches(&ev.pdu) && self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)? {
+                    events.push(ev);
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if exhausted && events.len() < limit {
+                // Nothing further in range.
+                return Ok(Page { events, end: None });
+            }
+            if hi == 0 {
+                break;
+            }
+        }
+        let end = if lo > hi { None } else if backwards { Some(hi) } else { Some(lo - 1) };
+        Ok(Page { events, end })
+    }
+
+    /// The member events of the given senders in a state group, for lazy-loading clients.
+    pub fn member_events_for(&self, state_group: u64, senders: impl IntoIterator<Item = String>) -> Result<Vec<TimelineEvent>> {
+        let state = self.state_at_group(state_group)?;
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for s in senders {
+            if !seen.insert(s.clone()) {
+                continue;
+            }
+            if let Some(id) = state.get(&("m.room.member".to_owned(), s))
+                && let Some(ev) = self.timeline_event(id)?
+            {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every event of a state map, in a stable order.
+    pub fn state_events(&self, state_group: u64) -> Result<Vec<TimelineEvent>> {
+        let state = self.state_at_group(state_group)?;
+        let mut out = Vec::with_capacity(state.len());
+        for id in state.values() {
+            if let Some(ev) = self.timeline_event(id)? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,68 @@
+//! Hearth's storage layer.
+//!
+//! The rest of the server sees storage through [`Store`]: synchronous point and range reads, and
+//! one asynchronous write path, [`Store::submit`], which takes a batch of [`WriteOp`]s and
+//! resolves once the batch is durable on disk. Every write in the server goes through that one
+//! path, so a crash (even `kill -9`) can only lose writes that were never acknowledged.
+//!
+//! The embedded backend is [`RedbStore`]. It commits concurrent batches together (group commit):
+//! one fsync makes many requests durable, so durability does not cap throughput at one fsync per
+//! message. A PostgreSQL backend would implement the same trait.
+
+mod error;
+mod model;
+mod redb_store;
+mod tables;
+mod writer;
+
+pub use error::{StorageError, StorageResult};
+pub use model::*;
+pub use redb_store::RedbStore;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A position in the server's global stream. Every appended event gets the next one; `/sync`
+/// tokens encode them. Position 0 means "before everything".
+pub type StreamPos = u64;
+
+/// Resolves once a submitted batch is durable, with the stream positions given to its
+/// [`WriteOp::AppendEvent`]s, in order.
+pub type PendingCommit = Pin<Box<dyn Future<Output = StorageResult<Vec<StreamPos>>> + Send>>;
+
+/// Everything Hearth persists. Reads see only committed data.
+pub trait Store: Send + Sync + 'static {
+    /// Queues a batch; all of its operations become durable atomically, or none do.
+    fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit;
+    /// The highest stream position that is durable and visible to readers.
+    fn persisted_pos(&self) -> StreamPos;
+
+    fn counter(&self, name: &str) -> StorageResult<u64>;
+
+    fn user(&self, user_id: &str) -> StorageResult<Option<UserRecord>>;
+    fn user_count(&self) -> StorageResult<u64>;
+    fn device(&self, user_id: &str, device_id: &str) -> StorageResult<Option<DeviceRecord>>;
+    fn devices(&self, user_id: &str) -> StorageResult<Vec<(String, DeviceRecord)>>;
+    fn token(&self, token_hash: &[u8]) -> StorageResult<Option<TokenRecord>>;
+    fn filter(&self, user_id: &str, filter_id: u64) -> StorageResult<Option<String>>;
+    fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StorageResult<Option<String>>;
+
+    fn event_json(&self, event_id: &str) -> StorageResult<Option<Vec<u8>>>;
+    fn event_meta(&self, event_id: &str) -> StorageResult<Option<EventMeta>>;
+    /// Event ids of a room in stream order between two positions (both inclusive), walking
+    /// forwards or backwards, at most `limit` of them.
+    fn room_events(
+        &self,
+        room_id: &str,
+        from: StreamPos,
+        to: StreamPos,
+        backwards: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(StreamPos, String)>>;
+    fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>>;
+    fn room(&self, room_id: &str) -> StorageResult<Option<RoomRecord>>;
+    fn rooms(&self) -> StorageResult<Vec<(String, RoomRecord)>>;
+    fn memberships_of_user(&self, user_id: &str) -> StorageResult<Vec<(String, MembershipRecord)>>;
+    fn membership(&self, user_id: &str, room_id: &str) -> StorageResult<Option<MembershipRecord>>;
+    fn account_data(&self, user_id: &str, room_id: &str, kind: &str) -> StorageResult<Option<String>>;
+}

@@ -1,0 +1,120 @@
+//! The records Hearth persists. They are plain data, serialised as JSON inside the store, so that
+//! a field can be added with `#[serde(default)]` without a migration.
+
+use serde::{Deserialize, Serialize};
+
+use crate::StreamPos;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// PHC string (argon2id); `None` for accounts that cannot log in with a password.
+    pub password_hash: Option<String>,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    #[serde(default)]
+    pub deactivated: bool,
+    #[serde(default)]
+    pub admin: bool,
+    pub created_ts: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<u64>,
+    pub last_seen_ip: Option<String>,
+    /// Hash of the device's current access token, so that deleting the device revokes it.
+    pub token_hash: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// Where an event sits: its room, stream position and the state around it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub room_id: String,
+    /// Filled in by the writer when the event is appended.
+    #[serde(default)]
+    pub pos: StreamPos,
+    /// State group of the room state before this event.
+    pub state_before: u64,
+    /// State group after it (differs from `state_before` only for state events).
+    pub state_after: u64,
+    /// The device transaction that created the event, echoed to that device only.
+    #[serde(default)]
+    pub txn: Option<TxnRef>,
+    /// For state events: the event this one replaced in the room state.
+    #[serde(default)]
+    pub replaces_state: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TxnRef {
+    pub user_id: String,
+    pub device_id: String,
+    pub txn_id: String,
+}
+
+/// A room state snapshot stored as a delta over a previous group; every so often a group is a
+/// full snapshot so that resolving one never walks a long chain.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateGroupRecord {
+    pub room_id: String,
+    pub prev: Option<u64>,
+    /// How many deltas lie between this group and the last full snapshot.
+    pub chain_len: u32,
+    /// `(event type, state key, event id)` entries this group adds or replaces.
+    pub delta: Vec<(String, String, String)>,
+}
+
+/// The mutable head of a room's event graph.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub room_version: String,
+    pub forward_extremities: Vec<String>,
+    pub depth: u64,
+    pub state_group: u64,
+    /// Stream position of the latest event in the room.
+    pub last_pos: StreamPos,
+    #[serde(default)]
+    pub is_public: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    pub membership: String,
+    pub event_id: String,
+    /// Stream position of the membership event (filled in by the writer).
+    #[serde(default)]
+    pub pos: StreamPos,
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+/// One operation of a write batch. A batch is applied atomically.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    PutUser(String, UserRecord),
+    PutDevice(String, String, DeviceRecord),
+    DeleteDevice(String, String),
+    PutToken(Vec<u8>, TokenRecord),
+    DeleteToken(Vec<u8>),
+    PutFilter(String, u64, String),
+    SetCounter(String, u64),
+    PutAccountData { user_id: String, room_id: String, kind: String, content: String },
+    PutStateGroup(u64, StateGroupRecord),
+    /// Appends an event to its room's timeline at the next stream position. The position is
+    /// written into `meta.pos`, the room record's `last_pos` and the membership row's `pos`.
+    AppendEvent {
+        event_id: String,
+        json: Vec<u8>,
+        meta: EventMeta,
+        room: RoomRecord,
+        membership: Option<(String, MembershipRecord)>,
+    },
+    PutMembership(String, String, MembershipRecord),
+}

@@ -1,0 +1,280 @@
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::tables::*;
+use crate::writer::{self, Job};
+use crate::*;
+
+/// The embedded store: one redb file in the data directory.
+pub struct RedbStore {
+    db: Arc<Database>,
+    // A Mutex only because std's Sender was not Sync before 1.72's guarantees were relied upon
+    // everywhere; sends are short.
+    tx: Mutex<mpsc::Sender<Job>>,
+    persisted: Arc<AtomicU64>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file and starts the writer thread.
+    pub fn open(path: &Path) -> StorageResult<Self> {
+        let db = Database::create(path)?;
+        Self::from_database(db)
+    }
+
+    /// A store that lives in memory only, for unit tests of the layers above.
+    pub fn in_memory() -> StorageResult<Self> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Self::from_database(db)
+    }
+
+    fn from_database(db: Database) -> StorageResult<Self> {
+        // Create every table up front so that readers never see a missing table.
+        let txn = db.begin_write()?;
+        txn.open_table(USERS)?;
+        txn.open_table(DEVICES)?;
+        txn.open_table(TOKENS)?;
+        txn.open_table(FILTERS)?;
+        txn.open_table(TXNS)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(EVENT_META)?;
+        txn.open_table(ROOM_TIMELINE)?;
+        txn.open_table(STATE_GROUPS)?;
+        txn.open_table(ROOMS)?;
+        txn.open_table(MEMBERSHIPS)?;
+        txn.open_table(ACCOUNT_DATA)?;
+        let pos = {
+            let counters = txn.open_table(COUNTERS)?;
+            counters.get(STREAM_POS)?.map(|v| v.value()).unwrap_or(0)
+        };
+        txn.commit()?;
+
+        let db = Arc::new(db);
+        let persisted = Arc::new(AtomicU64::new(pos));
+        let (tx, rx) = mpsc::channel();
+        let (wdb, wpersisted) = (db.clone(), persisted.clone());
+        std::thread::Builder::new()
+            .name("hearth-writer".into())
+            .spawn(move || writer::run(wdb, rx, wpersisted))
+            .map_err(|e| StorageError::Database(e.to_string()))?;
+        Ok(Self { db, tx: Mutex::new(tx), persisted })
+    }
+
+    fn get_json<K: redb::Key + 'static, T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<K, &[u8]>,
+        key: K::SelfType<'_>,
+    ) -> StorageResult<Option<T>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        match table.get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.lock().map(|tx| tx.send(Job { ops, reply }).is_ok()).unwrap_or(false);
+        Box::pin(async move {
+            if !sent {
+                return Err(StorageError::WriterGone);
+            }
+            rx.await.map_err(|_| StorageError::WriterGone)?
+        })
+    }
+
+    fn persisted_pos(&self) -> StreamPos {
+        self.persisted.load(Ordering::Acquire)
+    }
+
+    fn counter(&self, name: &str) -> StorageResult<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(COUNTERS)?.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    fn user(&self, user_id: &str) -> StorageResult<Option<UserRecord>> {
+        self.get_json(USERS, user_id)
+    }
+
+    fn user_count(&self) -> StorageResult<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(USERS)?.len()?)
+    }
+
+    fn device(&self, user_id: &str, device_id: &str) -> StorageResult<Option<DeviceRecord>> {
+        self.get_json(DEVICES, (user_id, device_id))
+    }
+
+    fn devices(&self, user_id: &str) -> StorageResult<Vec<(String, DeviceRecord)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEVICES)?;
+        let mut out = Vec::new();
+        for row in table.range((user_id, "")..)? {
+            let (k, v) = row?;
+            let (user, device) = k.value();
+            if user != user_id {
+                break;
+            }
+            out.push((device.to_owned(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn token(&self, token_hash: &[u8]) -> StorageResult<Option<TokenRecord>> {
+        self.get_json(TOKENS, token_hash)
+    }
+
+    fn filter(&self, user_id: &str, filter_id: u64) -> StorageResult<Option<String>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(FILTERS)?.get((user_id, filter_id))?.map(|v| v.value().to_owned()))
+    }
+
+    fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StorageResult<Option<String>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(TXNS)?.get((user_id, device_id, txn_id))?.map(|v| v.value().to_owned()))
+    }
+
+    fn event_json(&self, event_id: &str) -> StorageResult<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(EVENTS)?.get(event_id)?.map(|v| v.value().to_vec()))
+    }
+
+    fn event_meta(&self, event_id: &str) -> StorageResult<Option<EventMeta>> {
+        self.get_json(EVENT_META, event_id)
+    }
+
+    fn room_events(
+        &self,
+        room_id: &str,
+        from: StreamPos,
+        to: StreamPos,
+        backwards: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(StreamPos, String)>> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ROOM_TIMELINE)?;
+        let range = table.range((room_id, from)..=(room_id, to))?;
+        let collect = |it: &mut dyn Iterator<Item = Result<(redb::AccessGuard<'_, (&str, u64)>, redb::AccessGuard<'_, &str>), redb::StorageError>>| -> StorageResult<Vec<(StreamPos, String)>> {
+            let mut out = Vec::new();
+            for row in it.take(limit) {
+                let (k, v) = row?;
+                out.push((k.value().1, v.value().to_owned()));
+            }
+            Ok(out)
+        };
+        if backwards { collect(&mut range.rev()) } else { collect(&mut { range }) }
+    }
+
+    fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>> {
+        self.get_json(STATE_GROUPS, id)
+    }
+
+    fn room(&self, room_id: &str) -> StorageResult<Option<RoomRecord>> {
+        self.get_json(ROOMS, room_id)
+    }
+
+    fn rooms(&self) -> StorageResult<Vec<(String, RoomRecord)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ROOMS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn memberships_of_user(&self, user_id: &str) -> StorageResult<Vec<(String, MembershipRecord)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MEMBERSHIPS)?;
+        let mut out = Vec::new();
+        for row in table.range((user_id, "")..)? {
+            let (k, v) = row?;
+            let (user, room) = k.value();
+            if user != user_id {
+                break;
+            }
+            out.push((room.to_owned(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn membership(&self, user_id: &str, room_id: &str) -> StorageResult<Option<MembershipRecord>> {
+        self.get_json(MEMBERSHIPS, (user_id, room_id))
+    }
+
+    fn account_data(&self, user_id: &str, room_id: &str, kind: &str) -> StorageResult<Option<String>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(ACCOUNT_DATA)?.get((user_id, room_id, kind))?.map(|v| v.value().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(room: &str, id: &str) -> WriteOp {
+        WriteOp::AppendEvent {
+            event_id: id.into(),
+            json: b"{}".to_vec(),
+            meta: EventMeta { room_id: room.into(), pos: 0, state_before: 0, state_after: 0, txn: None, replaces_state: None },
+            room: RoomRecord {
+                room_version: "11".into(),
+                forward_extremities: vec![id.into()],
+                depth: 1,
+                state_group: 0,
+                last_pos: 0,
+                is_public: false,
+            },
+            membership: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn positions_are_assigned_in_order_and_ranges_read_back() {
+        let store = RedbStore::in_memory().unwrap();
+        let a = store.submit(vec![append("!a", "$1"), append("!b", "$2")]);
+        let b = store.submit(vec![append("!a", "$3")]);
+        assert_eq!(a.await.unwrap(), vec![1, 2]);
+        assert_eq!(b.await.unwrap(), vec![3]);
+        assert_eq!(store.persisted_pos(), 3);
+        let fwd = store.room_events("!a", 0, 10, false, 10).unwrap();
+        assert_eq!(fwd, vec![(1, "$1".to_string()), (3, "$3".to_string())]);
+        let back = store.room_events("!a", 0, 10, true, 1).unwrap();
+        assert_eq!(back, vec![(3, "$3".to_string())]);
+        assert_eq!(store.room("!a").unwrap().unwrap().last_pos, 3);
+        assert_eq!(store.event_meta("$2").unwrap().unwrap().pos, 2);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_stream_position() {
+        let dir = std::env::temp_dir().join(format!("hearth-storage-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            store.submit(vec![append("!a", "$1")]).await.unwrap();
+        }
+        // The writer thread still holds the database; wait for it to let go.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let store = loop {
+            match RedbStore::open(&path) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        };
+        assert_eq!(store.persisted_pos(), 1);
+        assert_eq!(store.submit(vec![append("!a", "$2")]).await.unwrap(), vec![2]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

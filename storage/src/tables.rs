@@ -1,0 +1,32 @@
+//! The redb table layout. Values are JSON-encoded records from `model`, except where noted.
+
+use redb::TableDefinition;
+
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// (user id, device id) → DeviceRecord
+pub const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
+/// sha256(access token) → TokenRecord
+pub const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
+/// (user id, filter id) → filter JSON
+pub const FILTERS: TableDefinition<(&str, u64), &str> = TableDefinition::new("filters");
+/// (user id, device id, txn id) → event id
+pub const TXNS: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("txns");
+/// event id → the PDU as canonical JSON bytes
+pub const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+/// event id → EventMeta
+pub const EVENT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("event_meta");
+/// (room id, stream position) → event id: each room's timeline in stream order
+pub const ROOM_TIMELINE: TableDefinition<(&str, u64), &str> = TableDefinition::new("room_timeline");
+/// state group id → StateGroupRecord
+pub const STATE_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("state_groups");
+/// room id → RoomRecord
+pub const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+/// (user id, room id) → MembershipRecord: the user's latest membership of each room
+pub const MEMBERSHIPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memberships");
+/// (user id, room id or "", type) → content JSON
+pub const ACCOUNT_DATA: TableDefinition<(&str, &str, &str), &str> =
+    TableDefinition::new("account_data");
+/// name → value: stream position, id allocators
+pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+pub const STREAM_POS: &str = "stream_pos";

@@ -1,0 +1,143 @@
+//! The single writer thread: group commit.
+//!
+//! Requests queue batches on a channel. The thread takes every batch that is waiting, applies
+//! them all in one redb write transaction and commits it once (one fsync), then answers each
+//! request. Under load many requests share a commit; alone, a request pays one fsync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use redb::{Database, ReadableTable, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::tables::*;
+use crate::{StorageError, StorageResult, StreamPos, WriteOp};
+
+pub(crate) struct Job {
+    pub ops: Vec<WriteOp>,
+    pub reply: oneshot::Sender<StorageResult<Vec<StreamPos>>>,
+}
+
+/// Upper bound on batches folded into one commit, so that one commit's latency stays bounded.
+const MAX_JOBS_PER_COMMIT: usize = 4096;
+
+pub(crate) fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, persisted: Arc<AtomicU64>) {
+    let mut next_pos = persisted.load(Ordering::Acquire);
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_JOBS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let start_pos = next_pos;
+        match commit(&db, &mut jobs, &mut next_pos) {
+            Ok(positions) => {
+                persisted.store(next_pos, Ordering::Release);
+                for (job, pos) in jobs.into_iter().zip(positions) {
+                    let _ = job.reply.send(Ok(pos));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batches = jobs.len(), "commit failed");
+                next_pos = start_pos;
+                for job in jobs {
+                    let _ = job.reply.send(Err(StorageError::Database(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn commit(
+    db: &Database,
+    jobs: &mut [Job],
+    next_pos: &mut StreamPos,
+) -> StorageResult<Vec<Vec<StreamPos>>> {
+    let txn = db.begin_write()?;
+    let mut all = Vec::with_capacity(jobs.len());
+    for job in jobs.iter_mut() {
+        let mut positions = Vec::new();
+        for op in job.ops.drain(..) {
+            if let Some(pos) = apply(&txn, op, next_pos)? {
+                positions.push(pos);
+            }
+        }
+        all.push(positions);
+    }
+    txn.open_table(COUNTERS)?.insert(STREAM_POS, *next_pos)?;
+    txn.commit()?;
+    Ok(all)
+}
+
+fn apply(txn: &WriteTransaction, op: WriteOp, next_pos: &mut StreamPos) -> StorageResult<Option<StreamPos>> {
+    match op {
+        WriteOp::PutUser(id, rec) => {
+            txn.open_table(USERS)?.insert(id.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
+        }
+        WriteOp::PutDevice(user, device, rec) => {
+            txn.open_table(DEVICES)?
+                .insert((user.as_str(), device.as_str()), serde_json::to_vec(&rec)?.as_slice())?;
+        }
+        WriteOp::DeleteDevice(user, device) => {
+            txn.open_table(DEVICES)?.remove((user.as_str(), device.as_str()))?;
+        }
+        WriteOp::PutToken(hash, rec) => {
+            txn.open_table(TOKENS)?.insert(hash.as_slice(), serde_json::to_vec(&rec)?.as_slice())?;
+        }
+        WriteOp::DeleteToken(hash) => {
+            txn.open_table(TOKENS)?.remove(hash.as_slice())?;
+        }
+        WriteOp::PutFilter(user, id, json) => {
+            txn.open_table(FILTERS)?.insert((user.as_str(), id), json.as_str())?;
+        }
+        WriteOp::SetCounter(name, value) => {
+            txn.open_table(COUNTERS)?.insert(name.as_str(), value)?;
+        }
+        WriteOp::PutAccountData { user_id, room_id, kind, content } => {
+            txn.open_table(ACCOUNT_DATA)?
+                .insert((user_id.as_str(), room_id.as_str(), kind.as_str()), content.as_str())?;
+        }
+        WriteOp::PutStateGroup(id, rec) => {
+            txn.open_table(STATE_GROUPS)?.insert(id, serde_json::to_vec(&rec)?.as_slice())?;
+        }
+        WriteOp::PutMembership(user, room, rec) => {
+            txn.open_table(MEMBERSHIPS)?
+                .insert((user.as_str(), room.as_str()), serde_json::to_vec(&rec)?.as_slice())?;
+        }
+        WriteOp::AppendEvent { event_id, json, mut meta, mut room, membership } => {
+            *next_pos += 1;
+            let pos = *next_pos;
+            meta.pos = pos;
+            room.last_pos = pos;
+            let room_id = meta.room_id.clone();
+            if let Some(txn_ref) = &meta.txn {
+                txn.open_table(TXNS)?.insert(
+                    (txn_ref.user_id.as_str(), txn_ref.device_id.as_str(), txn_ref.txn_id.as_str()),
+                    event_id.as_str(),
+                )?;
+            }
+            txn.open_table(EVENTS)?.insert(event_id.as_str(), json.as_slice())?;
+            txn.open_table(EVENT_META)?
+                .insert(event_id.as_str(), serde_json::to_vec(&meta)?.as_slice())?;
+            txn.open_table(ROOM_TIMELINE)?.insert((room_id.as_str(), pos), event_id.as_str())?;
+            txn.open_table(ROOMS)?.insert(room_id.as_str(), serde_json::to_vec(&room)?.as_slice())?;
+            if let Some((user, mut rec)) = membership {
+                let mut table = txn.open_table(MEMBERSHIPS)?;
+                rec.pos = pos;
+                // A rejoin clears an earlier "forget"; a repeated leave keeps it.
+                if rec.membership == "leave" || rec.membership == "ban" {
+                    if let Some(old) = table.get((user.as_str(), room_id.as_str()))? {
+                        let old: crate::MembershipRecord = serde_json::from_slice(old.value())?;
+                        rec.forgotten = rec.forgotten || old.forgotten && old.membership == rec.membership;
+                    }
+                }
+                table.insert((user.as_str(), room_id.as_str()), serde_json::to_vec(&rec)?.as_slice())?;
+            }
+            return Ok(Some(pos));
+        }
+    }
+    Ok(None)
+}
