@@ -1,1 +1,163 @@
-fn main() {}
+//! `hearth`: the Matrix homeserver binary. Reads the configuration, opens the store, wires the
+//! core to the API routers, and serves.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use hearth_client_api::config::RateLimit;
+use hearth_client_api::{ApiConfig, AppState};
+use hearth_core::keys::ServerKeys;
+use hearth_core::{Core, CoreConfig};
+use hearth_storage::RedbStore;
+use ruma::{OwnedServerName, RoomVersionId};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "A Matrix homeserver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver.
+    Serve {
+        /// TOML configuration file; every key can also be set as HEARTH_<KEY>.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve { config } = cli.command;
+    let config = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hearth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hearth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("hearth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let server_name =
+        OwnedServerName::try_from(config.server_name.as_str()).map_err(|e| e.to_string())?;
+    let store = RedbStore::open(&config.data_dir.join("hearth.redb")).map_err(|e| {
+        format!(
+            "cannot open the database in {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let keys = ServerKeys::load_or_generate(&config.data_dir, server_name.clone())
+        .map_err(|e| e.to_string())?;
+
+    let mut core_config = CoreConfig::new(server_name);
+    core_config.default_room_version =
+        RoomVersionId::try_from(config.default_room_version.as_str())
+            .ok()
+            .filter(|v| hearth_core::config::SUPPORTED_ROOM_VERSIONS.contains(v))
+            .ok_or_else(|| {
+                format!(
+                    "default_room_version {:?} is not supported",
+                    config.default_room_version
+                )
+            })?;
+    let core = Arc::new(Core::new(core_config, Arc::new(store), keys).map_err(|e| e.to_string())?);
+
+    let registration = config.registration_mode();
+    let api = ApiConfig {
+        registration,
+        registration_token: config.registration_token.clone(),
+        max_request_bytes: config.max_request_bytes,
+        rate_limit: config.rate_limit.then_some(RateLimit {
+            per_second: config.rate_limit_per_second,
+            burst: config.rate_limit_burst,
+        }),
+        public_base_url: config
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen)),
+    };
+    let app = hearth_client_api::router(AppState::new(core.clone(), api))
+        .merge(hearth_federation::router(core.clone()))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(
+        server_name = %core.config.server_name,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        ?registration,
+        "Hearth is serving"
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| format!("server error: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,1 +1,47 @@
+//! The Matrix Client-Server API over HTTP.
+//!
+//! Modules follow the spec's sections; each endpoint handler translates a ruma request type into
+//! calls on `hearth_core` and the result back into the ruma response type. The plumbing that all
+//! handlers share lives in [`extract`] (request parsing and authentication), [`error`] (Matrix
+//! error responses) and [`routes`] (registering a ruma endpoint's every path with axum).
 
+pub mod account;
+pub mod config;
+pub mod error;
+pub mod extract;
+mod filter;
+mod profile;
+mod rate_limit;
+pub mod rooms;
+mod routes;
+mod server;
+mod sync;
+mod uia;
+
+use std::sync::Arc;
+
+pub use config::{ApiConfig, RegistrationMode};
+use hearth_core::Core;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Arc<Core>,
+    pub config: Arc<ApiConfig>,
+    pub(crate) limiter: Arc<rate_limit::RateLimiter>,
+    pub(crate) uia: Arc<uia::UiaSessions>,
+}
+
+impl AppState {
+    pub fn new(core: Arc<Core>, config: ApiConfig) -> Self {
+        let limiter = Arc::new(rate_limit::RateLimiter::new(config.rate_limit));
+        Self {
+            core,
+            config: Arc::new(config),
+            limiter,
+            uia: Arc::new(uia::UiaSessions::default()),
+        }
+    }
+}
+
+pub use routes::router;

@@ -5,6 +5,13 @@
 //! 200 and kills the process when dropped.  The helpers on it speak raw HTTP
 //! (reqwest + serde_json) so that tests can check status codes and error
 //! bodies exactly as the Matrix Client-Server specification describes them.
+//!
+//! Running: `cargo build -p hearth && cargo test -p hearth-conformance`.
+//! The server binary is `<target>/debug/hearth` next to the test binaries,
+//! or whatever `HEARTH_BIN` points to. Set `HEARTH_KEEP_DATA=1` to keep the
+//! data directories (they are always kept, with the server log, when a test
+//! panics). `scripts/synapse-as-hearth.sh` runs the suite against Synapse as
+//! a reference.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -470,6 +477,21 @@ pub fn assert_matrix_error(resp: &Response, status: u16, errcode: &str) {
     assert!(
         body["error"].is_string(),
         "error body lacks an `error` string: {body}"
+    );
+}
+
+/// Assert that a response is a Matrix error with the given status, whatever
+/// its errcode, with both `errcode` and `error` strings in the body.
+#[track_caller]
+pub fn assert_matrix_status(resp: &Response, status: u16) {
+    let (got_status, body) = resp;
+    assert_eq!(
+        *got_status, status,
+        "expected a {status} error, got {got_status} {body}"
+    );
+    assert!(
+        body["errcode"].is_string() && body["error"].is_string(),
+        "error body lacks `errcode`/`error` strings: {body}"
     );
 }
 

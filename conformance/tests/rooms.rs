@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{event_json, sdk_register, sync, sync_until, token};
-use hearth_conformance::{TestServer, assert_matrix_error, enc, json, message_bodies};
+use hearth_conformance::{
+    TestServer, assert_matrix_error, assert_matrix_status, enc, json, message_bodies,
+};
 use matrix_sdk::{
     RoomState,
     ruma::{
@@ -397,9 +399,11 @@ async fn banned_member_cannot_send_or_rejoin() {
         403,
         "M_FORBIDDEN",
     );
-    assert_matrix_error(&server.join_raw(&bob_tok, rid).await, 403, "M_FORBIDDEN");
+    // Rejoining while banned is refused. The spec requires a 403 but leaves
+    // the errcode open (Synapse answers M_BAD_STATE).
+    assert_matrix_status(&server.join_raw(&bob_tok, rid).await, 403);
     // Inviting a banned user is refused as well.
-    assert_matrix_error(
+    assert_matrix_status(
         &server
             .post(
                 &format!("/rooms/{}/invite", enc(rid)),
@@ -408,7 +412,6 @@ async fn banned_member_cannot_send_or_rejoin() {
             )
             .await,
         403,
-        "M_FORBIDDEN",
     );
     let (status, member) = server
         .get(
@@ -523,18 +526,23 @@ async fn displayname_shows_in_member_event() {
     assert_eq!(status, 200, "{profile}");
     assert_eq!(profile["displayname"], "Alice Liddell");
 
-    let (status, member) = server
-        .get(
-            &format!(
-                "/rooms/{}/state/m.room.member/{}",
-                enc(room_id.as_str()),
-                enc(alice_id.as_str())
-            ),
-            &token(&bob),
-        )
-        .await;
-    assert_eq!(status, 200, "{member}");
-    assert_eq!(member["displayname"], "Alice Liddell");
+    // The spec requires a new m.room.member event in every joined room but
+    // not that it be sent before the profile request returns: poll briefly.
+    let member_path = format!(
+        "/rooms/{}/state/m.room.member/{}",
+        enc(room_id.as_str()),
+        enc(alice_id.as_str())
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let member = loop {
+        let (status, member) = server.get(&member_path, &token(&bob)).await;
+        assert_eq!(status, 200, "{member}");
+        if member["displayname"] == "Alice Liddell" || std::time::Instant::now() > deadline {
+            break member;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(member["displayname"], "Alice Liddell", "{member}");
     assert_eq!(member["membership"], "join");
 
     let (status, members) = server

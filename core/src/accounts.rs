@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+pub use hearth_storage::DeviceRecord as DeviceInfo;
 use hearth_storage::{DeviceRecord, Store, TokenRecord, UserRecord, WriteOp};
 use parking_lot::RwLock;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
@@ -40,7 +41,12 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn new(config: Arc<CoreConfig>, store: Arc<dyn Store>) -> Self {
-        Self { config, store, registration: Mutex::new(()), sessions: RwLock::new(HashMap::new()) }
+        Self {
+            config,
+            store,
+            registration: Mutex::new(()),
+            sessions: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Validates a requested localpart and turns it into a user ID of this server.
@@ -118,7 +124,8 @@ impl Accounts {
             ..Default::default()
         };
         let mut ops = vec![WriteOp::PutUser(user_id.to_string(), record)];
-        let login = login.map(|(device_id, name)| self.new_login_ops(&user_id, device_id, name, &mut ops));
+        let login =
+            login.map(|(device_id, name)| self.new_login_ops(&user_id, device_id, name, &mut ops));
         self.store.submit(ops).await?;
         if let Some(l) = &login {
             self.cache_session(l);
@@ -136,7 +143,11 @@ impl Accounts {
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -174,28 +185,48 @@ impl Accounts {
         display_name: Option<String>,
         ops: &mut Vec<WriteOp>,
     ) -> NewLogin {
-        let device_id: OwnedDeviceId = device_id.unwrap_or_else(|| random_string(10).to_uppercase()).into();
+        let device_id: OwnedDeviceId = device_id
+            .unwrap_or_else(|| random_string(10).to_uppercase())
+            .into();
         let access_token = format!("hth_{}", random_string(40));
         let hash = sha256(access_token.as_bytes());
-        let existing = self.store.device(user_id.as_str(), device_id.as_str()).ok().flatten();
+        let existing = self
+            .store
+            .device(user_id.as_str(), device_id.as_str())
+            .ok()
+            .flatten();
         let device = DeviceRecord {
             display_name: display_name.or(existing.and_then(|d| d.display_name)),
             last_seen_ts: Some(now_ms()),
             last_seen_ip: None,
             token_hash: Some(hash.clone()),
         };
-        ops.push(WriteOp::PutDevice(user_id.to_string(), device_id.to_string(), device));
+        ops.push(WriteOp::PutDevice(
+            user_id.to_string(),
+            device_id.to_string(),
+            device,
+        ));
         ops.push(WriteOp::PutToken(
             hash,
-            TokenRecord { user_id: user_id.to_string(), device_id: device_id.to_string() },
+            TokenRecord {
+                user_id: user_id.to_string(),
+                device_id: device_id.to_string(),
+            },
         ));
-        NewLogin { user_id: user_id.to_owned(), device_id, access_token }
+        NewLogin {
+            user_id: user_id.to_owned(),
+            device_id,
+            access_token,
+        }
     }
 
     fn cache_session(&self, login: &NewLogin) {
         self.sessions.write().insert(
             sha256(login.access_token.as_bytes()),
-            Session { user_id: login.user_id.clone(), device_id: login.device_id.clone() },
+            Session {
+                user_id: login.user_id.clone(),
+                device_id: login.device_id.clone(),
+            },
         );
     }
 
@@ -222,13 +253,24 @@ impl Accounts {
         Ok(self.store.device(user_id.as_str(), device_id)?)
     }
 
-    pub async fn rename_device(&self, user_id: &UserId, device_id: &str, name: Option<String>) -> Result<()> {
+    pub async fn rename_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        name: Option<String>,
+    ) -> Result<()> {
         let mut dev = self
             .store
             .device(user_id.as_str(), device_id)?
             .ok_or_else(|| Error::not_found("Device not found"))?;
         dev.display_name = name;
-        self.store.submit(vec![WriteOp::PutDevice(user_id.to_string(), device_id.to_owned(), dev)]).await?;
+        self.store
+            .submit(vec![WriteOp::PutDevice(
+                user_id.to_string(),
+                device_id.to_owned(),
+                dev,
+            )])
+            .await?;
         Ok(())
     }
 
@@ -259,7 +301,11 @@ impl Accounts {
         Ok(())
     }
 
-    pub async fn delete_all_devices_except(&self, user_id: &UserId, keep: Option<&str>) -> Result<()> {
+    pub async fn delete_all_devices_except(
+        &self,
+        user_id: &UserId,
+        keep: Option<&str>,
+    ) -> Result<()> {
         let ids: Vec<String> = self
             .devices(user_id)?
             .into_iter()
@@ -271,16 +317,30 @@ impl Accounts {
 
     pub async fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let hash = hash_password(password.to_owned()).await?;
-        let mut user = self.store.user(user_id.as_str())?.ok_or_else(|| Error::not_found("No such user"))?;
+        let mut user = self
+            .store
+            .user(user_id.as_str())?
+            .ok_or_else(|| Error::not_found("No such user"))?;
         user.password_hash = Some(hash);
-        self.store.submit(vec![WriteOp::PutUser(user_id.to_string(), user)]).await?;
+        self.store
+            .submit(vec![WriteOp::PutUser(user_id.to_string(), user)])
+            .await?;
         Ok(())
     }
 
-    pub async fn update_user(&self, user_id: &UserId, f: impl FnOnce(&mut UserRecord)) -> Result<UserRecord> {
-        let mut user = self.store.user(user_id.as_str())?.ok_or_else(|| Error::not_found("No such user"))?;
+    pub async fn update_user(
+        &self,
+        user_id: &UserId,
+        f: impl FnOnce(&mut UserRecord),
+    ) -> Result<UserRecord> {
+        let mut user = self
+            .store
+            .user(user_id.as_str())?
+            .ok_or_else(|| Error::not_found("No such user"))?;
         f(&mut user);
-        self.store.submit(vec![WriteOp::PutUser(user_id.to_string(), user.clone())]).await?;
+        self.store
+            .submit(vec![WriteOp::PutUser(user_id.to_string(), user.clone())])
+            .await?;
         Ok(user)
     }
 
@@ -303,7 +363,10 @@ impl Accounts {
         let counter = format!("filter:{user_id}");
         let id = self.store.counter(&counter)? + 1;
         self.store
-            .submit(vec![WriteOp::PutFilter(user_id.to_string(), id, json), WriteOp::SetCounter(counter, id)])
+            .submit(vec![
+                WriteOp::PutFilter(user_id.to_string(), id, json),
+                WriteOp::SetCounter(counter, id),
+            ])
             .await?;
         Ok(id)
     }

@@ -10,7 +10,10 @@ pub struct CoreConfig {
 
 impl CoreConfig {
     pub fn new(server_name: OwnedServerName) -> Self {
-        Self { server_name, default_room_version: RoomVersionId::V11 }
+        Self {
+            server_name,
+            default_room_version: RoomVersionId::V11,
+        }
     }
 }
 

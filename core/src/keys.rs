@@ -35,23 +35,33 @@ impl ServerKeys {
         }
         let text = std::fs::read_to_string(&path).map_err(Error::internal)?;
         let mut parts = text.split_whitespace();
-        let (Some("ed25519"), Some(version), Some(key)) = (parts.next(), parts.next(), parts.next())
+        let (Some("ed25519"), Some(version), Some(key)) =
+            (parts.next(), parts.next(), parts.next())
         else {
-            return Err(Error::Internal(format!("{} is not a signing key file", path.display())));
+            return Err(Error::Internal(format!(
+                "{} is not a signing key file",
+                path.display()
+            )));
         };
         let doc = b64
             .decode(key.trim_end_matches('='))
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
         let key_pair = Ed25519KeyPair::from_der(&doc, version.to_owned())
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
-        Ok(Self { server_name, key_pair })
+        Ok(Self {
+            server_name,
+            key_pair,
+        })
     }
 
     /// A throwaway key, for tests.
     pub fn ephemeral(server_name: OwnedServerName) -> Self {
         let doc = Ed25519KeyPair::generate();
         let key_pair = Ed25519KeyPair::from_der(&doc, "test".into()).expect("fresh key parses");
-        Self { server_name, key_pair }
+        Self {
+            server_name,
+            key_pair,
+        }
     }
 
     pub fn key_id(&self) -> String {

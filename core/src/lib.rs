@@ -49,7 +49,20 @@ impl Core {
             notifier.clone(),
         )?);
         let profiles = Arc::new(profiles::Profiles::new(accounts.clone(), rooms.clone()));
-        let sync = Arc::new(sync::SyncService::new(store.clone(), rooms.clone(), notifier.clone()));
-        Ok(Self { config, store, keys, notifier, accounts, rooms, profiles, sync })
+        let sync = Arc::new(sync::SyncService::new(
+            store.clone(),
+            rooms.clone(),
+            notifier.clone(),
+        ));
+        Ok(Self {
+            config,
+            store,
+            keys,
+            notifier,
+            accounts,
+            rooms,
+            profiles,
+            sync,
+        })
     }
 }

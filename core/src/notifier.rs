@@ -26,7 +26,10 @@ impl Notifier {
         if users.len() > 1024 {
             users.retain(|_, tx| tx.receiver_count() > 0);
         }
-        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+        users
+            .entry(user.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>, pos: StreamPos) {

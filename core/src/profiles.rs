@@ -21,8 +21,14 @@ impl Profiles {
     }
 
     pub fn get(&self, user: &UserId) -> Result<MemberProfile> {
-        let rec = self.accounts.user(user)?.ok_or_else(|| Error::not_found("Profile was not found"))?;
-        Ok(MemberProfile { displayname: rec.displayname, avatar_url: rec.avatar_url })
+        let rec = self
+            .accounts
+            .user(user)?
+            .ok_or_else(|| Error::not_found("Profile was not found"))?;
+        Ok(MemberProfile {
+            displayname: rec.displayname,
+            avatar_url: rec.avatar_url,
+        })
     }
 
     /// Local profile if the user is ours and exists; remote profiles come with federation.
@@ -31,12 +37,16 @@ impl Profiles {
     }
 
     pub async fn set_displayname(&self, user: &UserId, name: Option<String>) -> Result<()> {
-        self.accounts.update_user(user, |u| u.displayname = name).await?;
+        self.accounts
+            .update_user(user, |u| u.displayname = name)
+            .await?;
         self.reflect_into_rooms(user).await
     }
 
     pub async fn set_avatar_url(&self, user: &UserId, url: Option<String>) -> Result<()> {
-        self.accounts.update_user(user, |u| u.avatar_url = url).await?;
+        self.accounts
+            .update_user(user, |u| u.avatar_url = url)
+            .await?;
         self.reflect_into_rooms(user).await
     }
 
@@ -44,12 +54,18 @@ impl Profiles {
     async fn reflect_into_rooms(&self, user: &UserId) -> Result<()> {
         let profile = self.get(user)?;
         for room_id in self.rooms.joined_rooms(user)? {
-            let Some(current) = self.rooms.state_event(&room_id, "m.room.member", user.as_str())? else {
+            let Some(current) = self
+                .rooms
+                .state_event(&room_id, "m.room.member", user.as_str())?
+            else {
                 continue;
             };
             let mut content = current.content_value();
             content["membership"] = json!("join");
-            for (key, value) in [("displayname", &profile.displayname), ("avatar_url", &profile.avatar_url)] {
+            for (key, value) in [
+                ("displayname", &profile.displayname),
+                ("avatar_url", &profile.avatar_url),
+            ] {
                 match value {
                     Some(v) => content[key] = json!(v),
                     None => {
@@ -57,7 +73,15 @@ impl Profiles {
                     }
                 }
             }
-            if let Err(e) = self.rooms.send(&room_id, user, NewEvent::state("m.room.member", user.as_str(), content)).await {
+            if let Err(e) = self
+                .rooms
+                .send(
+                    &room_id,
+                    user,
+                    NewEvent::state("m.room.member", user.as_str(), content),
+                )
+                .await
+            {
                 tracing::warn!(%room_id, error = %e, "could not update member event with new profile");
             }
         }

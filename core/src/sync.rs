@@ -30,7 +30,10 @@ pub struct SyncFilter {
 impl SyncFilter {
     fn wants_room(&self, room_id: &str) -> bool {
         !self.not_rooms.iter().any(|r| r == room_id)
-            && self.rooms.as_ref().is_none_or(|rs| rs.iter().any(|r| r == room_id))
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|rs| rs.iter().any(|r| r == room_id))
     }
 }
 
@@ -41,6 +44,8 @@ pub struct SyncRequest {
     pub timeout: Duration,
     pub full_state: bool,
     pub filter: SyncFilter,
+    /// MSC4222: report the state at the end of the timeline instead of at its start.
+    pub state_after: bool,
 }
 
 #[derive(Default)]
@@ -91,7 +96,11 @@ const INVITE_STATE_TYPES: [&str; 7] = [
 
 impl SyncService {
     pub fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>, notifier: Arc<Notifier>) -> Self {
-        Self { store, rooms, notifier }
+        Self {
+            store,
+            rooms,
+            notifier,
+        }
     }
 
     pub async fn sync(&self, req: SyncRequest) -> Result<SyncResponse> {
@@ -115,7 +124,10 @@ impl SyncService {
     fn compute(&self, req: &SyncRequest) -> Result<SyncResponse> {
         let now = self.store.persisted_pos();
         let since = req.since.map(|s| s.min(now));
-        let mut resp = SyncResponse { next_batch: now, ..Default::default() };
+        let mut resp = SyncResponse {
+            next_batch: now,
+            ..Default::default()
+        };
         for (room, m) in self.store.memberships_of_user(req.user_id.as_str())? {
             if !req.filter.wants_room(&room) || m.pos > now {
                 continue;
@@ -127,17 +139,26 @@ impl SyncService {
                     let room_changed = since.is_none_or(|s| self.rooms.last_pos(&room_id) > s);
                     if changed_membership || room_changed || req.full_state {
                         let newly = changed_membership || req.full_state;
-                        resp.joined.push(self.room_update(req, &room_id, since, now, newly, true)?);
+                        resp.joined
+                            .push(self.room_update(req, &room_id, since, now, newly, true)?);
                     }
                 }
                 "invite" if changed_membership => {
-                    resp.invited.push((room_id.clone(), self.invite_state(&room_id, &req.user_id, &m)?));
+                    resp.invited
+                        .push((room_id.clone(), self.invite_state(&room_id, &m)?));
                 }
-                "leave" | "ban" if !m.forgotten && changed_membership => {
-                    if since.is_some() || req.filter.include_leave {
-                        let cap = m.pos;
-                        resp.left.push(self.room_update(req, &room_id, since, cap, since.is_none(), false)?);
-                    }
+                // As Synapse: a first sync leaves out rooms the user left by themselves
+                // (unless asked), but shows those they were kicked or banned from.
+                "leave" | "ban"
+                    if !m.forgotten
+                        && changed_membership
+                        && (since.is_some()
+                            || req.filter.include_leave
+                            || !self.left_by_self(&m, &req.user_id)?) =>
+                {
+                    let full = since.is_none();
+                    resp.left
+                        .push(self.room_update(req, &room_id, since, m.pos, full, false)?);
                 }
                 _ => {}
             }
@@ -158,31 +179,46 @@ impl SyncService {
         joined: bool,
     ) -> Result<RoomUpdate> {
         let user = &*req.user_id;
-        let access = Access { max_pos: upto, ever_member: true };
+        let access = Access {
+            max_pos: upto,
+            ever_member: true,
+        };
         let limit = req.filter.timeline.limit.unwrap_or(10);
         let to = if full { None } else { since };
-        let page = self.rooms.page(user, room_id, &access, upto, to, true, limit, &req.filter.timeline)?;
+        let page = self.rooms.page(
+            user,
+            room_id,
+            &access,
+            upto,
+            to,
+            true,
+            limit,
+            &req.filter.timeline,
+        )?;
         let mut events = page.events;
         events.reverse();
         let limited = page.end.is_some();
         let prev_batch = events.first().map(|e| e.meta.pos - 1).or(Some(upto));
 
-        let state_group_at = |pos: StreamPos| -> Result<Option<u64>> {
-            let last = self.store.room_events(room_id.as_str(), 0, pos, true, 1)?;
-            match last.first() {
-                Some((_, id)) => Ok(self.store.event_meta(id)?.map(|m| m.state_after)),
-                None => Ok(None),
+        let state_group_at = |pos: StreamPos| self.rooms.state_group_at(room_id, pos);
+        let start_group = if req.state_after {
+            match events.last() {
+                Some(e) => Some(e.meta.state_after),
+                None => state_group_at(upto)?,
             }
-        };
-        let start_group = match events.first() {
-            Some(e) => Some(e.meta.state_before),
-            None => state_group_at(upto)?,
+        } else {
+            match events.first() {
+                Some(e) => Some(e.meta.state_before),
+                None => state_group_at(upto)?,
+            }
         };
         let mut state: Vec<TimelineEvent> = Vec::new();
         if let Some(start) = start_group {
             if full {
                 state = self.rooms.state_events(start)?;
-            } else if limited && let Some(s) = since {
+            } else if (limited || req.state_after)
+                && let Some(s) = since
+            {
                 let before = match state_group_at(s)? {
                     Some(g) => self.rooms.state_at_group(g)?,
                     None => Default::default(),
@@ -198,25 +234,46 @@ impl SyncService {
             }
         }
         if req.filter.state.lazy_load_members {
-            let senders: std::collections::HashSet<&str> =
-                events.iter().map(|e| e.pdu.sender.as_str()).chain([user.as_str()]).collect();
+            let senders: std::collections::HashSet<&str> = events
+                .iter()
+                .map(|e| e.pdu.sender.as_str())
+                .chain([user.as_str()])
+                .collect();
             state.retain(|e| {
                 e.pdu.kind.to_string() != "m.room.member"
-                    || e.pdu.state_key.as_deref().is_some_and(|k| senders.contains(k))
+                    || e.pdu
+                        .state_key
+                        .as_deref()
+                        .is_some_and(|k| senders.contains(k))
             });
         }
         state.retain(|e| req.filter.state.matches(&e.pdu));
 
         let viewer = Some((user, req.device_id.as_str()));
-        let summary = if joined { Some(self.summary(room_id, user)?) } else { None };
+        let summary = if joined {
+            Some(self.summary(room_id, user)?)
+        } else {
+            None
+        };
         Ok(RoomUpdate {
             room_id: room_id.to_owned(),
-            timeline: events.iter().map(|e| self.rooms.format(e, viewer, false)).collect(),
+            timeline: events
+                .iter()
+                .map(|e| self.rooms.format(e, viewer, false))
+                .collect(),
             limited,
             prev_batch,
-            state: state.iter().map(|e| self.rooms.format(e, viewer, false)).collect(),
+            state: state
+                .iter()
+                .map(|e| self.rooms.format(e, viewer, false))
+                .collect(),
             summary,
         })
+    }
+
+    fn left_by_self(&self, m: &MembershipRecord, user: &UserId) -> Result<bool> {
+        let id = ruma::EventId::parse(&m.event_id).map_err(Error::internal)?;
+        Ok(m.membership == "leave" && self.rooms.pdu(&id)?.is_some_and(|p| p.sender == user))
     }
 
     fn summary(&self, room_id: &RoomId, user: &UserId) -> Result<RoomSummary> {
@@ -231,10 +288,18 @@ impl SyncService {
             .collect();
         heroes.sort();
         heroes.truncate(5);
-        Ok(RoomSummary { heroes, joined: count("join"), invited: count("invite") })
+        Ok(RoomSummary {
+            heroes,
+            joined: count("join"),
+            invited: count("invite"),
+        })
     }
 
-    fn invite_state(&self, room_id: &RoomId, user: &UserId, m: &MembershipRecord) -> Result<Vec<Box<RawJsonValue>>> {
+    fn invite_state(
+        &self,
+        room_id: &RoomId,
+        m: &MembershipRecord,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
         let state = self.rooms.current_state(room_id)?;
         let mut out: Vec<PduRef> = Vec::new();
         for t in INVITE_STATE_TYPES {
@@ -253,8 +318,7 @@ impl SyncService {
             }
             out.push(invite);
         }
-        let _ = user;
-        Ok(out.iter().map(|p| stripped(p)).collect())
+        Ok(out.iter().map(stripped).collect())
     }
 }
 

@@ -3,7 +3,11 @@ use rand::distributions::Alphanumeric;
 use sha2::{Digest, Sha256};
 
 pub fn random_string(len: usize) -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 pub fn now_ms() -> u64 {

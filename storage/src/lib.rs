@@ -45,7 +45,12 @@ pub trait Store: Send + Sync + 'static {
     fn devices(&self, user_id: &str) -> StorageResult<Vec<(String, DeviceRecord)>>;
     fn token(&self, token_hash: &[u8]) -> StorageResult<Option<TokenRecord>>;
     fn filter(&self, user_id: &str, filter_id: u64) -> StorageResult<Option<String>>;
-    fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StorageResult<Option<String>>;
+    fn txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> StorageResult<Option<String>>;
 
     fn event_json(&self, event_id: &str) -> StorageResult<Option<Vec<u8>>>;
     fn event_meta(&self, event_id: &str) -> StorageResult<Option<EventMeta>>;
@@ -64,5 +69,10 @@ pub trait Store: Send + Sync + 'static {
     fn rooms(&self) -> StorageResult<Vec<(String, RoomRecord)>>;
     fn memberships_of_user(&self, user_id: &str) -> StorageResult<Vec<(String, MembershipRecord)>>;
     fn membership(&self, user_id: &str, room_id: &str) -> StorageResult<Option<MembershipRecord>>;
-    fn account_data(&self, user_id: &str, room_id: &str, kind: &str) -> StorageResult<Option<String>>;
+    fn account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        kind: &str,
+    ) -> StorageResult<Option<String>>;
 }

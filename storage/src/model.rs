@@ -52,7 +52,7 @@ pub struct EventMeta {
     pub replaces_state: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct TxnRef {
     pub user_id: String,
     pub device_id: String,
@@ -105,16 +105,26 @@ pub enum WriteOp {
     DeleteToken(Vec<u8>),
     PutFilter(String, u64, String),
     SetCounter(String, u64),
-    PutAccountData { user_id: String, room_id: String, kind: String, content: String },
-    PutStateGroup(u64, StateGroupRecord),
-    /// Appends an event to its room's timeline at the next stream position. The position is
-    /// written into `meta.pos`, the room record's `last_pos` and the membership row's `pos`.
-    AppendEvent {
-        event_id: String,
-        json: Vec<u8>,
-        meta: EventMeta,
-        room: RoomRecord,
-        membership: Option<(String, MembershipRecord)>,
+    PutAccountData {
+        user_id: String,
+        room_id: String,
+        kind: String,
+        content: String,
     },
+    PutStateGroup(u64, StateGroupRecord),
+    AppendEvent(Box<AppendEvent>),
     PutMembership(String, String, MembershipRecord),
+}
+
+/// Appends an event to its room's timeline at the next stream position. The writer fills the
+/// position into `meta.pos`, the room record's `last_pos` and the membership row's `pos`.
+#[derive(Clone, Debug)]
+pub struct AppendEvent {
+    pub event_id: String,
+    pub json: Vec<u8>,
+    pub meta: EventMeta,
+    /// The room's head after this event.
+    pub room: RoomRecord,
+    /// `(user id, record)` when the event is a member event.
+    pub membership: Option<(String, MembershipRecord)>,
 }

@@ -61,7 +61,11 @@ impl RedbStore {
             .name("hearth-writer".into())
             .spawn(move || writer::run(wdb, rx, wpersisted))
             .map_err(|e| StorageError::Database(e.to_string()))?;
-        Ok(Self { db, tx: Mutex::new(tx), persisted })
+        Ok(Self {
+            db,
+            tx: Mutex::new(tx),
+            persisted,
+        })
     }
 
     fn get_json<K: redb::Key + 'static, T: DeserializeOwned>(
@@ -81,7 +85,11 @@ impl RedbStore {
 impl Store for RedbStore {
     fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit {
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.lock().map(|tx| tx.send(Job { ops, reply }).is_ok()).unwrap_or(false);
+        let sent = self
+            .tx
+            .lock()
+            .map(|tx| tx.send(Job { ops, reply }).is_ok())
+            .unwrap_or(false);
         Box::pin(async move {
             if !sent {
                 return Err(StorageError::WriterGone);
@@ -96,7 +104,11 @@ impl Store for RedbStore {
 
     fn counter(&self, name: &str) -> StorageResult<u64> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(COUNTERS)?.get(name)?.map(|v| v.value()).unwrap_or(0))
+        Ok(txn
+            .open_table(COUNTERS)?
+            .get(name)?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     fn user(&self, user_id: &str) -> StorageResult<Option<UserRecord>> {
@@ -133,17 +145,31 @@ impl Store for RedbStore {
 
     fn filter(&self, user_id: &str, filter_id: u64) -> StorageResult<Option<String>> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(FILTERS)?.get((user_id, filter_id))?.map(|v| v.value().to_owned()))
+        Ok(txn
+            .open_table(FILTERS)?
+            .get((user_id, filter_id))?
+            .map(|v| v.value().to_owned()))
     }
 
-    fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StorageResult<Option<String>> {
+    fn txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> StorageResult<Option<String>> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(TXNS)?.get((user_id, device_id, txn_id))?.map(|v| v.value().to_owned()))
+        Ok(txn
+            .open_table(TXNS)?
+            .get((user_id, device_id, txn_id))?
+            .map(|v| v.value().to_owned()))
     }
 
     fn event_json(&self, event_id: &str) -> StorageResult<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(EVENTS)?.get(event_id)?.map(|v| v.value().to_vec()))
+        Ok(txn
+            .open_table(EVENTS)?
+            .get(event_id)?
+            .map(|v| v.value().to_vec()))
     }
 
     fn event_meta(&self, event_id: &str) -> StorageResult<Option<EventMeta>> {
@@ -164,15 +190,17 @@ impl Store for RedbStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ROOM_TIMELINE)?;
         let range = table.range((room_id, from)..=(room_id, to))?;
-        let collect = |it: &mut dyn Iterator<Item = Result<(redb::AccessGuard<'_, (&str, u64)>, redb::AccessGuard<'_, &str>), redb::StorageError>>| -> StorageResult<Vec<(StreamPos, String)>> {
-            let mut out = Vec::new();
-            for row in it.take(limit) {
-                let (k, v) = row?;
-                out.push((k.value().1, v.value().to_owned()));
-            }
-            Ok(out)
+        let rows: Box<dyn Iterator<Item = _>> = if backwards {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
         };
-        if backwards { collect(&mut range.rev()) } else { collect(&mut { range }) }
+        let mut out = Vec::new();
+        for row in rows.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value().1, v.value().to_owned()));
+        }
+        Ok(out)
     }
 
     fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>> {
@@ -213,9 +241,17 @@ impl Store for RedbStore {
         self.get_json(MEMBERSHIPS, (user_id, room_id))
     }
 
-    fn account_data(&self, user_id: &str, room_id: &str, kind: &str) -> StorageResult<Option<String>> {
+    fn account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        kind: &str,
+    ) -> StorageResult<Option<String>> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(ACCOUNT_DATA)?.get((user_id, room_id, kind))?.map(|v| v.value().to_owned()))
+        Ok(txn
+            .open_table(ACCOUNT_DATA)?
+            .get((user_id, room_id, kind))?
+            .map(|v| v.value().to_owned()))
     }
 }
 
@@ -224,10 +260,17 @@ mod tests {
     use super::*;
 
     fn append(room: &str, id: &str) -> WriteOp {
-        WriteOp::AppendEvent {
+        WriteOp::AppendEvent(Box::new(AppendEvent {
             event_id: id.into(),
             json: b"{}".to_vec(),
-            meta: EventMeta { room_id: room.into(), pos: 0, state_before: 0, state_after: 0, txn: None, replaces_state: None },
+            meta: EventMeta {
+                room_id: room.into(),
+                pos: 0,
+                state_before: 0,
+                state_after: 0,
+                txn: None,
+                replaces_state: None,
+            },
             room: RoomRecord {
                 room_version: "11".into(),
                 forward_extremities: vec![id.into()],
@@ -237,7 +280,7 @@ mod tests {
                 is_public: false,
             },
             membership: None,
-        }
+        }))
     }
 
     #[tokio::test]
@@ -274,7 +317,10 @@ mod tests {
             }
         };
         assert_eq!(store.persisted_pos(), 1);
-        assert_eq!(store.submit(vec![append("!a", "$2")]).await.unwrap(), vec![2]);
+        assert_eq!(
+            store.submit(vec![append("!a", "$2")]).await.unwrap(),
+            vec![2]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::tables::*;
-use crate::{StorageError, StorageResult, StreamPos, WriteOp};
+use crate::{AppendEvent, StorageError, StorageResult, StreamPos, WriteOp};
 
 pub(crate) struct Job {
     pub ops: Vec<WriteOp>,
@@ -72,42 +72,69 @@ fn commit(
     Ok(all)
 }
 
-fn apply(txn: &WriteTransaction, op: WriteOp, next_pos: &mut StreamPos) -> StorageResult<Option<StreamPos>> {
+fn apply(
+    txn: &WriteTransaction,
+    op: WriteOp,
+    next_pos: &mut StreamPos,
+) -> StorageResult<Option<StreamPos>> {
     match op {
         WriteOp::PutUser(id, rec) => {
-            txn.open_table(USERS)?.insert(id.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
+            txn.open_table(USERS)?
+                .insert(id.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
         }
         WriteOp::PutDevice(user, device, rec) => {
-            txn.open_table(DEVICES)?
-                .insert((user.as_str(), device.as_str()), serde_json::to_vec(&rec)?.as_slice())?;
+            txn.open_table(DEVICES)?.insert(
+                (user.as_str(), device.as_str()),
+                serde_json::to_vec(&rec)?.as_slice(),
+            )?;
         }
         WriteOp::DeleteDevice(user, device) => {
-            txn.open_table(DEVICES)?.remove((user.as_str(), device.as_str()))?;
+            txn.open_table(DEVICES)?
+                .remove((user.as_str(), device.as_str()))?;
         }
         WriteOp::PutToken(hash, rec) => {
-            txn.open_table(TOKENS)?.insert(hash.as_slice(), serde_json::to_vec(&rec)?.as_slice())?;
+            txn.open_table(TOKENS)?
+                .insert(hash.as_slice(), serde_json::to_vec(&rec)?.as_slice())?;
         }
         WriteOp::DeleteToken(hash) => {
             txn.open_table(TOKENS)?.remove(hash.as_slice())?;
         }
         WriteOp::PutFilter(user, id, json) => {
-            txn.open_table(FILTERS)?.insert((user.as_str(), id), json.as_str())?;
+            txn.open_table(FILTERS)?
+                .insert((user.as_str(), id), json.as_str())?;
         }
         WriteOp::SetCounter(name, value) => {
             txn.open_table(COUNTERS)?.insert(name.as_str(), value)?;
         }
-        WriteOp::PutAccountData { user_id, room_id, kind, content } => {
-            txn.open_table(ACCOUNT_DATA)?
-                .insert((user_id.as_str(), room_id.as_str(), kind.as_str()), content.as_str())?;
+        WriteOp::PutAccountData {
+            user_id,
+            room_id,
+            kind,
+            content,
+        } => {
+            txn.open_table(ACCOUNT_DATA)?.insert(
+                (user_id.as_str(), room_id.as_str(), kind.as_str()),
+                content.as_str(),
+            )?;
         }
         WriteOp::PutStateGroup(id, rec) => {
-            txn.open_table(STATE_GROUPS)?.insert(id, serde_json::to_vec(&rec)?.as_slice())?;
+            txn.open_table(STATE_GROUPS)?
+                .insert(id, serde_json::to_vec(&rec)?.as_slice())?;
         }
         WriteOp::PutMembership(user, room, rec) => {
-            txn.open_table(MEMBERSHIPS)?
-                .insert((user.as_str(), room.as_str()), serde_json::to_vec(&rec)?.as_slice())?;
+            txn.open_table(MEMBERSHIPS)?.insert(
+                (user.as_str(), room.as_str()),
+                serde_json::to_vec(&rec)?.as_slice(),
+            )?;
         }
-        WriteOp::AppendEvent { event_id, json, mut meta, mut room, membership } => {
+        WriteOp::AppendEvent(append) => {
+            let AppendEvent {
+                event_id,
+                json,
+                mut meta,
+                mut room,
+                membership,
+            } = *append;
             *next_pos += 1;
             let pos = *next_pos;
             meta.pos = pos;
@@ -115,26 +142,30 @@ fn apply(txn: &WriteTransaction, op: WriteOp, next_pos: &mut StreamPos) -> Stora
             let room_id = meta.room_id.clone();
             if let Some(txn_ref) = &meta.txn {
                 txn.open_table(TXNS)?.insert(
-                    (txn_ref.user_id.as_str(), txn_ref.device_id.as_str(), txn_ref.txn_id.as_str()),
+                    (
+                        txn_ref.user_id.as_str(),
+                        txn_ref.device_id.as_str(),
+                        txn_ref.txn_id.as_str(),
+                    ),
                     event_id.as_str(),
                 )?;
             }
-            txn.open_table(EVENTS)?.insert(event_id.as_str(), json.as_slice())?;
+            txn.open_table(EVENTS)?
+                .insert(event_id.as_str(), json.as_slice())?;
             txn.open_table(EVENT_META)?
                 .insert(event_id.as_str(), serde_json::to_vec(&meta)?.as_slice())?;
-            txn.open_table(ROOM_TIMELINE)?.insert((room_id.as_str(), pos), event_id.as_str())?;
-            txn.open_table(ROOMS)?.insert(room_id.as_str(), serde_json::to_vec(&room)?.as_slice())?;
+            txn.open_table(ROOM_TIMELINE)?
+                .insert((room_id.as_str(), pos), event_id.as_str())?;
+            txn.open_table(ROOMS)?
+                .insert(room_id.as_str(), serde_json::to_vec(&room)?.as_slice())?;
             if let Some((user, mut rec)) = membership {
-                let mut table = txn.open_table(MEMBERSHIPS)?;
+                // A new membership event starts afresh: an earlier "forget" no longer applies.
                 rec.pos = pos;
-                // A rejoin clears an earlier "forget"; a repeated leave keeps it.
-                if rec.membership == "leave" || rec.membership == "ban" {
-                    if let Some(old) = table.get((user.as_str(), room_id.as_str()))? {
-                        let old: crate::MembershipRecord = serde_json::from_slice(old.value())?;
-                        rec.forgotten = rec.forgotten || old.forgotten && old.membership == rec.membership;
-                    }
-                }
-                table.insert((user.as_str(), room_id.as_str()), serde_json::to_vec(&rec)?.as_slice())?;
+                rec.forgotten = false;
+                txn.open_table(MEMBERSHIPS)?.insert(
+                    (user.as_str(), room_id.as_str()),
+                    serde_json::to_vec(&rec)?.as_slice(),
+                )?;
             }
             return Ok(Some(pos));
         }

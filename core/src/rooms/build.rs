@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use hearth_storage::{EventMeta, MembershipRecord, TxnRef, WriteOp};
+use hearth_storage::{AppendEvent, EventMeta, MembershipRecord, TxnRef, WriteOp};
 use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::signatures::{hash_and_sign_event, reference_hash};
@@ -28,18 +28,39 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn state(kind: &str, state_key: &str, content: Value) -> Self {
-        Self { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None, txn: None }
+        Self {
+            kind: kind.into(),
+            state_key: Some(state_key.into()),
+            content,
+            redacts: None,
+            txn: None,
+        }
     }
     pub fn message(kind: &str, content: Value) -> Self {
-        Self { kind: kind.into(), state_key: None, content, redacts: None, txn: None }
+        Self {
+            kind: kind.into(),
+            state_key: None,
+            content,
+            redacts: None,
+            txn: None,
+        }
     }
 }
 
 impl Rooms {
     /// Hashes and signs a PDU, returning its event id (the reference hash).
-    pub(crate) fn sign(&self, rules: &RoomVersionRules, obj: &mut CanonicalJsonObject) -> Result<OwnedEventId> {
-        hash_and_sign_event(self.config.server_name.as_str(), &self.keys.key_pair, obj, &rules.redaction)
-            .map_err(sign_error)?;
+    pub(crate) fn sign(
+        &self,
+        rules: &RoomVersionRules,
+        obj: &mut CanonicalJsonObject,
+    ) -> Result<OwnedEventId> {
+        hash_and_sign_event(
+            self.config.server_name.as_str(),
+            &self.keys.key_pair,
+            obj,
+            &rules.redaction,
+        )
+        .map_err(sign_error)?;
         let hash = reference_hash(obj, rules).map_err(sign_error)?;
         OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)
     }
@@ -105,12 +126,19 @@ impl Rooms {
     }
 
     /// Runs the room version's auth rules for `pdu` against `state` (the state before it).
-    pub(crate) fn authorize(&self, rules: &RoomVersionRules, pdu: &PduRef, state: &StateMap) -> Result<()> {
+    pub(crate) fn authorize(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &PduRef,
+        state: &StateMap,
+    ) -> Result<()> {
         let fetch_event = |id: &ruma::EventId| self.pdu(id).ok().flatten();
         check_state_independent_auth_rules(&rules.authorization, &**pdu, fetch_event)
             .map_err(|e| Error::Forbidden(format!("auth check failed: {e}")))?;
         let fetch_state = |t: &ruma::events::StateEventType, k: &str| {
-            state.get(&(t.to_string(), k.to_owned())).and_then(|id| self.pdu(id).ok().flatten())
+            state
+                .get(&(t.to_string(), k.to_owned()))
+                .and_then(|id| self.pdu(id).ok().flatten())
         };
         check_state_dependent_auth_rules(&rules.authorization, &**pdu, fetch_state)
             .map_err(|e| Error::Forbidden(format!("auth check failed: {e}")))
@@ -131,7 +159,9 @@ impl Rooms {
         if let Some(key) = &pdu.state_key {
             let slot = (pdu.kind.to_string(), key.clone());
             let mut map = (*head.state).clone();
-            replaces_state = map.insert(slot.clone(), pdu.event_id.clone()).map(|e| e.to_string());
+            replaces_state = map
+                .insert(slot.clone(), pdu.event_id.clone())
+                .map(|e| e.to_string());
             let group_id = self.allocate_group();
             let prev = (head.state_group != 0).then_some((head.state_group, &head.state_group_rec));
             let rec = next_group(
@@ -141,7 +171,9 @@ impl Rooms {
                 &[(slot, pdu.event_id.clone())],
             );
             self.pending_groups.lock().insert(group_id, rec.clone());
-            batch.ops.push(WriteOp::PutStateGroup(group_id, rec.clone()));
+            batch
+                .ops
+                .push(WriteOp::PutStateGroup(group_id, rec.clone()));
             batch.groups.push((group_id, rec.clone()));
             head.state_group = group_id;
             head.state_group_rec = rec;
@@ -153,7 +185,12 @@ impl Rooms {
                 head.members.insert(user, m.clone());
                 membership = Some((
                     key.clone(),
-                    MembershipRecord { membership: m, event_id: pdu.event_id.to_string(), pos: 0, forgotten: false },
+                    MembershipRecord {
+                        membership: m,
+                        event_id: pdu.event_id.to_string(),
+                        pos: 0,
+                        forgotten: false,
+                    },
                 ));
             }
         }
@@ -166,17 +203,25 @@ impl Rooms {
             pos: 0,
             state_before,
             state_after: head.state_group,
-            txn,
+            txn: txn.clone(),
             replaces_state,
         };
-        self.pending_events.lock().insert(pdu.event_id.clone(), pdu.clone());
-        batch.ops.push(WriteOp::AppendEvent {
+        self.pending_events
+            .lock()
+            .insert(pdu.event_id.clone(), pdu.clone());
+        if let Some(t) = &txn {
+            self.pending_txns
+                .lock()
+                .insert(t.clone(), pdu.event_id.clone());
+            batch.txns.push(t.clone());
+        }
+        batch.ops.push(WriteOp::AppendEvent(Box::new(AppendEvent {
             event_id: pdu.event_id.to_string(),
             json: serde_json::to_vec(&obj)?,
             meta,
             room: head.record(),
             membership,
-        });
+        })));
         batch.events.push(pdu);
         Ok(())
     }
@@ -192,7 +237,9 @@ pub(crate) fn to_canonical(v: Value) -> Result<CanonicalJsonObject> {
 
 fn sign_error(e: ruma::signatures::JsonError) -> Error {
     match e {
-        ruma::signatures::JsonError::PduTooLarge => Error::TooLarge("event is larger than 65536 bytes".into()),
+        ruma::signatures::JsonError::PduTooLarge => {
+            Error::TooLarge("event is larger than 65536 bytes".into())
+        }
         other => Error::BadJson(other.to_string()),
     }
 }

@@ -51,19 +51,30 @@ impl Rooms {
         profile: MemberProfile,
         req: CreateRoom,
     ) -> Result<OwnedRoomId> {
-        let version = req.room_version.clone().unwrap_or_else(|| self.config.default_room_version.clone());
+        let version = req
+            .room_version
+            .clone()
+            .unwrap_or_else(|| self.config.default_room_version.clone());
         if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
             return Err(Error::UnsupportedRoomVersion(format!(
                 "This server does not support room version {version}"
             )));
         }
         let rules = version.rules().expect("supported versions have rules");
-        let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
+        let preset = req.preset.unwrap_or(if req.public {
+            Preset::PublicChat
+        } else {
+            Preset::PrivateChat
+        });
         let v12 = rules.authorization.explicitly_privilege_room_creators;
 
         let mut head = RoomHead {
-            room_id: OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.config.server_name))
-                .map_err(Error::internal)?,
+            room_id: OwnedRoomId::try_from(format!(
+                "!{}:{}",
+                random_string(18),
+                self.config.server_name
+            ))
+            .map_err(Error::internal)?,
             version: version.clone(),
             rules: rules.clone(),
             extremities: vec![],
@@ -103,7 +114,12 @@ impl Rooms {
             }
             c
         };
-        self.prepare(&mut head, creator, NewEvent::state("m.room.member", creator.as_str(), member("join", &profile)), &mut batch)?;
+        self.prepare(
+            &mut head,
+            creator,
+            NewEvent::state("m.room.member", creator.as_str(), member("join", &profile)),
+            &mut batch,
+        )?;
 
         // m.room.power_levels, as Synapse makes them, then the client's override on top.
         let mut users = Map::new();
@@ -142,13 +158,27 @@ impl Rooms {
                 pl[k] = v.clone();
             }
         }
-        let overridden: HashSet<(&str, &str)> =
-            req.initial_state.iter().map(|(t, k, _)| (t.as_str(), k.as_str())).collect();
-        self.prepare(&mut head, creator, NewEvent::state("m.room.power_levels", "", pl), &mut batch)?;
+        let overridden: HashSet<(&str, &str)> = req
+            .initial_state
+            .iter()
+            .map(|(t, k, _)| (t.as_str(), k.as_str()))
+            .collect();
+        self.prepare(
+            &mut head,
+            creator,
+            NewEvent::state("m.room.power_levels", "", pl),
+            &mut batch,
+        )?;
 
         let mut preset_events = vec![
-            ("m.room.join_rules", json!({ "join_rule": if preset == Preset::PublicChat { "public" } else { "invite" } })),
-            ("m.room.history_visibility", json!({ "history_visibility": "shared" })),
+            (
+                "m.room.join_rules",
+                json!({ "join_rule": if preset == Preset::PublicChat { "public" } else { "invite" } }),
+            ),
+            (
+                "m.room.history_visibility",
+                json!({ "history_visibility": "shared" }),
+            ),
         ];
         if preset != Preset::PublicChat {
             preset_events.push(("m.room.guest_access", json!({ "guest_access": "can_join" })));
@@ -159,27 +189,44 @@ impl Rooms {
             }
         }
         for (t, k, c) in req.initial_state {
-            if (t == "m.room.name" && req.name.is_some()) || (t == "m.room.topic" && req.topic.is_some()) {
+            if (t == "m.room.name" && req.name.is_some())
+                || (t == "m.room.topic" && req.topic.is_some())
+            {
                 continue;
             }
             self.prepare(&mut head, creator, NewEvent::state(&t, &k, c), &mut batch)?;
         }
         if let Some(name) = req.name {
-            self.prepare(&mut head, creator, NewEvent::state("m.room.name", "", json!({ "name": name })), &mut batch)?;
+            self.prepare(
+                &mut head,
+                creator,
+                NewEvent::state("m.room.name", "", json!({ "name": name })),
+                &mut batch,
+            )?;
         }
         if let Some(topic) = req.topic {
             let content = json!({
                 "topic": topic,
                 "m.topic": [{ "body": topic, "mimetype": "text/plain" }],
             });
-            self.prepare(&mut head, creator, NewEvent::state("m.room.topic", "", content), &mut batch)?;
+            self.prepare(
+                &mut head,
+                creator,
+                NewEvent::state("m.room.topic", "", content),
+                &mut batch,
+            )?;
         }
         for invitee in &req.invite {
             let mut content = json!({ "membership": "invite" });
             if req.is_direct {
                 content["is_direct"] = json!(true);
             }
-            self.prepare(&mut head, creator, NewEvent::state("m.room.member", invitee.as_str(), content), &mut batch)?;
+            self.prepare(
+                &mut head,
+                creator,
+                NewEvent::state("m.room.member", invitee.as_str(), content),
+                &mut batch,
+            )?;
         }
 
         let room_id = head.room_id.clone();
@@ -217,7 +264,11 @@ impl Rooms {
         let event_id = self.sign(&head.rules, &mut obj)?;
         let room_id = derived_room_id(&event_id)?;
         head.room_id = room_id.clone();
-        let pdu = Arc::new(Pdu::parse(event_id, &serde_json::to_vec(&obj)?, Some(&room_id))?);
+        let pdu = Arc::new(Pdu::parse(
+            event_id,
+            &serde_json::to_vec(&obj)?,
+            Some(&room_id),
+        )?);
         self.authorize(&head.rules, &pdu, &head.state)?;
         self.append_to_head(head, pdu, obj, None, batch)
     }

@@ -10,7 +10,11 @@ use super::create::MemberProfile;
 use super::{NewEvent, Rooms, StateMap};
 use crate::{Error, Result};
 
-fn member_content(membership: &str, profile: Option<&MemberProfile>, reason: Option<&str>) -> Value {
+fn member_content(
+    membership: &str,
+    profile: Option<&MemberProfile>,
+    reason: Option<&str>,
+) -> Value {
     let mut c = json!({ "membership": membership });
     if let Some(p) = profile {
         if let Some(d) = &p.displayname {
@@ -27,8 +31,19 @@ fn member_content(membership: &str, profile: Option<&MemberProfile>, reason: Opt
 }
 
 impl Rooms {
-    async fn send_member(&self, room_id: &RoomId, sender: &UserId, target: &UserId, content: Value) -> Result<()> {
-        self.send(room_id, sender, NewEvent::state("m.room.member", target.as_str(), content)).await?;
+    async fn send_member(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        content: Value,
+    ) -> Result<()> {
+        self.send(
+            room_id,
+            sender,
+            NewEvent::state("m.room.member", target.as_str(), content),
+        )
+        .await?;
         Ok(())
     }
 
@@ -60,11 +75,18 @@ impl Rooms {
 
     /// For a restricted room: a local member able to invite, if the joiner is in one of the
     /// rooms the join rule allows. `None` lets the auth rules refuse the join.
-    fn restricted_join_authoriser(&self, room_id: &RoomId, state: &StateMap, user: &UserId) -> Result<Option<String>> {
+    fn restricted_join_authoriser(
+        &self,
+        room_id: &RoomId,
+        state: &StateMap,
+        user: &UserId,
+    ) -> Result<Option<String>> {
         let Some(jr) = state.get(&("m.room.join_rules".into(), String::new())) else {
             return Ok(None);
         };
-        let Some(jr) = self.pdu(jr)? else { return Ok(None) };
+        let Some(jr) = self.pdu(jr)? else {
+            return Ok(None);
+        };
         let content = jr.content_value();
         let rule = content["join_rule"].as_str().unwrap_or_default();
         if rule != "restricted" && rule != "knock_restricted" {
@@ -76,14 +98,19 @@ impl Rooms {
                 && a["room_id"]
                     .as_str()
                     .and_then(|r| RoomId::parse(r).ok())
-                    .is_some_and(|r| self.membership(&r, user).ok().flatten().as_deref() == Some("join"))
+                    .is_some_and(|r| {
+                        self.membership(&r, user).ok().flatten().as_deref() == Some("join")
+                    })
         });
         if !in_allowed_room {
             return Ok(None);
         }
         let head = self.head(room_id)?;
         let h = head.lock();
-        let invite_level = self.power_levels(&h.state)?.map(|pl| pl["invite"].as_i64().unwrap_or(0)).unwrap_or(0);
+        let invite_level = self
+            .power_levels(&h.state)?
+            .map(|pl| pl["invite"].as_i64().unwrap_or(0))
+            .unwrap_or(0);
         for (member, m) in &h.members {
             if m == "join"
                 && member.server_name() == self.config.server_name
@@ -110,7 +137,9 @@ impl Rooms {
         {
             let extra = create.content_value()["additional_creators"].clone();
             let is_creator = create.sender == user
-                || extra.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+                || extra
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
             if is_creator {
                 return Ok(i64::MAX);
             }
@@ -126,7 +155,11 @@ impl Rooms {
                     .get(&("m.room.create".into(), String::new()))
                     .and_then(|id| self.pdu(id).ok().flatten())
                     .map(|p| p.sender.clone());
-                Ok(if creator.as_deref() == Some(user) { 100 } else { 0 })
+                Ok(if creator.as_deref() == Some(user) {
+                    100
+                } else {
+                    0
+                })
             }
         }
     }
@@ -135,7 +168,10 @@ impl Rooms {
         match self.membership(room_id, user)?.as_deref() {
             Some("leave") => Ok(()),
             None => Err(Error::forbidden("You are not a member of this room")),
-            Some(_) => self.send_member(room_id, user, user, member_content("leave", None, reason)).await,
+            Some(_) => {
+                self.send_member(room_id, user, user, member_content("leave", None, reason))
+                    .await
+            }
         }
     }
 
@@ -149,8 +185,16 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<()> {
         match self.membership(room_id, target)?.as_deref() {
-            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room."))),
-            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+            Some("join") => {
+                return Err(Error::forbidden(format!(
+                    "{target} is already in the room."
+                )));
+            }
+            Some("ban") => {
+                return Err(Error::forbidden(format!(
+                    "{target} is banned from the room"
+                )));
+            }
             _ => {}
         }
         let mut content = member_content("invite", target_profile, reason);
@@ -160,23 +204,54 @@ impl Rooms {
         self.send_member(room_id, sender, target, content).await
     }
 
-    pub async fn kick(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn kick(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         match self.membership(room_id, target)?.as_deref() {
             Some("join" | "invite" | "knock") => {}
             _ => return Err(Error::forbidden("The target user is not in the room")),
         }
-        self.send_member(room_id, sender, target, member_content("leave", None, reason)).await
+        self.send_member(
+            room_id,
+            sender,
+            target,
+            member_content("leave", None, reason),
+        )
+        .await
     }
 
-    pub async fn ban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
-        self.send_member(room_id, sender, target, member_content("ban", None, reason)).await
+    pub async fn ban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.send_member(room_id, sender, target, member_content("ban", None, reason))
+            .await
     }
 
-    pub async fn unban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn unban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         if self.membership(room_id, target)?.as_deref() != Some("ban") {
             return Err(Error::forbidden("The target user is not banned"));
         }
-        self.send_member(room_id, sender, target, member_content("leave", None, reason)).await
+        self.send_member(
+            room_id,
+            sender,
+            target,
+            member_content("leave", None, reason),
+        )
+        .await
     }
 
     pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
@@ -187,7 +262,13 @@ impl Rooms {
             return Err(Error::Unknown("The user has not left the room".into()));
         }
         rec.forgotten = true;
-        self.store.submit(vec![WriteOp::PutMembership(user.to_string(), room_id.to_string(), rec)]).await?;
+        self.store
+            .submit(vec![WriteOp::PutMembership(
+                user.to_string(),
+                room_id.to_string(),
+                rec,
+            )])
+            .await?;
         Ok(())
     }
 

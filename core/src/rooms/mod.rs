@@ -27,6 +27,7 @@ use ruma::room_version_rules::RoomVersionRules;
 use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 
 pub use build::NewEvent;
+pub use hearth_storage::TxnRef;
 pub use pdu::{ClientFormat, Pdu, PduRef};
 pub use state::{SharedState, StateMap};
 
@@ -59,7 +60,10 @@ impl RoomHead {
 
     /// Users a new event must wake: everyone joined or invited.
     pub fn interested_users(&self) -> impl Iterator<Item = &OwnedUserId> {
-        self.members.iter().filter(|(_, m)| *m == "join" || *m == "invite").map(|(u, _)| u)
+        self.members
+            .iter()
+            .filter(|(_, m)| *m == "join" || *m == "invite")
+            .map(|(u, _)| u)
     }
 
     fn record(&self) -> RoomRecord {
@@ -80,6 +84,7 @@ pub struct Batch {
     pub ops: Vec<WriteOp>,
     pub events: Vec<PduRef>,
     groups: Vec<(u64, StateGroupRecord)>,
+    txns: Vec<TxnRef>,
     notify: HashSet<OwnedUserId>,
     room_id: Option<OwnedRoomId>,
 }
@@ -96,6 +101,9 @@ pub struct Rooms {
     pending_events: Mutex<HashMap<OwnedEventId, PduRef>>,
     state_cache: Mutex<LruCache<u64, SharedState>>,
     pending_groups: Mutex<HashMap<u64, StateGroupRecord>>,
+    /// Transaction ids of queued events, so a retried request finds its event before it is
+    /// durable too.
+    pending_txns: Mutex<HashMap<TxnRef, OwnedEventId>>,
     next_group: AtomicU64,
     /// room → stream position of its latest durable event.
     last_pos: RwLock<HashMap<OwnedRoomId, StreamPos>>,
@@ -125,6 +133,7 @@ impl Rooms {
             pending_events: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(LruCache::new(cap(2_000))),
             pending_groups: Mutex::new(HashMap::new()),
+            pending_txns: Mutex::new(HashMap::new()),
             next_group: AtomicU64::new(next_group),
             last_pos: RwLock::new(last_pos),
         })
@@ -139,9 +148,17 @@ impl Rooms {
         if let Some(h) = self.heads.lock().get(room_id) {
             return Ok(h.clone());
         }
-        let rec = self.store.room(room_id.as_str())?.ok_or_else(|| Error::not_found("Room not found"))?;
+        let rec = self
+            .store
+            .room(room_id.as_str())?
+            .ok_or_else(|| Error::not_found("Room not found"))?;
         let head = Arc::new(Mutex::new(self.load_head(room_id, rec)?));
-        Ok(self.heads.lock().entry(room_id.to_owned()).or_insert(head).clone())
+        Ok(self
+            .heads
+            .lock()
+            .entry(room_id.to_owned())
+            .or_insert(head)
+            .clone())
     }
 
     pub fn exists(&self, room_id: &RoomId) -> Result<bool> {
@@ -149,7 +166,8 @@ impl Rooms {
     }
 
     fn load_head(&self, room_id: &RoomId, rec: RoomRecord) -> Result<RoomHead> {
-        let version = RoomVersionId::try_from(rec.room_version.as_str()).map_err(Error::internal)?;
+        let version =
+            RoomVersionId::try_from(rec.room_version.as_str()).map_err(Error::internal)?;
         let rules = version
             .rules()
             .ok_or_else(|| Error::UnsupportedRoomVersion(format!("room version {version}")))?;
@@ -206,6 +224,10 @@ impl Rooms {
 
     /// The full state map of a state group.
     pub fn state_at_group(&self, id: u64) -> Result<SharedState> {
+        // Group 0 is the empty state before a room's create event.
+        if id == 0 {
+            return Ok(Arc::default());
+        }
         if let Some(s) = self.state_cache.lock().get(&id) {
             return Ok(s.clone());
         }
@@ -225,7 +247,11 @@ impl Rooms {
     }
 
     pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        Ok(self.head(room_id)?.lock().membership_of(user).map(str::to_owned))
+        Ok(self
+            .head(room_id)?
+            .lock()
+            .membership_of(user)
+            .map(str::to_owned))
     }
 
     pub fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId> {
@@ -233,7 +259,12 @@ impl Rooms {
     }
 
     /// The current state event of a type and key, if any.
-    pub fn state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<PduRef>> {
+    pub fn state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<PduRef>> {
         let state = self.current_state(room_id)?;
         match state.get(&(kind.to_owned(), state_key.to_owned())) {
             Some(id) => self.pdu(id),
@@ -246,12 +277,32 @@ impl Rooms {
         let head = self.head(room_id)?;
         let queued = {
             let mut head = head.lock();
+            if let Some(txn) = &event.txn
+                && let Some(existing) = self.txn_event(txn)?
+            {
+                return self
+                    .pdu(&existing)?
+                    .ok_or_else(|| Error::internal("transaction event vanished"));
+            }
             let mut batch = Batch::default();
             self.prepare(&mut head, sender, event, &mut batch)?;
             self.enqueue(&head, batch)
         };
         let mut events = self.finish(queued).await?;
         Ok(events.pop().expect("one event was sent"))
+    }
+
+    /// The event a device's transaction created, if it did.
+    pub fn txn_event(&self, txn: &TxnRef) -> Result<Option<OwnedEventId>> {
+        if let Some(id) = self.pending_txns.lock().get(txn) {
+            return Ok(Some(id.clone()));
+        }
+        let stored = self
+            .store
+            .txn_event(&txn.user_id, &txn.device_id, &txn.txn_id)?;
+        stored
+            .map(|id| OwnedEventId::try_from(id).map_err(Error::internal))
+            .transpose()
     }
 
     fn allocate_group(&self) -> u64 {
@@ -290,6 +341,9 @@ impl Rooms {
             for (id, _) in &batch.groups {
                 pending.remove(id);
             }
+        }
+        for t in &batch.txns {
+            self.pending_txns.lock().remove(t);
         }
         let room_id = batch.room_id.clone().expect("enqueue sets the room");
         match result {

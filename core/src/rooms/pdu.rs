@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use ruma::events::TimelineEventType;
 use ruma::{
-    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
-    RoomId, UInt, UserId,
+    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, UInt, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue as RawJsonValue;
@@ -64,7 +64,9 @@ impl Pdu {
         let redacts = match f.redacts {
             Some(r) => Some(r),
             None if f.kind == TimelineEventType::RoomRedaction => {
-                serde_json::from_str::<RedactsInContent>(f.content.get()).ok().and_then(|c| c.redacts)
+                serde_json::from_str::<RedactsInContent>(f.content.get())
+                    .ok()
+                    .and_then(|c| c.redacts)
             }
             None => None,
         };
@@ -106,7 +108,9 @@ impl Pdu {
         if self.kind != TimelineEventType::RoomMember {
             return None;
         }
-        serde_json::from_str::<M>(self.content.get()).ok().map(|m| m.membership)
+        serde_json::from_str::<M>(self.content.get())
+            .ok()
+            .map(|m| m.membership)
     }
 
     /// The event as clients see it (the "ClientEvent" format).

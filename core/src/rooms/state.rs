@@ -29,13 +29,19 @@ pub fn next_group(
             room_id: room_id.to_owned(),
             prev: Some(prev_id),
             chain_len: prev_rec.chain_len + 1,
-            delta: changes.iter().map(|((t, k), e)| (t.clone(), k.clone(), e.to_string())).collect(),
+            delta: changes
+                .iter()
+                .map(|((t, k), e)| (t.clone(), k.clone(), e.to_string()))
+                .collect(),
         },
         _ => StateGroupRecord {
             room_id: room_id.to_owned(),
             prev: None,
             chain_len: 0,
-            delta: full_after.iter().map(|((t, k), e)| (t.clone(), k.clone(), e.to_string())).collect(),
+            delta: full_after
+                .iter()
+                .map(|((t, k), e)| (t.clone(), k.clone(), e.to_string()))
+                .collect(),
         },
     }
 }
@@ -51,7 +57,9 @@ pub fn resolve(
     while let Some(g) = next {
         let rec = match pending(g) {
             Some(r) => r,
-            None => store.state_group(g)?.ok_or_else(|| Error::Internal(format!("missing state group {g}")))?,
+            None => store
+                .state_group(g)?
+                .ok_or_else(|| Error::Internal(format!("missing state group {g}")))?,
         };
         next = rec.prev;
         chain.push(rec);

@@ -72,16 +72,27 @@ pub struct Access {
 
 impl Rooms {
     pub fn timeline_event(&self, event_id: &EventId) -> Result<Option<TimelineEvent>> {
-        let Some(meta) = self.store.event_meta(event_id.as_str())? else { return Ok(None) };
-        let Some(pdu) = self.pdu(event_id)? else { return Ok(None) };
+        let Some(meta) = self.store.event_meta(event_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(pdu) = self.pdu(event_id)? else {
+            return Ok(None);
+        };
         Ok(Some(TimelineEvent { pdu, meta }))
     }
 
     /// Formats an event for a client. `viewer` is the requesting (user, device): the device that
     /// sent an event sees its transaction id.
-    pub fn format(&self, ev: &TimelineEvent, viewer: Option<(&UserId, &str)>, with_room_id: bool) -> Box<RawJsonValue> {
+    pub fn format(
+        &self,
+        ev: &TimelineEvent,
+        viewer: Option<(&UserId, &str)>,
+        with_room_id: bool,
+    ) -> Box<RawJsonValue> {
         let transaction_id = match (&ev.meta.txn, viewer) {
-            (Some(t), Some((u, d))) if t.user_id == u.as_str() && t.device_id == d => Some(t.txn_id.as_str()),
+            (Some(t), Some((u, d))) if t.user_id == u.as_str() && t.device_id == d => {
+                Some(t.txn_id.as_str())
+            }
             _ => None,
         };
         let prev = ev
@@ -103,17 +114,32 @@ impl Rooms {
         let now = self.store.persisted_pos();
         let membership = self.store.membership(user.as_str(), room_id.as_str())?;
         match membership {
-            Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {
-                Ok(Access { max_pos: now, ever_member: true })
+            Some(m)
+                if m.membership == "join"
+                    || m.membership == "invite"
+                    || m.membership == "knock" =>
+            {
+                Ok(Access {
+                    max_pos: now,
+                    ever_member: true,
+                })
             }
             // A user who left reads up to the moment they left.
-            Some(m) => Ok(Access { max_pos: m.pos, ever_member: true }),
+            Some(m) => Ok(Access {
+                max_pos: m.pos,
+                ever_member: true,
+            }),
             None => {
                 let state = self.current_state(room_id)?;
                 if self.is_world_readable(&state)? {
-                    Ok(Access { max_pos: now, ever_member: false })
+                    Ok(Access {
+                        max_pos: now,
+                        ever_member: false,
+                    })
                 } else {
-                    Err(Error::forbidden(format!("User {user} not in room {room_id}, and room previews are disabled")))
+                    Err(Error::forbidden(format!(
+                        "User {user} not in room {room_id}, and room previews are disabled"
+                    )))
                 }
             }
         }
@@ -142,7 +168,9 @@ impl Rooms {
         };
         let chunk = limit.clamp(1, 200) * 2;
         while lo <= hi && events.len() < limit {
-            let ids = self.store.room_events(room_id.as_str(), lo, hi, backwards, chunk)?;
+            let ids = self
+                .store
+                .room_events(room_id.as_str(), lo, hi, backwards, chunk)?;
             let exhausted = ids.len() < chunk;
             for (pos, id) in ids {
                 if backwards {
@@ -151,8 +179,12 @@ impl Rooms {
                     lo = pos + 1;
                 }
                 let id = EventId::parse(&id).map_err(Error::internal)?;
-                let Some(ev) = self.timeline_event(&id)? else { continue };
-                if filter.matches(&ev.pdu) && self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)? {
+                let Some(ev) = self.timeline_event(&id)? else {
+                    continue;
+                };
+                if filter.matches(&ev.pdu)
+                    && self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?
+                {
                     events.push(ev);
                     if events.len() == limit {
                         break;
@@ -167,12 +199,22 @@ impl Rooms {
                 break;
             }
         }
-        let end = if lo > hi { None } else if backwards { Some(hi) } else { Some(lo - 1) };
+        let end = if lo > hi {
+            None
+        } else if backwards {
+            Some(hi)
+        } else {
+            Some(lo - 1)
+        };
         Ok(Page { events, end })
     }
 
     /// The member events of the given senders in a state group, for lazy-loading clients.
-    pub fn member_events_for(&self, state_group: u64, senders: impl IntoIterator<Item = String>) -> Result<Vec<TimelineEvent>> {
+    pub fn member_events_for(
+        &self,
+        state_group: u64,
+        senders: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<TimelineEvent>> {
         let state = self.state_at_group(state_group)?;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -199,5 +241,31 @@ impl Rooms {
             }
         }
         Ok(out)
+    }
+
+    /// The room state a user may see: the current state, or for a user who left, the state
+    /// when they left.
+    pub fn visible_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<TimelineEvent>> {
+        let access = self.access(room_id, user)?;
+        if access.max_pos >= self.last_pos(room_id) {
+            let current = self.current_state(room_id)?;
+            return Ok(current
+                .values()
+                .filter_map(|id| self.timeline_event(id).ok().flatten())
+                .collect());
+        }
+        match self.state_group_at(room_id, access.max_pos)? {
+            Some(group) => self.state_events(group),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The state group after the room's last event at or before `pos`.
+    pub fn state_group_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<u64>> {
+        let last = self.store.room_events(room_id.as_str(), 0, pos, true, 1)?;
+        match last.first() {
+            Some((_, id)) => Ok(self.store.event_meta(id)?.map(|m| m.state_after)),
+            None => Ok(None),
+        }
     }
 }

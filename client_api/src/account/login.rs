@@ -1,0 +1,79 @@
+use ruma::api::client::session::{get_login_types, login, logout, logout_all};
+use ruma::api::client::uiaa::UserIdentifier;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Ruma;
+
+pub async fn login_types(
+    _: AppState,
+    _: Ruma<get_login_types::v3::Request>,
+) -> ApiResult<get_login_types::v3::Response> {
+    use get_login_types::v3::{LoginType, PasswordLoginType};
+    Ok(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+    ]))
+}
+
+pub async fn login(
+    state: AppState,
+    req: Ruma<login::v3::Request>,
+) -> ApiResult<login::v3::Response> {
+    let body = req.body;
+    let login::v3::LoginInfo::Password(p) = body.login_info else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Unknown login type",
+        ));
+    };
+    #[allow(deprecated)]
+    let legacy_user = &p.user;
+    let user = match (&p.identifier, legacy_user) {
+        (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
+        (None, Some(u)) => u.clone(),
+        _ => return Err(ApiError::forbidden("Invalid username or password")),
+    };
+    let user_id = state.core.accounts.resolve_login_user(&user)?;
+    let new = state
+        .core
+        .accounts
+        .login(
+            &user_id,
+            &p.password,
+            body.device_id.map(|d| d.to_string()),
+            body.initial_device_display_name,
+        )
+        .await?;
+    tracing::info!(%user_id, device_id = %new.device_id, "logged in");
+    Ok(login::v3::Response::new(
+        new.user_id,
+        new.access_token,
+        new.device_id,
+    ))
+}
+
+pub async fn logout(
+    state: AppState,
+    req: Ruma<logout::v3::Request>,
+) -> ApiResult<logout::v3::Response> {
+    let s = req.session();
+    state
+        .core
+        .accounts
+        .delete_devices(&s.user_id, &[s.device_id.to_string()])
+        .await?;
+    Ok(logout::v3::Response::new())
+}
+
+pub async fn logout_all(
+    state: AppState,
+    req: Ruma<logout_all::v3::Request>,
+) -> ApiResult<logout_all::v3::Response> {
+    state
+        .core
+        .accounts
+        .delete_all_devices_except(&req.session().user_id, None)
+        .await?;
+    Ok(logout_all::v3::Response::new())
+}

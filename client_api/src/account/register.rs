@@ -1,0 +1,69 @@
+use ruma::api::client::account::register::RegistrationKind;
+use ruma::api::client::account::{get_username_availability, register};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Ruma;
+use crate::uia::Subject;
+use crate::{AppState, RegistrationMode};
+
+pub async fn register(
+    state: AppState,
+    req: Ruma<register::v3::Request>,
+) -> ApiResult<register::v3::Response> {
+    let body = req.body;
+    if body.kind == RegistrationKind::Guest {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "Guest access is disabled",
+        ));
+    }
+    let flows: &[&[&str]] = match state.config.registration {
+        RegistrationMode::Closed => {
+            return Err(ApiError::forbidden("Registration has been disabled"));
+        }
+        RegistrationMode::Open => &[&["m.login.dummy"], &["m.login.registration_token"]],
+        RegistrationMode::Token => &[&["m.login.registration_token"]],
+    };
+    // Check the name before the client goes through authentication, as Synapse does.
+    if let Some(name) = &body.username {
+        let user_id = state.core.accounts.user_id_for(name)?;
+        if !state.core.accounts.is_available(&user_id)? {
+            return Err(hearth_core::Error::UserInUse.into());
+        }
+    }
+    state
+        .uia
+        .check(&state, body.auth.as_ref(), flows, Subject::Registration)
+        .await?;
+
+    let login = (!body.inhibit_login).then(|| {
+        (
+            body.device_id.map(|d| d.to_string()),
+            body.initial_device_display_name.clone(),
+        )
+    });
+    let (user_id, login) = state
+        .core
+        .accounts
+        .register(body.username.as_deref(), body.password.as_deref(), login)
+        .await?;
+    tracing::info!(%user_id, "registered");
+    let mut resp = register::v3::Response::new(user_id);
+    if let Some(l) = login {
+        resp.access_token = Some(l.access_token);
+        resp.device_id = Some(l.device_id);
+    }
+    Ok(resp)
+}
+
+pub async fn available(
+    state: AppState,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> ApiResult<get_username_availability::v3::Response> {
+    let user_id = state.core.accounts.user_id_for(&req.body.username)?;
+    if !state.core.accounts.is_available(&user_id)? {
+        return Err(hearth_core::Error::UserInUse.into());
+    }
+    Ok(get_username_availability::v3::Response::new(true))
+}

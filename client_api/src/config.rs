@@ -1,0 +1,25 @@
+/// Who may create accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    Open,
+    Token,
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub registration: RegistrationMode,
+    pub registration_token: Option<String>,
+    pub max_request_bytes: usize,
+    /// `None` turns rate limiting off.
+    pub rate_limit: Option<RateLimit>,
+    /// Base URL clients should use, for `/.well-known/matrix/client`.
+    pub public_base_url: String,
+}

@@ -1,0 +1,155 @@
+use ruma::api::client::membership::{
+    ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_rooms,
+    kick_user, leave_room, unban_user,
+};
+use ruma::{OwnedRoomId, RoomId};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Ruma;
+
+async fn join(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &RoomId,
+    reason: Option<&str>,
+) -> ApiResult<OwnedRoomId> {
+    let profile = state.core.profiles.get(user)?;
+    Ok(state
+        .core
+        .rooms
+        .join(room_id, user, &profile, reason)
+        .await?)
+}
+
+pub async fn join_by_id(
+    state: AppState,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> ApiResult<join_room_by_id::v3::Response> {
+    let user = req.session().user_id.clone();
+    let room_id = join(&state, &user, &req.body.room_id, req.body.reason.as_deref()).await?;
+    Ok(join_room_by_id::v3::Response::new(room_id))
+}
+
+pub async fn join_by_id_or_alias(
+    state: AppState,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
+    let user = req.session().user_id.clone();
+    let room_id: OwnedRoomId = match OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) {
+        Ok(id) => id,
+        Err(_) => return Err(ApiError::not_found("Room alias not found")),
+    };
+    let room_id = join(&state, &user, &room_id, req.body.reason.as_deref()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+pub async fn invite(
+    state: AppState,
+    req: Ruma<invite_user::v3::Request>,
+) -> ApiResult<invite_user::v3::Response> {
+    let user = req.session().user_id.clone();
+    let invite_user::v3::InvitationRecipient::UserId(invitee) = &req.body.recipient else {
+        return Err(ApiError::forbidden("Third party invites are not supported"));
+    };
+    let target = &invitee.user_id;
+    let profile = state.core.profiles.get_local(target);
+    state
+        .core
+        .rooms
+        .invite(
+            &req.body.room_id,
+            &user,
+            target,
+            profile.as_ref(),
+            invitee.reason.as_deref(),
+            false,
+        )
+        .await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+pub async fn leave(
+    state: AppState,
+    req: Ruma<leave_room::v3::Request>,
+) -> ApiResult<leave_room::v3::Response> {
+    let user = req.session().user_id.clone();
+    state
+        .core
+        .rooms
+        .leave(&req.body.room_id, &user, req.body.reason.as_deref())
+        .await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+pub async fn kick(
+    state: AppState,
+    req: Ruma<kick_user::v3::Request>,
+) -> ApiResult<kick_user::v3::Response> {
+    let user = req.session().user_id.clone();
+    state
+        .core
+        .rooms
+        .kick(
+            &req.body.room_id,
+            &user,
+            &req.body.user_id,
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+pub async fn ban(
+    state: AppState,
+    req: Ruma<ban_user::v3::Request>,
+) -> ApiResult<ban_user::v3::Response> {
+    let user = req.session().user_id.clone();
+    state
+        .core
+        .rooms
+        .ban(
+            &req.body.room_id,
+            &user,
+            &req.body.user_id,
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+pub async fn unban(
+    state: AppState,
+    req: Ruma<unban_user::v3::Request>,
+) -> ApiResult<unban_user::v3::Response> {
+    let user = req.session().user_id.clone();
+    state
+        .core
+        .rooms
+        .unban(
+            &req.body.room_id,
+            &user,
+            &req.body.user_id,
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+pub async fn forget(
+    state: AppState,
+    req: Ruma<forget_room::v3::Request>,
+) -> ApiResult<forget_room::v3::Response> {
+    let user = req.session().user_id.clone();
+    state.core.rooms.forget(&req.body.room_id, &user).await?;
+    Ok(forget_room::v3::Response::new())
+}
+
+pub async fn joined_rooms(
+    state: AppState,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> ApiResult<joined_rooms::v3::Response> {
+    Ok(joined_rooms::v3::Response::new(
+        state.core.rooms.joined_rooms(&req.session().user_id)?,
+    ))
+}

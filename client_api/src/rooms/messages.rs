@@ -1,0 +1,172 @@
+use ruma::api::Direction;
+use ruma::api::client::{context::get_context, message::get_message_events, room::get_room_event};
+
+use super::{parse_token, raw, token};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Ruma;
+use crate::filter::event_filter;
+
+pub async fn messages(
+    state: AppState,
+    req: Ruma<get_message_events::v3::Request>,
+) -> ApiResult<get_message_events::v3::Response> {
+    let s = req.session().clone();
+    let b = &req.body;
+    let rooms = &state.core.rooms;
+    if !rooms.exists(&b.room_id)? {
+        return Err(ApiError::forbidden("You are not in this room"));
+    }
+    let access = rooms.access(&b.room_id, &s.user_id)?;
+    let backwards = b.dir == Direction::Backward;
+    let from = match &b.from {
+        Some(t) => parse_token(t)?,
+        None if backwards => access.max_pos,
+        None => 0,
+    };
+    let to = b.to.as_deref().map(parse_token).transpose()?;
+    let filter = event_filter(&b.filter);
+    let limit = (u64::from(b.limit) as usize).clamp(1, 1000);
+    let page = rooms.page(
+        &s.user_id, &b.room_id, &access, from, to, backwards, limit, &filter,
+    )?;
+
+    let viewer = Some((&*s.user_id, s.device_id.as_str()));
+    let mut resp = get_message_events::v3::Response::new();
+    resp.start = token(from);
+    resp.end = page.end.map(token);
+    resp.chunk = page
+        .events
+        .iter()
+        .map(|e| raw(rooms.format(e, viewer, true)))
+        .collect();
+    if filter.lazy_load_members && !page.events.is_empty() {
+        let group = page
+            .events
+            .iter()
+            .map(|e| e.meta.state_after)
+            .max()
+            .unwrap_or_default();
+        let members =
+            rooms.member_events_for(group, page.events.iter().map(|e| e.pdu.sender.to_string()))?;
+        resp.state = members
+            .iter()
+            .map(|e| raw(rooms.format(e, viewer, true)))
+            .collect();
+    }
+    Ok(resp)
+}
+
+pub async fn context(
+    state: AppState,
+    req: Ruma<get_context::v3::Request>,
+) -> ApiResult<get_context::v3::Response> {
+    let s = req.session().clone();
+    let b = &req.body;
+    let rooms = &state.core.rooms;
+    let access = rooms.access(&b.room_id, &s.user_id)?;
+    let ev = rooms
+        .timeline_event(&b.event_id)?
+        .filter(|e| e.pdu.room_id == b.room_id && e.meta.pos <= access.max_pos)
+        .ok_or_else(|| ApiError::not_found("Event not found."))?;
+    if !rooms.may_see(
+        &s.user_id,
+        &ev.pdu,
+        ev.meta.state_before,
+        access.ever_member,
+    )? {
+        return Err(ApiError::forbidden(
+            "You don't have permission to view this event",
+        ));
+    }
+    let filter = event_filter(&b.filter);
+    let limit = u64::from(b.limit) as usize;
+    let before_n = limit / 2;
+    let after_n = limit - before_n;
+    let before = rooms.page(
+        &s.user_id,
+        &b.room_id,
+        &access,
+        ev.meta.pos - 1,
+        None,
+        true,
+        before_n,
+        &filter,
+    )?;
+    let after = rooms.page(
+        &s.user_id,
+        &b.room_id,
+        &access,
+        ev.meta.pos,
+        None,
+        false,
+        after_n,
+        &filter,
+    )?;
+
+    let viewer = Some((&*s.user_id, s.device_id.as_str()));
+    let mut resp = get_context::v3::Response::new();
+    resp.start = Some(token(
+        before
+            .events
+            .last()
+            .map_or(ev.meta.pos - 1, |e| e.meta.pos - 1),
+    ));
+    resp.end = Some(token(
+        after.events.last().map_or(ev.meta.pos, |e| e.meta.pos),
+    ));
+    resp.events_before = before
+        .events
+        .iter()
+        .map(|e| raw(rooms.format(e, viewer, true)))
+        .collect();
+    resp.event = Some(raw(rooms.format(&ev, viewer, true)));
+    resp.events_after = after
+        .events
+        .iter()
+        .map(|e| raw(rooms.format(e, viewer, true)))
+        .collect();
+    let last = after.events.last().unwrap_or(&ev);
+    let state_events = rooms.state_events(last.meta.state_after)?;
+    resp.state = state_events
+        .iter()
+        .filter(|e| {
+            !filter.lazy_load_members
+                || e.pdu.kind.to_string() != "m.room.member"
+                || before
+                    .events
+                    .iter()
+                    .chain(after.events.iter())
+                    .chain([&ev])
+                    .any(|t| e.pdu.state_key.as_deref() == Some(t.pdu.sender.as_str()))
+        })
+        .map(|e| raw(rooms.format(e, viewer, true)))
+        .collect();
+    Ok(resp)
+}
+
+pub async fn event(
+    state: AppState,
+    req: Ruma<get_room_event::v3::Request>,
+) -> ApiResult<get_room_event::v3::Response> {
+    let s = req.session().clone();
+    let b = &req.body;
+    let rooms = &state.core.rooms;
+    let access = rooms.access(&b.room_id, &s.user_id)?;
+    let ev = rooms
+        .timeline_event(&b.event_id)?
+        .filter(|e| e.pdu.room_id == b.room_id && e.meta.pos <= access.max_pos)
+        .ok_or_else(|| ApiError::not_found("Event not found."))?;
+    if !rooms.may_see(
+        &s.user_id,
+        &ev.pdu,
+        ev.meta.state_before,
+        access.ever_member,
+    )? {
+        return Err(ApiError::not_found("Event not found."));
+    }
+    let viewer = Some((&*s.user_id, s.device_id.as_str()));
+    Ok(get_room_event::v3::Response::new(raw(
+        rooms.format(&ev, viewer, true)
+    )))
+}

@@ -1,0 +1,26 @@
+use hearth_core::rooms::NewEvent;
+use hearth_core::rooms::TxnRef;
+use ruma::api::client::message::send_message_event;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Ruma;
+
+pub async fn send_message(
+    state: AppState,
+    req: Ruma<send_message_event::v3::Request>,
+) -> ApiResult<send_message_event::v3::Response> {
+    let s = req.session().clone();
+    let b = req.body;
+    let content: Value =
+        serde_json::from_str(b.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let mut event = NewEvent::message(&b.event_type.to_string(), content);
+    event.txn = Some(TxnRef {
+        user_id: s.user_id.to_string(),
+        device_id: s.device_id.to_string(),
+        txn_id: b.txn_id.to_string(),
+    });
+    let pdu = state.core.rooms.send(&b.room_id, &s.user_id, event).await?;
+    Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
+}

@@ -1,0 +1,65 @@
+use hearth_core::rooms::NewEvent;
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
+use serde_json::Value;
+
+use super::raw;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Ruma;
+
+pub async fn send_state(
+    state: AppState,
+    req: Ruma<send_state_event::v3::Request>,
+) -> ApiResult<send_state_event::v3::Response> {
+    let user = req.session().user_id.clone();
+    let b = req.body;
+    let content: Value =
+        serde_json::from_str(b.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let kind = b.event_type.to_string();
+    let pdu = state
+        .core
+        .rooms
+        .send(
+            &b.room_id,
+            &user,
+            NewEvent::state(&kind, &b.state_key, content),
+        )
+        .await?;
+    Ok(send_state_event::v3::Response::new(pdu.event_id.clone()))
+}
+
+pub async fn get_state(
+    state: AppState,
+    req: Ruma<get_state_events::v3::Request>,
+) -> ApiResult<get_state_events::v3::Response> {
+    let user = req.session().user_id.clone();
+    let events = state.core.rooms.visible_state(&req.body.room_id, &user)?;
+    let s = req.session();
+    let viewer = Some((&*s.user_id, s.device_id.as_str()));
+    Ok(get_state_events::v3::Response::new(
+        events
+            .iter()
+            .map(|e| raw(state.core.rooms.format(e, viewer, true)))
+            .collect(),
+    ))
+}
+
+pub async fn get_state_event(
+    state: AppState,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> ApiResult<get_state_event_for_key::v3::Response> {
+    let user = req.session().user_id.clone();
+    let b = &req.body;
+    let kind = b.event_type.to_string();
+    let events = state.core.rooms.visible_state(&b.room_id, &user)?;
+    let ev = events
+        .iter()
+        .find(|e| {
+            e.pdu.kind.to_string() == kind
+                && e.pdu.state_key.as_deref() == Some(b.state_key.as_str())
+        })
+        .ok_or_else(|| ApiError::not_found("Event not found."))?;
+    let json = serde_json::value::to_raw_value(&*ev.pdu.content)
+        .map_err(|e| ApiError::bad_json(e.to_string()))?;
+    Ok(get_state_event_for_key::v3::Response::new(json))
+}

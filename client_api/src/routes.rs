@@ -1,0 +1,122 @@
+//! The route table: every endpoint, registered under each path its spec history gives it.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{MethodFilter, get, on, put};
+use ruma::api::{IncomingRequest, path_builder::PathBuilder};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AuthPolicy, Ruma, RumaResponse};
+use crate::{AppState, account, filter, profile, rooms, server, sync};
+
+/// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
+fn add<R, F, Fut>(router: Router<AppState>, handler: F) -> Router<AppState>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    R::OutgoingResponse: Send + 'static,
+    F: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static,
+{
+    let method = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
+    let h = move |State(state): State<AppState>, req: Ruma<R>| {
+        let handler = handler.clone();
+        async move { handler(state, req).await.map(RumaResponse) }
+    };
+    let mut router = router;
+    for path in R::PATH_BUILDER.all_paths() {
+        router = router.route(path, on(method, h.clone()));
+        if path.ends_with("/state/{event_type}/{state_key}") {
+            // An empty state key may leave the last segment out, with or without the slash.
+            let short = path.trim_end_matches("/{state_key}");
+            router = router.route(short, on(method, h.clone()));
+            router = router.route(&format!("{short}/"), on(method, h.clone()));
+        }
+    }
+    router
+}
+
+pub fn router(state: AppState) -> Router {
+    use ruma::api::client as c;
+    let mut r = Router::new();
+    // Server discovery and capabilities
+    r = add::<c::discovery::get_supported_versions::Request, _, _>(r, server::versions);
+    r = add::<c::discovery::get_capabilities::v3::Request, _, _>(r, server::capabilities);
+    r = r.route("/.well-known/matrix/client", get(server::well_known));
+    // Accounts and sessions
+    r = add::<c::account::register::v3::Request, _, _>(r, account::register::register);
+    r = add::<c::account::get_username_availability::v3::Request, _, _>(
+        r,
+        account::register::available,
+    );
+    r = add::<c::session::get_login_types::v3::Request, _, _>(r, account::login::login_types);
+    r = add::<c::session::login::v3::Request, _, _>(r, account::login::login);
+    r = add::<c::session::logout::v3::Request, _, _>(r, account::login::logout);
+    r = add::<c::session::logout_all::v3::Request, _, _>(r, account::login::logout_all);
+    r = add::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
+    r = add::<c::account::change_password::v3::Request, _, _>(
+        r,
+        account::password::change_password,
+    );
+    r = add::<c::account::deactivate::v3::Request, _, _>(r, account::password::deactivate);
+    r = add::<c::device::get_devices::v3::Request, _, _>(r, account::devices::list);
+    r = add::<c::device::get_device::v3::Request, _, _>(r, account::devices::get);
+    r = add::<c::device::update_device::v3::Request, _, _>(r, account::devices::update);
+    r = add::<c::device::delete_device::v3::Request, _, _>(r, account::devices::delete);
+    r = add::<c::device::delete_devices::v3::Request, _, _>(r, account::devices::delete_many);
+    // Profiles: plain JSON, since the spec's per-field shape is simpler than ruma's generic one.
+    for v in ["r0", "v3"] {
+        r = r
+            .route(
+                &format!("/_matrix/client/{v}/profile/{{user_id}}"),
+                get(profile::get_profile),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/profile/{{user_id}}/{{field}}"),
+                get(profile::get_field).merge(put(profile::set_field)),
+            );
+    }
+    // Filters
+    r = add::<c::filter::create_filter::v3::Request, _, _>(r, filter::create);
+    r = add::<c::filter::get_filter::v3::Request, _, _>(r, filter::get);
+    // Rooms
+    r = add::<c::room::create_room::v3::Request, _, _>(r, rooms::create::create_room);
+    r = add::<c::membership::join_room_by_id::v3::Request, _, _>(r, rooms::membership::join_by_id);
+    r = add::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(
+        r,
+        rooms::membership::join_by_id_or_alias,
+    );
+    r = add::<c::membership::invite_user::v3::Request, _, _>(r, rooms::membership::invite);
+    r = add::<c::membership::leave_room::v3::Request, _, _>(r, rooms::membership::leave);
+    r = add::<c::membership::kick_user::v3::Request, _, _>(r, rooms::membership::kick);
+    r = add::<c::membership::ban_user::v3::Request, _, _>(r, rooms::membership::ban);
+    r = add::<c::membership::unban_user::v3::Request, _, _>(r, rooms::membership::unban);
+    r = add::<c::membership::forget_room::v3::Request, _, _>(r, rooms::membership::forget);
+    r = add::<c::membership::joined_rooms::v3::Request, _, _>(r, rooms::membership::joined_rooms);
+    r = add::<c::membership::get_member_events::v3::Request, _, _>(r, rooms::members::members);
+    r = add::<c::membership::joined_members::v3::Request, _, _>(r, rooms::members::joined_members);
+    r = add::<c::message::send_message_event::v3::Request, _, _>(r, rooms::send::send_message);
+    r = add::<c::state::send_state_event::v3::Request, _, _>(r, rooms::state::send_state);
+    r = add::<c::state::get_state_event_for_key::v3::Request, _, _>(
+        r,
+        rooms::state::get_state_event,
+    );
+    r = add::<c::state::get_state_events::v3::Request, _, _>(r, rooms::state::get_state);
+    r = add::<c::message::get_message_events::v3::Request, _, _>(r, rooms::messages::messages);
+    r = add::<c::context::get_context::v3::Request, _, _>(r, rooms::messages::context);
+    r = add::<c::room::get_room_event::v3::Request, _, _>(r, rooms::messages::event);
+    // Sync
+    r = add::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+
+    r.fallback(|| async { ApiError::unrecognized() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods(tower_http::cors::Any)
+                .allow_headers(tower_http::cors::Any),
+        )
+        .with_state(state)
+}

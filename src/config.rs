@@ -1,0 +1,179 @@
+//! Configuration: an optional TOML file, then `HEARTH_<KEY>` environment variables on top, then
+//! built-in defaults. The defaults run a complete server on loopback with no file at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hearth_client_api::RegistrationMode;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server_name: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `open`, `token` or `closed`. Unset: open on loopback, token elsewhere.
+    pub registration: Option<RegistrationMode>,
+    pub registration_token: Option<String>,
+    pub max_request_bytes: usize,
+    pub rate_limit: bool,
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: u32,
+    pub default_room_version: String,
+    /// Base URL clients use to reach this server, for `/.well-known/matrix/client`.
+    pub public_base_url: Option<String>,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            data_dir: PathBuf::from("./hearth-data"),
+            registration: None,
+            registration_token: None,
+            max_request_bytes: 50 * 1024 * 1024,
+            rate_limit: true,
+            rate_limit_per_second: 10.0,
+            rate_limit_burst: 50,
+            default_room_version: "11".into(),
+            public_base_url: None,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Bool,
+    Int,
+    Float,
+}
+
+/// Every key, with the type its environment variable is read as.
+const KEYS: &[(&str, Kind)] = &[
+    ("server_name", Kind::Str),
+    ("listen", Kind::Str),
+    ("data_dir", Kind::Str),
+    ("registration", Kind::Str),
+    ("registration_token", Kind::Str),
+    ("max_request_bytes", Kind::Int),
+    ("rate_limit", Kind::Bool),
+    ("rate_limit_per_second", Kind::Float),
+    ("rate_limit_burst", Kind::Int),
+    ("default_room_version", Kind::Str),
+    ("public_base_url", Kind::Str),
+    ("log_format", Kind::Str),
+];
+
+impl Config {
+    /// Reads the file (if any) and the environment. Errors are one line, fit for a terminal.
+    pub fn load(file: Option<&Path>) -> Result<Self, String> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| format!("{}: {}", path.display(), e.message()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, kind) in KEYS {
+            let var = format!("HEARTH_{}", key.to_uppercase());
+            let Ok(raw) = std::env::var(&var) else {
+                continue;
+            };
+            let value = match kind {
+                Kind::Str => toml::Value::String(raw),
+                Kind::Bool => toml::Value::Boolean(match raw.to_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => true,
+                    "0" | "false" | "no" | "off" => false,
+                    _ => return Err(format!("{var}: expected true or false, got {raw:?}")),
+                }),
+                Kind::Int => toml::Value::Integer(
+                    raw.parse()
+                        .map_err(|_| format!("{var}: expected a whole number, got {raw:?}"))?,
+                ),
+                Kind::Float => toml::Value::Float(
+                    raw.parse()
+                        .map_err(|_| format!("{var}: expected a number, got {raw:?}"))?,
+                ),
+            };
+            table.insert((*key).to_owned(), value);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("configuration: {}", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        ruma::ServerName::parse(&self.server_name).map_err(|e| {
+            format!(
+                "server_name {:?} is not a valid server name: {e}",
+                self.server_name
+            )
+        })?;
+        if self.registration == Some(RegistrationMode::Token) && self.registration_token.is_none() {
+            return Err("registration = \"token\" needs registration_token to be set".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            ));
+        }
+        if self.rate_limit_per_second.is_nan() || self.rate_limit_per_second <= 0.0 {
+            return Err("rate_limit_per_second must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// Registration as configured, or the safe default for where the server listens.
+    pub fn registration_mode(&self) -> RegistrationMode {
+        match self.registration {
+            Some(m) => m,
+            None if self.listen.ip().is_loopback() => RegistrationMode::Open,
+            None if self.registration_token.is_some() => RegistrationMode::Token,
+            None => RegistrationMode::Closed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_open_only_on_loopback() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.registration_mode(), RegistrationMode::Open);
+        c.listen = "0.0.0.0:8008".parse().unwrap();
+        assert_eq!(c.registration_mode(), RegistrationMode::Closed);
+        c.registration_token = Some("t".into());
+        assert_eq!(c.registration_mode(), RegistrationMode::Token);
+    }
+
+    #[test]
+    fn a_bad_file_is_a_one_line_error() {
+        let dir = std::env::temp_dir().join(format!("hearth-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "listen = 12\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err();
+        assert!(!err.contains('\n'), "{err}");
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(
+            Config::load(Some(&path))
+                .unwrap_err()
+                .contains("no_such_key")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
