@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         rooms::membership::join_by_id_or_alias,
     );
     r = add::<c::membership::invite_user::v3::Request, _, _>(r, rooms::membership::invite);
+    r = add::<c::knock::knock_room::v3::Request, _, _>(r, rooms::membership::knock);
     r = add::<c::membership::leave_room::v3::Request, _, _>(r, rooms::membership::leave);
     r = add::<c::membership::kick_user::v3::Request, _, _>(r, rooms::membership::kick);
     r = add::<c::membership::ban_user::v3::Request, _, _>(r, rooms::membership::ban);

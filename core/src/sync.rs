@@ -234,6 +234,8 @@ impl SyncService {
             }
         }
         if req.filter.state.lazy_load_members {
+            // Only the members who speak in this timeline (and the user), but all of those,
+            // even when their member event did not change since the last sync.
             let senders: std::collections::HashSet<&str> = events
                 .iter()
                 .map(|e| e.pdu.sender.as_str())
@@ -246,6 +248,17 @@ impl SyncService {
                         .as_deref()
                         .is_some_and(|k| senders.contains(k))
             });
+            if let Some(start) = start_group {
+                let have: std::collections::HashSet<String> = state
+                    .iter()
+                    .filter_map(|e| e.pdu.state_key.clone())
+                    .collect();
+                let missing = senders
+                    .iter()
+                    .filter(|s| !have.contains(**s))
+                    .map(|s| s.to_string());
+                state.extend(self.rooms.member_events_for(start, missing)?);
+            }
         }
         state.retain(|e| req.filter.state.matches(&e.pdu));
 

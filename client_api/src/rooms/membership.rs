@@ -1,3 +1,4 @@
+use ruma::api::client::knock::knock_room;
 use ruma::api::client::membership::{
     ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_rooms,
     kick_user, leave_room, unban_user,
@@ -42,6 +43,23 @@ pub async fn join_by_id_or_alias(
     };
     let room_id = join(&state, &user, &room_id, req.body.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+pub async fn knock(
+    state: AppState,
+    req: Ruma<knock_room::v3::Request>,
+) -> ApiResult<knock_room::v3::Response> {
+    let user = req.session().user_id.clone();
+    let Ok(room_id) = OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) else {
+        return Err(ApiError::not_found("Room alias not found"));
+    };
+    let profile = state.core.profiles.get(&user)?;
+    state
+        .core
+        .rooms
+        .knock(&room_id, &user, &profile, req.body.reason.as_deref())
+        .await?;
+    Ok(knock_room::v3::Response::new(room_id))
 }
 
 pub async fn invite(

@@ -164,6 +164,26 @@ impl Rooms {
         }
     }
 
+    /// Asks to be let into a room whose join rule is `knock`.
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: &MemberProfile,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        if !self.exists(room_id)? {
+            return Err(Error::not_found("No known servers for this room"));
+        }
+        self.send_member(
+            room_id,
+            user,
+            user,
+            member_content("knock", Some(profile), reason),
+        )
+        .await
+    }
+
     pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
         match self.membership(room_id, user)?.as_deref() {
             Some("leave") => Ok(()),
