@@ -124,7 +124,12 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     let app = hearth_client_api::router(AppState::new(core.clone(), api))
         .merge(hearth_federation::router(core.clone()))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(
+            // The span names the path only: query strings may carry access tokens.
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

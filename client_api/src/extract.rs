@@ -173,13 +173,14 @@ where
         if implied_empty_state_key(&parts) {
             args.push(String::new());
         }
-        let rate_limited = !parts.uri.path().ends_with("/sync");
+        // Which endpoints are limited is the spec's call, carried in ruma's metadata (login,
+        // register, sending, joining, ...), as Synapse limits them.
         let session = authenticate(
             &parts,
             state,
             <T::Authentication as AuthPolicy>::REQUIRED,
             <T::Authentication as AuthPolicy>::ACCEPTED,
-            rate_limited,
+            T::RATE_LIMITED,
         )
         .await?;
         let bytes = read_body(body, state).await?;
@@ -236,7 +237,7 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let session = authenticate(parts, state, true, true, true).await?;
+        let session = authenticate(parts, state, true, true, false).await?;
         Ok(Auth(session.expect("required")))
     }
 }

@@ -33,8 +33,9 @@ pub struct NewLogin {
 pub struct Accounts {
     config: Arc<CoreConfig>,
     store: Arc<dyn Store>,
-    /// Serialises "is the name free? then create it", which must not interleave.
-    registration: Mutex<()>,
+    /// Serialises check-then-create sequences (is the user name free? which filter id is
+    /// next?), which must not interleave.
+    allocation: Mutex<()>,
     /// token hash → session; tokens are looked up on every request.
     sessions: RwLock<HashMap<Vec<u8>, Session>>,
 }
@@ -44,7 +45,7 @@ impl Accounts {
         Self {
             config,
             store,
-            registration: Mutex::new(()),
+            allocation: Mutex::new(()),
             sessions: RwLock::new(HashMap::new()),
         }
     }
@@ -104,7 +105,7 @@ impl Accounts {
             Some(p) => Some(hash_password(p.to_owned()).await?),
             None => None,
         };
-        let _guard = self.registration.lock().await;
+        let _guard = self.allocation.lock().await;
         let user_id = match localpart {
             Some(l) => self.user_id_for(l)?,
             None => loop {
@@ -359,7 +360,7 @@ impl Accounts {
     }
 
     pub async fn put_filter(&self, user_id: &UserId, json: String) -> Result<u64> {
-        let _guard = self.registration.lock().await;
+        let _guard = self.allocation.lock().await;
         let counter = format!("filter:{user_id}");
         let id = self.store.counter(&counter)? + 1;
         self.store

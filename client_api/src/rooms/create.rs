@@ -1,6 +1,5 @@
 use hearth_core::rooms::create::{CreateRoom, Preset};
 use ruma::api::client::room::{Visibility, create_room};
-use ruma::room::RoomType;
 use serde_json::{Map, Value};
 
 use crate::AppState;
@@ -43,17 +42,10 @@ pub async fn create_room(
         }
         initial_state.push((kind.to_owned(), key.to_owned(), v["content"].clone()));
     }
-    let mut creation_content = match &b.creation_content {
+    let creation_content = match &b.creation_content {
         Some(c) => Some(object(c, "creation_content")?),
         None => None,
     };
-    if let Some(c) = &mut creation_content
-        && c.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| RoomType::from(t) == RoomType::Space)
-    {
-        // Spaces are rooms like any other here; the type is kept as given.
-    }
     let request = CreateRoom {
         preset,
         public: b.visibility == Visibility::Public,
