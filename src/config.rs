@@ -105,9 +105,12 @@ impl Config {
             };
             table.insert((*key).to_owned(), value);
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("configuration: {}", e.message()))?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    format!("configuration: {}", e.to_string().trim().replace('\n', " "))
+                })?;
         config.validate()?;
         Ok(config)
     }
