@@ -1,6 +1,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -13,9 +13,7 @@ use crate::*;
 /// The embedded store: one redb file in the data directory.
 pub struct RedbStore {
     db: Arc<Database>,
-    // A Mutex only because std's Sender was not Sync before 1.72's guarantees were relied upon
-    // everywhere; sends are short.
-    tx: Mutex<mpsc::Sender<Job>>,
+    tx: mpsc::Sender<Job>,
     persisted: Arc<AtomicU64>,
 }
 
@@ -61,11 +59,7 @@ impl RedbStore {
             .name("hearth-writer".into())
             .spawn(move || writer::run(wdb, rx, wpersisted))
             .map_err(|e| StorageError::Database(e.to_string()))?;
-        Ok(Self {
-            db,
-            tx: Mutex::new(tx),
-            persisted,
-        })
+        Ok(Self { db, tx, persisted })
     }
 
     fn get_json<K: redb::Key + 'static, T: DeserializeOwned>(
@@ -85,11 +79,7 @@ impl RedbStore {
 impl Store for RedbStore {
     fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit {
         let (reply, rx) = oneshot::channel();
-        let sent = self
-            .tx
-            .lock()
-            .map(|tx| tx.send(Job { ops, reply }).is_ok())
-            .unwrap_or(false);
+        let sent = self.tx.send(Job { ops, reply }).is_ok();
         Box::pin(async move {
             if !sent {
                 return Err(StorageError::WriterGone);
