@@ -47,6 +47,10 @@ pub fn router(state: AppState) -> Router {
     r = r.route("/.well-known/matrix/client", get(server::well_known));
     // Accounts and sessions
     r = add::<c::account::register::v3::Request, _, _>(r, account::register::register);
+    r = add::<c::account::check_registration_token_validity::v1::Request, _, _>(
+        r,
+        account::register::token_validity,
+    );
     r = add::<c::account::get_username_availability::v3::Request, _, _>(
         r,
         account::register::available,

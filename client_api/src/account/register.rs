@@ -1,5 +1,7 @@
 use ruma::api::client::account::register::RegistrationKind;
-use ruma::api::client::account::{get_username_availability, register};
+use ruma::api::client::account::{
+    check_registration_token_validity, get_username_availability, register,
+};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
@@ -66,4 +68,15 @@ pub async fn available(
         return Err(hearth_core::Error::UserInUse.into());
     }
     Ok(get_username_availability::v3::Response::new(true))
+}
+
+pub async fn token_validity(
+    state: AppState,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> ApiResult<check_registration_token_validity::v1::Response> {
+    if state.config.registration == RegistrationMode::Closed {
+        return Err(ApiError::forbidden("Registration has been disabled"));
+    }
+    let valid = state.config.registration_token.as_deref() == Some(req.body.token.as_str());
+    Ok(check_registration_token_validity::v1::Response::new(valid))
 }
