@@ -253,3 +253,48 @@ async fn change_password() {
         "M_UNKNOWN_TOKEN",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_only_registration() {
+    let server = TestServer::builder()
+        .env("HEARTH_REGISTRATION", "token")
+        .env("HEARTH_REGISTRATION_TOKEN", "let-me-in")
+        .start()
+        .await;
+    let validity = "/_matrix/client/v1/register/m.login.registration_token/validity";
+    let (status, body) = server
+        .get_anon(&format!("{validity}?token=let-me-in"))
+        .await;
+    assert_eq!(
+        (status, body["valid"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    let (_, body) = server.get_anon(&format!("{validity}?token=wrong")).await;
+    assert_eq!(body["valid"], json!(false), "{body}");
+
+    // The dummy stage alone does not complete any flow.
+    let (status, body) = server
+        .post_anon(
+            "/register",
+            &json!({ "username": "tok", "password": PW, "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        flows_offer_stage(&body, "m.login.registration_token"),
+        "{body}"
+    );
+    assert!(!flows_offer_stage(&body, "m.login.dummy"), "{body}");
+
+    let auth = |token: &str| {
+        json!({ "username": "tok", "password": PW,
+                "auth": { "type": "m.login.registration_token", "token": token } })
+    };
+    let (status, body) = server.post_anon("/register", &auth("wrong")).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    let (status, body) = server.post_anon("/register", &auth("let-me-in")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "@tok:localhost");
+}
