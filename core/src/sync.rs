@@ -136,7 +136,10 @@ impl SyncService {
             let changed_membership = since.is_none_or(|s| m.pos > s);
             match m.membership.as_str() {
                 "join" => {
-                    let room_changed = since.is_none_or(|s| self.rooms.last_pos(&room_id) > s);
+                    let room_changed = match since {
+                        Some(s) => self.rooms.has_events_between(&room_id, s, now)?,
+                        None => true,
+                    };
                     if changed_membership || room_changed || req.full_state {
                         let newly = changed_membership || req.full_state;
                         resp.joined
@@ -182,6 +185,7 @@ impl SyncService {
         let access = Access {
             max_pos: upto,
             ever_member: true,
+            current: joined,
         };
         let limit = req.filter.timeline.limit.unwrap_or(10);
         let to = if full { None } else { since };

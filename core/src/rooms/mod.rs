@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hearth_storage::{RoomRecord, StateGroupRecord, Store, StreamPos, WriteOp};
 use lru::LruCache;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 
@@ -105,8 +105,6 @@ pub struct Rooms {
     /// durable too.
     pending_txns: Mutex<HashMap<TxnRef, OwnedEventId>>,
     next_group: AtomicU64,
-    /// room → stream position of its latest durable event.
-    last_pos: RwLock<HashMap<OwnedRoomId, StreamPos>>,
 }
 
 impl Rooms {
@@ -117,11 +115,6 @@ impl Rooms {
         notifier: Arc<Notifier>,
     ) -> Result<Self> {
         let next_group = store.counter(STATE_GROUP_COUNTER)?;
-        let last_pos = store
-            .rooms()?
-            .into_iter()
-            .filter_map(|(id, rec)| Some((OwnedRoomId::try_from(id).ok()?, rec.last_pos)))
-            .collect();
         let cap = |n| NonZeroUsize::new(n).expect("non-zero");
         Ok(Self {
             config,
@@ -135,7 +128,6 @@ impl Rooms {
             pending_groups: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
             next_group: AtomicU64::new(next_group),
-            last_pos: RwLock::new(last_pos),
         })
     }
 
@@ -237,9 +229,18 @@ impl Rooms {
         Ok(map)
     }
 
-    /// The stream position of a room's latest durable event.
-    pub fn last_pos(&self, room_id: &RoomId) -> StreamPos {
-        self.last_pos.read().get(room_id).copied().unwrap_or(0)
+    /// Whether the room has durable events in `(after, upto]`. Read from the store, which is
+    /// what `persisted_pos` describes, so a reader never races the bookkeeping of a commit.
+    pub fn has_events_between(
+        &self,
+        room_id: &RoomId,
+        after: StreamPos,
+        upto: StreamPos,
+    ) -> Result<bool> {
+        Ok(!self
+            .store
+            .room_events(room_id.as_str(), after + 1, upto, false, 1)?
+            .is_empty())
     }
 
     pub fn current_state(&self, room_id: &RoomId) -> Result<SharedState> {
@@ -349,11 +350,6 @@ impl Rooms {
         match result {
             Ok(positions) => {
                 let max = positions.iter().copied().max().unwrap_or(0);
-                {
-                    let mut last = self.last_pos.write();
-                    let entry = last.entry(room_id).or_insert(0);
-                    *entry = (*entry).max(max);
-                }
                 self.notifier.notify(batch.notify.iter().map(|u| &**u), max);
                 Ok(batch.events)
             }

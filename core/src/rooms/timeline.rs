@@ -68,6 +68,8 @@ pub struct Page {
 pub struct Access {
     pub max_pos: StreamPos,
     pub ever_member: bool,
+    /// The user is in the room now (or it is world readable): they see its current state.
+    pub current: bool,
 }
 
 impl Rooms {
@@ -122,12 +124,14 @@ impl Rooms {
                 Ok(Access {
                     max_pos: now,
                     ever_member: true,
+                    current: true,
                 })
             }
             // A user who left reads up to the moment they left.
             Some(m) => Ok(Access {
                 max_pos: m.pos,
                 ever_member: true,
+                current: false,
             }),
             None => {
                 let state = self.current_state(room_id)?;
@@ -135,6 +139,7 @@ impl Rooms {
                     Ok(Access {
                         max_pos: now,
                         ever_member: false,
+                        current: true,
                     })
                 } else {
                     Err(Error::forbidden(format!(
@@ -247,7 +252,7 @@ impl Rooms {
     /// when they left.
     pub fn visible_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<TimelineEvent>> {
         let access = self.access(room_id, user)?;
-        if access.max_pos >= self.last_pos(room_id) {
+        if access.current {
             let current = self.current_state(room_id)?;
             return Ok(current
                 .values()
