@@ -13,6 +13,8 @@ pub struct Config {
     pub server_name: String,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Size of the database's page cache, in MiB.
+    pub db_cache_mb: usize,
     /// `open`, `token` or `closed`. Unset: open on loopback, token elsewhere.
     pub registration: Option<RegistrationMode>,
     pub registration_token: Option<String>,
@@ -33,6 +35,7 @@ impl Default for Config {
             server_name: "localhost".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
             data_dir: PathBuf::from("./hearth-data"),
+            db_cache_mb: 128,
             registration: None,
             registration_token: None,
             max_request_bytes: 50 * 1024 * 1024,
@@ -59,6 +62,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("server_name", Kind::Str),
     ("listen", Kind::Str),
     ("data_dir", Kind::Str),
+    ("db_cache_mb", Kind::Int),
     ("registration", Kind::Str),
     ("registration_token", Kind::Str),
     ("max_request_bytes", Kind::Int),

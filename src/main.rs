@@ -86,7 +86,11 @@ async fn serve(config: Config) -> Result<(), String> {
     })?;
     let server_name =
         OwnedServerName::try_from(config.server_name.as_str()).map_err(|e| e.to_string())?;
-    let store = RedbStore::open(&config.data_dir.join("hearth.redb")).map_err(|e| {
+    let store = RedbStore::open(
+        &config.data_dir.join("hearth.redb"),
+        config.db_cache_mb << 20,
+    )
+    .map_err(|e| {
         format!(
             "cannot open the database in {}: {e}",
             config.data_dir.display()

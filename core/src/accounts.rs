@@ -36,6 +36,7 @@ pub struct Accounts {
     /// Serialises check-then-create sequences (is the user name free? which filter id is
     /// next?), which must not interleave.
     allocation: Mutex<()>,
+    hasher: HashPool,
     /// token hash → session; tokens are looked up on every request.
     sessions: RwLock<HashMap<Vec<u8>, Session>>,
 }
@@ -46,6 +47,7 @@ impl Accounts {
             config,
             store,
             allocation: Mutex::new(()),
+            hasher: HashPool::new(2),
             sessions: RwLock::new(HashMap::new()),
         }
     }
@@ -102,7 +104,7 @@ impl Accounts {
         login: Option<(Option<String>, Option<String>)>,
     ) -> Result<(OwnedUserId, Option<NewLogin>)> {
         let password_hash = match password {
-            Some(p) => Some(hash_password(p.to_owned()).await?),
+            Some(p) => Some(self.hasher.hash(p.to_owned()).await?),
             None => None,
         };
         let _guard = self.allocation.lock().await;
@@ -142,17 +144,18 @@ impl Accounts {
         }
         let hash = user.password_hash.ok_or_else(invalid)?;
         let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(Error::internal)?;
+        let ok = self
+            .hasher
+            .run(move || {
+                PasswordHash::new(&hash)
+                    .map(|p| {
+                        Argon2::default()
+                            .verify_password(password.as_bytes(), &p)
+                            .is_ok()
+                    })
+                    .unwrap_or(false)
+            })
+            .await?;
         if ok { Ok(()) } else { Err(invalid()) }
     }
 
@@ -317,7 +320,7 @@ impl Accounts {
     }
 
     pub async fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
-        let hash = hash_password(password.to_owned()).await?;
+        let hash = self.hasher.hash(password.to_owned()).await?;
         let mut user = self
             .store
             .user(user_id.as_str())?
@@ -377,14 +380,60 @@ impl Accounts {
     }
 }
 
-async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(Error::internal)
-    })
-    .await
-    .map_err(Error::internal)?
+/// Runs argon2 on a few long-lived threads. Each hash needs ~19 MiB of scratch memory; on
+/// tokio's elastic blocking pool every new thread kept its own allocator arena of it, which grew
+/// the server's RSS by gigabytes under a burst of logins. A fixed pool reuses the same memory.
+struct HashPool {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("hearth-argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password hashing thread");
+            }
+        }
+        Self { jobs: tx }
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::internal("password hashing pool stopped"))?;
+        rx.await
+            .map_err(|_| Error::internal("password hashing job dropped"))
+    }
+
+    async fn hash(&self, password: String) -> Result<String> {
+        self.run(move || {
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(Error::internal)
+        })
+        .await?
+    }
 }

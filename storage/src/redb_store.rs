@@ -18,9 +18,12 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database file and starts the writer thread.
-    pub fn open(path: &Path) -> StorageResult<Self> {
-        let db = Database::create(path)?;
+    /// Opens (or creates) the database file and starts the writer thread. `cache_bytes` bounds
+    /// redb's page cache (its own default is 1 GiB, too much for a small server).
+    pub fn open(path: &Path, cache_bytes: usize) -> StorageResult<Self> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         Self::from_database(db)
     }
 
@@ -295,13 +298,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("db.redb");
         {
-            let store = RedbStore::open(&path).unwrap();
+            let store = RedbStore::open(&path, 1 << 20).unwrap();
             store.submit(vec![append("!a", "$1")]).await.unwrap();
         }
         // The writer thread still holds the database; wait for it to let go.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let store = loop {
-            match RedbStore::open(&path) {
+            match RedbStore::open(&path, 1 << 20) {
                 Ok(s) => break s,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
             }
