@@ -64,21 +64,7 @@ pub async fn context(
     let s = req.session().clone();
     let b = &req.body;
     let rooms = &state.core.rooms;
-    let access = rooms.access(&b.room_id, &s.user_id)?;
-    let ev = rooms
-        .timeline_event(&b.event_id)?
-        .filter(|e| e.pdu.room_id == b.room_id && e.meta.pos <= access.max_pos)
-        .ok_or_else(|| ApiError::not_found("Event not found."))?;
-    if !rooms.may_see(
-        &s.user_id,
-        &ev.pdu,
-        ev.meta.state_before,
-        access.ever_member,
-    )? {
-        return Err(ApiError::forbidden(
-            "You don't have permission to view this event",
-        ));
-    }
+    let (ev, access) = rooms.visible_event(&b.room_id, &s.user_id, &b.event_id)?;
     let filter = event_filter(&b.filter);
     let limit = u64::from(b.limit) as usize;
     let before_n = limit / 2;
@@ -152,19 +138,7 @@ pub async fn event(
     let s = req.session().clone();
     let b = &req.body;
     let rooms = &state.core.rooms;
-    let access = rooms.access(&b.room_id, &s.user_id)?;
-    let ev = rooms
-        .timeline_event(&b.event_id)?
-        .filter(|e| e.pdu.room_id == b.room_id && e.meta.pos <= access.max_pos)
-        .ok_or_else(|| ApiError::not_found("Event not found."))?;
-    if !rooms.may_see(
-        &s.user_id,
-        &ev.pdu,
-        ev.meta.state_before,
-        access.ever_member,
-    )? {
-        return Err(ApiError::not_found("Event not found."));
-    }
+    let (ev, _) = rooms.visible_event(&b.room_id, &s.user_id, &b.event_id)?;
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     Ok(get_room_event::v3::Response::new(raw(
         rooms.format(&ev, viewer, true)

@@ -273,4 +273,24 @@ impl Rooms {
             None => Ok(None),
         }
     }
+
+    /// One event of a room, if `user` may see it; otherwise `NotFound`, so that a refusal
+    /// does not tell whether the event exists.
+    pub fn visible_event(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<(TimelineEvent, Access)> {
+        let access = self.access(room_id, user)?;
+        let not_found = || Error::not_found("Event not found.");
+        let ev = self
+            .timeline_event(event_id)?
+            .filter(|e| e.pdu.room_id == room_id && e.meta.pos <= access.max_pos)
+            .ok_or_else(not_found)?;
+        if !self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)? {
+            return Err(not_found());
+        }
+        Ok((ev, access))
+    }
 }
