@@ -105,6 +105,17 @@ impl UiaSessions {
         })
     }
 
+    /// The check sensitive account operations make: the user confirms their password.
+    pub async fn confirm_password(
+        &self,
+        state: &AppState,
+        auth: Option<&AuthData>,
+        user: &UserId,
+    ) -> ApiResult<()> {
+        self.check(state, auth, &[&["m.login.password"]], Subject::User(user))
+            .await
+    }
+
     async fn complete_stage(
         &self,
         state: &AppState,

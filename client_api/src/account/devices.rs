@@ -6,7 +6,6 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
-use crate::uia::Subject;
 
 fn device(id: String, rec: hearth_core::accounts::DeviceInfo) -> Device {
     let mut d = Device::new(OwnedDeviceId::from(id));
@@ -74,12 +73,7 @@ pub async fn delete(
     }
     state
         .uia
-        .check(
-            &state,
-            req.body.auth.as_ref(),
-            &[&["m.login.password"]],
-            Subject::User(&user),
-        )
+        .confirm_password(&state, req.body.auth.as_ref(), &user)
         .await?;
     state
         .core
@@ -96,12 +90,7 @@ pub async fn delete_many(
     let user = req.session().user_id.clone();
     state
         .uia
-        .check(
-            &state,
-            req.body.auth.as_ref(),
-            &[&["m.login.password"]],
-            Subject::User(&user),
-        )
+        .confirm_password(&state, req.body.auth.as_ref(), &user)
         .await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
     state.core.accounts.delete_devices(&user, &ids).await?;

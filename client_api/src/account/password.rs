@@ -3,7 +3,6 @@ use ruma::api::client::account::{ThirdPartyIdRemovalStatus, change_password, dea
 use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::Ruma;
-use crate::uia::Subject;
 
 pub async fn change_password(
     state: AppState,
@@ -12,12 +11,7 @@ pub async fn change_password(
     let s = req.session().clone();
     state
         .uia
-        .check(
-            &state,
-            req.body.auth.as_ref(),
-            &[&["m.login.password"]],
-            Subject::User(&s.user_id),
-        )
+        .confirm_password(&state, req.body.auth.as_ref(), &s.user_id)
         .await?;
     state
         .core
@@ -41,12 +35,7 @@ pub async fn deactivate(
     let s = req.session().clone();
     state
         .uia
-        .check(
-            &state,
-            req.body.auth.as_ref(),
-            &[&["m.login.password"]],
-            Subject::User(&s.user_id),
-        )
+        .confirm_password(&state, req.body.auth.as_ref(), &s.user_id)
         .await?;
     for room_id in state.core.rooms.joined_rooms(&s.user_id)? {
         if let Err(e) = state.core.rooms.leave(&room_id, &s.user_id, None).await {
