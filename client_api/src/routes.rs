@@ -117,6 +117,15 @@ pub fn router(state: AppState) -> Router {
 
     r.fallback(|| async { ApiError::unrecognized() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // A bug must still answer in Matrix's format, and must not take the connection down.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                axum::response::IntoResponse::into_response(ApiError::from(
+                    hearth_core::Error::internal("panic"),
+                ))
+            },
+        ))
         .layer(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(tower_http::cors::Any)

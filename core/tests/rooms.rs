@@ -232,3 +232,58 @@ async fn pages_cover_the_timeline_without_gaps() {
     let expected: Vec<String> = (0..95).rev().map(|i| format!("m{i}")).collect();
     assert_eq!(bodies, expected);
 }
+
+#[tokio::test]
+async fn a_page_that_takes_the_last_events_says_there_is_no_more() {
+    let core = new_core();
+    let alice = user("alice");
+    let a = private_room(&core, &alice, RoomVersionId::V11).await;
+    let b = private_room(&core, &alice, RoomVersionId::V11).await;
+    let since = core.store.persisted_pos();
+    // Interleave the rooms, so that room a's positions have gaps.
+    for i in 0..3 {
+        core.rooms
+            .send(&a, &alice, text(&format!("a{i}")))
+            .await
+            .unwrap();
+        core.rooms
+            .send(&b, &alice, text(&format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let access = core.rooms.access(&a, &alice).unwrap();
+    let all = EventFilter::default();
+    let page = core
+        .rooms
+        .page(
+            &alice,
+            &a,
+            &access,
+            access.max_pos,
+            Some(since),
+            true,
+            3,
+            &all,
+        )
+        .unwrap();
+    assert_eq!(page.events.len(), 3);
+    assert_eq!(
+        page.end, None,
+        "exactly the events in range: nothing more to fetch"
+    );
+    let page = core
+        .rooms
+        .page(
+            &alice,
+            &a,
+            &access,
+            access.max_pos,
+            Some(since),
+            true,
+            2,
+            &all,
+        )
+        .unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert!(page.end.is_some(), "one event is left in range");
+}

@@ -172,12 +172,16 @@ impl Rooms {
             (from + 1, to.unwrap_or(StreamPos::MAX).min(access.max_pos))
         };
         let chunk = limit.clamp(1, 200) * 2;
-        while lo <= hi && events.len() < limit {
+        // Whether the room has events beyond the page: a client told "limited" for nothing
+        // would throw its cached timeline away.
+        let mut more = false;
+        'scan: while lo <= hi {
             let ids = self
                 .store
                 .room_events(room_id.as_str(), lo, hi, backwards, chunk)?;
             let exhausted = ids.len() < chunk;
-            for (pos, id) in ids {
+            let count = ids.len();
+            for (i, (pos, id)) in ids.into_iter().enumerate() {
                 if backwards {
                     hi = pos.saturating_sub(1);
                 } else {
@@ -192,24 +196,19 @@ impl Rooms {
                 {
                     events.push(ev);
                     if events.len() == limit {
-                        break;
+                        more = i + 1 < count || !exhausted;
+                        break 'scan;
                     }
                 }
             }
-            if exhausted && events.len() < limit {
-                // Nothing further in range.
-                return Ok(Page { events, end: None });
-            }
-            if hi == 0 {
+            if exhausted || hi == 0 {
                 break;
             }
         }
-        let end = if lo > hi {
-            None
-        } else if backwards {
-            Some(hi)
-        } else {
-            Some(lo - 1)
+        let end = match (more && lo <= hi, backwards) {
+            (false, _) => None,
+            (true, true) => Some(hi),
+            (true, false) => Some(lo - 1),
         };
         Ok(Page { events, end })
     }
