@@ -6,6 +6,7 @@
 //! error responses) and [`routes`] (registering a ruma endpoint's every path with axum).
 
 pub mod account;
+mod account_data;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -9,7 +9,7 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
-use crate::{AppState, account, filter, profile, rooms, server, sync};
+use crate::{AppState, account, account_data, filter, profile, rooms, server, sync};
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
 fn add<R, F, Fut>(router: Router<AppState>, handler: F) -> Router<AppState>
@@ -82,6 +82,14 @@ pub fn router(state: AppState) -> Router {
                 get(profile::get_field).merge(put(profile::set_field)),
             );
     }
+    // Account data and tags
+    r = add::<c::config::set_global_account_data::v3::Request, _, _>(r, account_data::set_global);
+    r = add::<c::config::get_global_account_data::v3::Request, _, _>(r, account_data::get_global);
+    r = add::<c::config::set_room_account_data::v3::Request, _, _>(r, account_data::set_room);
+    r = add::<c::config::get_room_account_data::v3::Request, _, _>(r, account_data::get_room);
+    r = add::<c::tag::get_tags::v3::Request, _, _>(r, account_data::tags);
+    r = add::<c::tag::create_tag::v3::Request, _, _>(r, account_data::put_tag);
+    r = add::<c::tag::delete_tag::v3::Request, _, _>(r, account_data::delete_tag);
     // Filters
     r = add::<c::filter::create_filter::v3::Request, _, _>(r, filter::create);
     r = add::<c::filter::get_filter::v3::Request, _, _>(r, filter::get);

@@ -57,6 +57,7 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
         t
     };
     let mut resp = v3::Response::new(token(out.next_batch));
+    resp.account_data.events = out.account_data.iter().cloned().map(raw).collect();
     for u in &out.joined {
         let mut room = JoinedRoom::new();
         room.timeline = timeline_of(u);
@@ -68,6 +69,7 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
             summary.invited_member_count = UInt::new(sum.invited);
             room.summary = summary;
         }
+        room.account_data.events = u.account_data.iter().cloned().map(raw).collect();
         resp.rooms.join.insert(u.room_id.clone(), room);
     }
     for (room_id, invite_state) in out.invited {

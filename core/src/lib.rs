@@ -5,9 +5,11 @@
 //! dependencies explicitly when [`Core::new`] wires them; they never reach for a global, and
 //! they depend on each other in one direction only:
 //!
-//! `Sync → Rooms → (Store, ServerKeys, Notifier)`, `Profiles → (Accounts, Rooms)`,
+//! `Sync → (Rooms, AccountData)`, `Rooms → (Store, ServerKeys, Notifier)`,
+//! `AccountData → (Store, Notifier)`, `Profiles → (Accounts, Rooms)`,
 //! `Accounts → Store`.
 
+pub mod account_data;
 pub mod accounts;
 pub mod config;
 pub mod error;
@@ -31,6 +33,7 @@ pub struct Core {
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
     pub accounts: Arc<accounts::Accounts>,
+    pub account_data: Arc<account_data::AccountData>,
     pub rooms: Arc<rooms::Rooms>,
     pub profiles: Arc<profiles::Profiles>,
     pub sync: Arc<sync::SyncService>,
@@ -48,10 +51,15 @@ impl Core {
             keys.clone(),
             notifier.clone(),
         )?);
+        let account_data = Arc::new(account_data::AccountData::new(
+            store.clone(),
+            notifier.clone(),
+        ));
         let profiles = Arc::new(profiles::Profiles::new(accounts.clone(), rooms.clone()));
         let sync = Arc::new(sync::SyncService::new(
             store.clone(),
             rooms.clone(),
+            account_data.clone(),
             notifier.clone(),
         ));
         Ok(Self {
@@ -60,6 +68,7 @@ impl Core {
             keys,
             notifier,
             accounts,
+            account_data,
             rooms,
             profiles,
             sync,

@@ -12,6 +12,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::Serialize;
 use serde_json::value::RawValue as RawJsonValue;
 
+use crate::account_data::{AccountData, to_event};
 use crate::notifier::Notifier;
 use crate::rooms::timeline::{Access, EventFilter, TimelineEvent};
 use crate::rooms::{PduRef, Rooms};
@@ -51,6 +52,8 @@ pub struct SyncRequest {
 #[derive(Default)]
 pub struct SyncResponse {
     pub next_batch: StreamPos,
+    /// Global account data events.
+    pub account_data: Vec<Box<RawJsonValue>>,
     pub joined: Vec<RoomUpdate>,
     pub invited: Vec<(OwnedRoomId, Vec<Box<RawJsonValue>>)>,
     pub left: Vec<RoomUpdate>,
@@ -58,7 +61,10 @@ pub struct SyncResponse {
 
 impl SyncResponse {
     pub fn is_empty(&self) -> bool {
-        self.joined.is_empty() && self.invited.is_empty() && self.left.is_empty()
+        self.joined.is_empty()
+            && self.invited.is_empty()
+            && self.left.is_empty()
+            && self.account_data.is_empty()
     }
 }
 
@@ -69,6 +75,7 @@ pub struct RoomUpdate {
     pub prev_batch: Option<StreamPos>,
     pub state: Vec<Box<RawJsonValue>>,
     pub summary: Option<RoomSummary>,
+    pub account_data: Vec<Box<RawJsonValue>>,
 }
 
 pub struct RoomSummary {
@@ -80,6 +87,7 @@ pub struct RoomSummary {
 pub struct SyncService {
     store: Arc<dyn Store>,
     rooms: Arc<Rooms>,
+    account_data: Arc<AccountData>,
     notifier: Arc<Notifier>,
 }
 
@@ -95,10 +103,16 @@ const INVITE_STATE_TYPES: [&str; 7] = [
 ];
 
 impl SyncService {
-    pub fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>, notifier: Arc<Notifier>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        rooms: Arc<Rooms>,
+        account_data: Arc<AccountData>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
         Self {
             store,
             rooms,
+            account_data,
             notifier,
         }
     }
@@ -128,6 +142,18 @@ impl SyncService {
             next_batch: now,
             ..Default::default()
         };
+        let mut room_data: std::collections::HashMap<String, Vec<Box<RawJsonValue>>> =
+            Default::default();
+        for entry in self.account_data.changes(&req.user_id, since, now)? {
+            if entry.room_id.is_empty() {
+                resp.account_data.push(to_event(&entry));
+            } else {
+                room_data
+                    .entry(entry.room_id.clone())
+                    .or_default()
+                    .push(to_event(&entry));
+            }
+        }
         for (room, m) in self.store.memberships_of_user(req.user_id.as_str())? {
             if !req.filter.wants_room(&room) || m.pos > now {
                 continue;
@@ -140,10 +166,13 @@ impl SyncService {
                         Some(s) => self.rooms.has_events_between(&room_id, s, now)?,
                         None => true,
                     };
-                    if changed_membership || room_changed || req.full_state {
+                    let data = room_data.remove(&room);
+                    if changed_membership || room_changed || req.full_state || data.is_some() {
                         let newly = changed_membership || req.full_state;
-                        resp.joined
-                            .push(self.room_update(req, &room_id, since, now, newly, true)?);
+                        let mut update =
+                            self.room_update(req, &room_id, since, now, newly, true)?;
+                        update.account_data = data.unwrap_or_default();
+                        resp.joined.push(update);
                     }
                 }
                 "invite" if changed_membership => {
@@ -285,6 +314,7 @@ impl SyncService {
                 .map(|e| self.rooms.format(e, viewer, false))
                 .collect(),
             summary,
+            account_data: Vec::new(),
         })
     }
 

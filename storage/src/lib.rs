@@ -75,4 +75,12 @@ pub trait Store: Send + Sync + 'static {
         room_id: &str,
         kind: &str,
     ) -> StorageResult<Option<String>>;
+    /// The user's account data entries last changed in `(after, upto]`, in stream order.
+    fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: StreamPos,
+        upto: StreamPos,
+    ) -> StorageResult<Vec<AccountDataEntry>>;
+    fn all_account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataEntry>>;
 }

@@ -95,6 +95,15 @@ pub struct MembershipRecord {
     pub forgotten: bool,
 }
 
+/// A piece of a user's account data; `room_id` is empty for global data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountDataEntry {
+    pub room_id: String,
+    pub kind: String,
+    pub content: String,
+    pub pos: StreamPos,
+}
+
 /// One operation of a write batch. A batch is applied atomically.
 #[derive(Clone, Debug)]
 pub enum WriteOp {
@@ -105,6 +114,7 @@ pub enum WriteOp {
     DeleteToken(Vec<u8>),
     PutFilter(String, u64, String),
     SetCounter(String, u64),
+    /// Sets one piece of account data at the next stream position.
     PutAccountData {
         user_id: String,
         room_id: String,

@@ -48,6 +48,7 @@ impl RedbStore {
         txn.open_table(ROOMS)?;
         txn.open_table(MEMBERSHIPS)?;
         txn.open_table(ACCOUNT_DATA)?;
+        txn.open_table(ACCOUNT_DATA_STREAM)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
             counters.get(STREAM_POS)?.map(|v| v.value()).unwrap_or(0)
@@ -244,7 +245,57 @@ impl Store for RedbStore {
         Ok(txn
             .open_table(ACCOUNT_DATA)?
             .get((user_id, room_id, kind))?
-            .map(|v| v.value().to_owned()))
+            .map(|v| v.value().1.to_owned()))
+    }
+
+    fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: StreamPos,
+        upto: StreamPos,
+    ) -> StorageResult<Vec<AccountDataEntry>> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let stream = txn.open_table(ACCOUNT_DATA_STREAM)?;
+        let data = txn.open_table(ACCOUNT_DATA)?;
+        let mut out = Vec::new();
+        for row in stream.range((user_id, after + 1)..=(user_id, upto))? {
+            let (_, v) = row?;
+            let (room_id, kind) = v.value();
+            if let Some(d) = data.get((user_id, room_id, kind))? {
+                let (pos, content) = d.value();
+                out.push(AccountDataEntry {
+                    room_id: room_id.into(),
+                    kind: kind.into(),
+                    content: content.into(),
+                    pos,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn all_account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataEntry>> {
+        let txn = self.db.begin_read()?;
+        let data = txn.open_table(ACCOUNT_DATA)?;
+        let mut out = Vec::new();
+        for row in data.range((user_id, "", "")..)? {
+            let (k, v) = row?;
+            let (user, room_id, kind) = k.value();
+            if user != user_id {
+                break;
+            }
+            let (pos, content) = v.value();
+            out.push(AccountDataEntry {
+                room_id: room_id.into(),
+                kind: kind.into(),
+                content: content.into(),
+                pos,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -23,9 +23,13 @@ pub const STATE_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("stat
 pub const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// (user id, room id) → MembershipRecord: the user's latest membership of each room
 pub const MEMBERSHIPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memberships");
-/// (user id, room id or "", type) → content JSON
-pub const ACCOUNT_DATA: TableDefinition<(&str, &str, &str), &str> =
+/// (user id, room id or "", type) → (stream position, content JSON)
+pub const ACCOUNT_DATA: TableDefinition<(&str, &str, &str), (u64, &str)> =
     TableDefinition::new("account_data");
+/// (user id, stream position) → (room id or "", type): the user's account data changes in
+/// stream order; only the latest position of each entry is kept.
+pub const ACCOUNT_DATA_STREAM: TableDefinition<(&str, u64), (&str, &str)> =
+    TableDefinition::new("account_data_stream");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -112,10 +112,19 @@ fn apply(
             kind,
             content,
         } => {
-            txn.open_table(ACCOUNT_DATA)?.insert(
-                (user_id.as_str(), room_id.as_str(), kind.as_str()),
-                content.as_str(),
-            )?;
+            *next_pos += 1;
+            let pos = *next_pos;
+            let key = (user_id.as_str(), room_id.as_str(), kind.as_str());
+            let mut data = txn.open_table(ACCOUNT_DATA)?;
+            let mut stream = txn.open_table(ACCOUNT_DATA_STREAM)?;
+            let old = data
+                .insert(key, (pos, content.as_str()))?
+                .map(|old| old.value().0);
+            if let Some(old_pos) = old {
+                stream.remove((user_id.as_str(), old_pos))?;
+            }
+            stream.insert((user_id.as_str(), pos), (room_id.as_str(), kind.as_str()))?;
+            return Ok(Some(pos));
         }
         WriteOp::PutStateGroup(id, rec) => {
             txn.open_table(STATE_GROUPS)?

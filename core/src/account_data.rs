@@ -1,0 +1,120 @@
+//! Per-user account data, global and per room (room tags are the `m.tag` entry). Each write gets
+//! a stream position, so `/sync` hands out exactly the entries changed since a token.
+
+use std::sync::Arc;
+
+use hearth_storage::{AccountDataEntry, Store, StreamPos, WriteOp};
+use ruma::{RoomId, UserId};
+use serde_json::{Value, json};
+
+use crate::notifier::Notifier;
+use crate::{Error, Result};
+
+pub struct AccountData {
+    store: Arc<dyn Store>,
+    notifier: Arc<Notifier>,
+    /// Serialises read-modify-write of one entry (tags).
+    tags: tokio::sync::Mutex<()>,
+}
+
+fn room_key(room: Option<&RoomId>) -> &str {
+    room.map_or("", |r| r.as_str())
+}
+
+impl AccountData {
+    pub fn new(store: Arc<dyn Store>, notifier: Arc<Notifier>) -> Self {
+        Self {
+            store,
+            notifier,
+            tags: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
+        match self
+            .store
+            .account_data(user.as_str(), room_key(room), kind)?
+        {
+            Some(s) => Ok(Some(serde_json::from_str(&s)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn set(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
+        if !content.is_object() {
+            return Err(Error::BadJson(
+                "account data content must be a JSON object".into(),
+            ));
+        }
+        let op = WriteOp::PutAccountData {
+            user_id: user.to_string(),
+            room_id: room_key(room).to_owned(),
+            kind: kind.to_owned(),
+            content: content.to_string(),
+        };
+        let positions = self.store.submit(vec![op]).await?;
+        self.notifier
+            .notify([user], positions.into_iter().max().unwrap_or_default());
+        Ok(())
+    }
+
+    /// Entries changed in `(since, upto]`, or all of them up to `upto` for a first sync.
+    pub fn changes(
+        &self,
+        user: &UserId,
+        since: Option<StreamPos>,
+        upto: StreamPos,
+    ) -> Result<Vec<AccountDataEntry>> {
+        Ok(match since {
+            Some(s) => self.store.account_data_changes(user.as_str(), s, upto)?,
+            None => {
+                let mut all = self.store.all_account_data(user.as_str())?;
+                all.retain(|e| e.pos <= upto);
+                all
+            }
+        })
+    }
+
+    /// The room's tags: the `tags` map of its `m.tag` account data.
+    pub fn tags(&self, user: &UserId, room: &RoomId) -> Result<Value> {
+        Ok(self
+            .get(user, Some(room), "m.tag")?
+            .map(|c| c["tags"].clone())
+            .filter(Value::is_object)
+            .unwrap_or(json!({})))
+    }
+
+    pub async fn set_tag(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        tag: &str,
+        info: Option<Value>,
+    ) -> Result<()> {
+        let _guard = self.tags.lock().await;
+        let mut tags = self.tags(user, room)?;
+        match info {
+            Some(i) => tags[tag] = i,
+            None => {
+                tags.as_object_mut().map(|t| t.remove(tag));
+            }
+        }
+        self.set(user, Some(room), "m.tag", json!({ "tags": tags }))
+            .await
+    }
+}
+
+/// An account data entry as a sync event: `{"type": ..., "content": ...}`.
+pub fn to_event(e: &AccountDataEntry) -> Box<serde_json::value::RawValue> {
+    let content: Box<serde_json::value::RawValue> =
+        serde_json::value::RawValue::from_string(e.content.clone())
+            .unwrap_or_else(|_| serde_json::value::to_raw_value(&json!({})).expect("empty object"));
+    serde_json::value::to_raw_value(&json!({ "type": e.kind, "content": content }))
+        .expect("account data serialises")
+}
