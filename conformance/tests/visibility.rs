@@ -1,0 +1,114 @@
+//! History visibility, as /messages, /event, /context and /sync apply it.
+
+use hearth_conformance::{TestServer, Value, assert_matrix_status, enc, json, message_bodies};
+
+async fn history(server: &TestServer, tok: &str, room: &str) -> Vec<String> {
+    let (status, body) = server
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=100", enc(room)),
+            tok,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut bodies = message_bodies(body["chunk"].as_array().unwrap());
+    bodies.reverse();
+    bodies
+}
+
+/// A public room with the given history visibility, "before" sent, bob joined, "after" sent.
+async fn room_with(server: &TestServer, visibility: &str) -> (String, String, String, String) {
+    let (_, alice, _) = server
+        .register(&format!("a-{visibility}"), "pw-alice-1")
+        .await;
+    let (_, bob, _) = server
+        .register(&format!("b-{visibility}"), "pw-bob-1")
+        .await;
+    let room = server
+        .create_room(
+            &alice,
+            &json!({
+                "preset": "public_chat",
+                "initial_state": [{
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": { "history_visibility": visibility }
+                }]
+            }),
+        )
+        .await;
+    let before = server.send_text(&alice, &room, "t1", "before").await;
+    let (status, body) = server
+        .post(&format!("/join/{}", enc(&room)), &bob, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.send_text(&alice, &room, "t2", "after").await;
+    (alice, bob, room, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_visibility_hides_what_came_before_the_join() {
+    let server = TestServer::start().await;
+    let (alice, bob, room, before) = room_with(&server, "joined").await;
+    assert_eq!(
+        history(&server, &alice, &room).await,
+        vec!["before", "after"]
+    );
+    assert_eq!(history(&server, &bob, &room).await, vec!["after"]);
+    let event = format!("/rooms/{}/event/{}", enc(&room), enc(&before));
+    assert_matrix_status(&server.get(&event, &bob).await, 404);
+    let context = format!("/rooms/{}/context/{}", enc(&room), enc(&before));
+    assert_matrix_status(&server.get(&context, &bob).await, 404);
+
+    let (_, sync) = server.get("/sync", &bob).await;
+    let timeline: Vec<Value> = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(message_bodies(&timeline), vec!["after"], "{sync}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_visibility_shows_earlier_history_to_members() {
+    let server = TestServer::start().await;
+    let (_, bob, room, before) = room_with(&server, "shared").await;
+    assert_eq!(history(&server, &bob, &room).await, vec!["before", "after"]);
+    let (status, body) = server
+        .get(
+            &format!("/rooms/{}/event/{}", enc(&room), enc(&before)),
+            &bob,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A non-member cannot read a shared room.
+    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
+    assert_matrix_status(
+        &server
+            .get(&format!("/rooms/{}/messages?dir=b", enc(&room)), &carol)
+            .await,
+        403,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn world_readable_rooms_can_be_read_without_joining() {
+    let server = TestServer::start().await;
+    let (_, _, room, _) = room_with(&server, "world_readable").await;
+    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
+    assert_eq!(
+        history(&server, &carol, &room).await,
+        vec!["before", "after"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_left_reads_up_to_the_leave() {
+    let server = TestServer::start().await;
+    let (alice, bob, room, _) = room_with(&server, "shared").await;
+    let (status, _) = server
+        .post(&format!("/rooms/{}/leave", enc(&room)), &bob, &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    server.send_text(&alice, &room, "t3", "after leaving").await;
+    assert_eq!(history(&server, &bob, &room).await, vec!["before", "after"]);
+}
