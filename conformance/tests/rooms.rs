@@ -574,3 +574,50 @@ async fn displayname_shows_in_member_event() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_room_version_works_end_to_end() {
+    let server = TestServer::start().await;
+    let (_, tok, _) = server.register("alice", "pw-alice-1").await;
+    let (_, bob_tok, _) = server.register("bob", "pw-bob-1").await;
+    for version in ["10", "11", "12"] {
+        let room = server
+            .create_room(
+                &tok,
+                &json!({ "room_version": version, "invite": ["@bob:localhost"] }),
+            )
+            .await;
+        if version == "12" {
+            assert!(
+                !room.contains(':'),
+                "v12 room ids carry no server name: {room}"
+            );
+        }
+        let (_, create) = server
+            .get(&format!("/rooms/{}/state/m.room.create/", enc(&room)), &tok)
+            .await;
+        assert_eq!(create["room_version"], version, "{create}");
+        let (status, body) = server
+            .post(&format!("/rooms/{}/join", enc(&room)), &bob_tok, &json!({}))
+            .await;
+        assert_eq!(status, 200, "v{version}: {body}");
+        server
+            .send_text(&bob_tok, &room, &format!("v{version}"), "hello")
+            .await;
+        let (_, sync) = server.get("/sync", &tok).await;
+        let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            message_bodies(&timeline),
+            vec!["hello"],
+            "v{version}: {sync}"
+        );
+    }
+    let (status, body) = server
+        .post("/createRoom", &tok, &json!({ "room_version": "2" }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION");
+}
