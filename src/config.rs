@@ -81,8 +81,11 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| format!("{}: {}", path.display(), e.message()))?
+                text.parse::<toml::Table>().map_err(|e| {
+                    let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+                    let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
+                    format!("{}{at}: {}", path.display(), e.message())
+                })?
             }
             None => toml::Table::new(),
         };
@@ -181,6 +184,17 @@ mod tests {
                 .unwrap_err()
                 .contains("no_such_key")
         );
+        std::fs::write(&path, "server_name = \"a\"\nlisten = [\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err();
+        assert!(!err.contains('\n') && err.contains("line"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/hearth.example.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.server_name, "example.org");
+        assert_eq!(config.registration_mode(), RegistrationMode::Token);
     }
 }
