@@ -255,3 +255,61 @@ async fn initial_sync_has_state_and_limited_timeline() {
     let (_, body) = server.get("/sync?timeout=0", &p.bob).await;
     assert!(body["rooms"]["join"].get(&other).is_none());
 }
+
+/// Concurrent senders while a client long-polls: every message reaches the client exactly once,
+/// and each sender's messages arrive in the order they were acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_reach_a_long_poll_exactly_once() {
+    const SENDERS: usize = 4;
+    const EACH: usize = 40;
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let p = alice_and_bob(&server, json!({ "preset": "public_chat" })).await;
+    let mut tokens = vec![p.alice.clone()];
+    for i in 1..SENDERS {
+        let (_, t, _) = server.register(&format!("sender{i}"), PW).await;
+        let (status, body) = server.join_raw(&t, &p.room_id).await;
+        assert_eq!(status, 200, "{body}");
+        tokens.push(t);
+    }
+    let filter = enc(&json!({ "room": { "timeline": { "limit": 1000 } } }).to_string());
+    let (_, first) = server.get(&format!("/sync?filter={filter}"), &p.bob).await;
+    let mut since = next_batch(&first);
+
+    let mut senders = Vec::new();
+    for (i, tok) in tokens.into_iter().enumerate() {
+        let (server, room) = (server.clone(), p.room_id.clone());
+        senders.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                server
+                    .send_text(&tok, &room, &format!("c{i}-{n}"), &format!("{i}:{n}"))
+                    .await;
+            }
+        }));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < SENDERS * EACH && Instant::now() < deadline {
+        let url = format!("/sync?filter={filter}&since={since}&timeout=5000");
+        let (status, sync) = server.get(&url, &p.bob).await;
+        assert_eq!(status, 200, "{sync}");
+        assert_ne!(
+            sync["rooms"]["join"][&p.room_id]["timeline"]["limited"],
+            json!(true),
+            "{sync}"
+        );
+        seen.extend(message_bodies(room_timeline(&sync, &p.room_id)));
+        since = next_batch(&sync);
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_eq!(seen.len(), SENDERS * EACH, "every message once: {seen:?}");
+    for i in 0..SENDERS {
+        let mine: Vec<usize> = seen
+            .iter()
+            .filter_map(|b| b.split_once(':').filter(|(s, _)| *s == i.to_string()))
+            .map(|(_, n)| n.parse().unwrap())
+            .collect();
+        assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "sender {i} in order");
+    }
+}
