@@ -287,3 +287,28 @@ async fn a_page_that_takes_the_last_events_says_there_is_no_more() {
     assert_eq!(page.events.len(), 2);
     assert!(page.end.is_some(), "one event is left in range");
 }
+
+#[tokio::test]
+async fn a_room_whose_creation_fails_leaves_nothing_behind() {
+    let core = new_core();
+    let alice = user("alice");
+    // Alice cannot join Bob into the room: the auth rules refuse the fourth event.
+    let bad = CreateRoom {
+        initial_state: vec![(
+            "m.room.member".into(),
+            user("bob").to_string(),
+            json!({ "membership": "join" }),
+        )],
+        ..Default::default()
+    };
+    let refused = core
+        .rooms
+        .create_room(&alice, MemberProfile::default(), bad)
+        .await;
+    assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+    assert!(core.store.rooms().unwrap().is_empty());
+    assert_eq!(core.store.persisted_pos(), 0);
+    // The server goes on as before.
+    let room = private_room(&core, &alice, RoomVersionId::V11).await;
+    core.rooms.send(&room, &alice, text("fine")).await.unwrap();
+}

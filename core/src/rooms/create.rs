@@ -87,146 +87,153 @@ impl Rooms {
             last_pos: 0,
         };
         let mut batch = Batch::default();
-
-        // m.room.create
-        let mut create = req.creation_content.clone().unwrap_or_default();
-        create.insert("room_version".into(), json!(version));
-        if !rules.authorization.use_room_create_sender {
-            create.insert("creator".into(), json!(creator));
-        }
-        if v12 && preset == Preset::TrustedPrivateChat && !req.invite.is_empty() {
-            create.insert("additional_creators".into(), json!(req.invite));
-        }
-        let create = NewEvent::state("m.room.create", "", Value::Object(create));
-        if v12 {
-            self.prepare_v12_create(&mut head, creator, create, &mut batch)?;
-        } else {
-            self.prepare(&mut head, creator, create, &mut batch)?;
-        }
-
-        let member = |membership: &str, p: &MemberProfile| {
-            let mut c = json!({ "membership": membership });
-            if let Some(d) = &p.displayname {
-                c["displayname"] = json!(d);
+        // Nothing of a room that fails half-way may stay behind in the pending maps.
+        let prepared = (|| -> Result<()> {
+            // m.room.create
+            let mut create = req.creation_content.clone().unwrap_or_default();
+            create.insert("room_version".into(), json!(version));
+            if !rules.authorization.use_room_create_sender {
+                create.insert("creator".into(), json!(creator));
             }
-            if let Some(a) = &p.avatar_url {
-                c["avatar_url"] = json!(a);
+            if v12 && preset == Preset::TrustedPrivateChat && !req.invite.is_empty() {
+                create.insert("additional_creators".into(), json!(req.invite));
             }
-            c
-        };
-        self.prepare(
-            &mut head,
-            creator,
-            NewEvent::state("m.room.member", creator.as_str(), member("join", &profile)),
-            &mut batch,
-        )?;
+            let create = NewEvent::state("m.room.create", "", Value::Object(create));
+            if v12 {
+                self.prepare_v12_create(&mut head, creator, create, &mut batch)?;
+            } else {
+                self.prepare(&mut head, creator, create, &mut batch)?;
+            }
 
-        // m.room.power_levels, as Synapse makes them, then the client's override on top.
-        let mut users = Map::new();
-        if !v12 {
-            users.insert(creator.to_string(), json!(100));
-            if preset == Preset::TrustedPrivateChat {
-                for u in &req.invite {
-                    users.insert(u.to_string(), json!(100));
+            let member = |membership: &str, p: &MemberProfile| {
+                let mut c = json!({ "membership": membership });
+                if let Some(d) = &p.displayname {
+                    c["displayname"] = json!(d);
+                }
+                if let Some(a) = &p.avatar_url {
+                    c["avatar_url"] = json!(a);
+                }
+                c
+            };
+            self.prepare(
+                &mut head,
+                creator,
+                NewEvent::state("m.room.member", creator.as_str(), member("join", &profile)),
+                &mut batch,
+            )?;
+
+            // m.room.power_levels, as Synapse makes them, then the client's override on top.
+            let mut users = Map::new();
+            if !v12 {
+                users.insert(creator.to_string(), json!(100));
+                if preset == Preset::TrustedPrivateChat {
+                    for u in &req.invite {
+                        users.insert(u.to_string(), json!(100));
+                    }
                 }
             }
-        }
-        let invite_level = if preset == Preset::PublicChat { 50 } else { 0 };
-        let mut pl = json!({
-            "users": users,
-            "users_default": 0,
-            "events": {
-                "m.room.name": 50,
-                "m.room.power_levels": 100,
-                "m.room.history_visibility": 100,
-                "m.room.canonical_alias": 50,
-                "m.room.avatar": 50,
-                "m.room.tombstone": 100,
-                "m.room.server_acl": 100,
-                "m.room.encryption": 100,
-            },
-            "events_default": 0,
-            "state_default": 50,
-            "ban": 50,
-            "kick": 50,
-            "redact": 50,
-            "invite": invite_level,
-            "historical": 100,
-        });
-        if let Some(o) = &req.power_level_content_override {
-            for (k, v) in o {
-                pl[k] = v.clone();
-            }
-        }
-        let overridden: HashSet<(&str, &str)> = req
-            .initial_state
-            .iter()
-            .map(|(t, k, _)| (t.as_str(), k.as_str()))
-            .collect();
-        self.prepare(
-            &mut head,
-            creator,
-            NewEvent::state("m.room.power_levels", "", pl),
-            &mut batch,
-        )?;
-
-        let mut preset_events = vec![
-            (
-                "m.room.join_rules",
-                json!({ "join_rule": if preset == Preset::PublicChat { "public" } else { "invite" } }),
-            ),
-            (
-                "m.room.history_visibility",
-                json!({ "history_visibility": "shared" }),
-            ),
-        ];
-        if preset != Preset::PublicChat {
-            preset_events.push(("m.room.guest_access", json!({ "guest_access": "can_join" })));
-        }
-        for (t, c) in preset_events {
-            if !overridden.contains(&(t, "")) {
-                self.prepare(&mut head, creator, NewEvent::state(t, "", c), &mut batch)?;
-            }
-        }
-        for (t, k, c) in req.initial_state {
-            if (t == "m.room.name" && req.name.is_some())
-                || (t == "m.room.topic" && req.topic.is_some())
-            {
-                continue;
-            }
-            self.prepare(&mut head, creator, NewEvent::state(&t, &k, c), &mut batch)?;
-        }
-        if let Some(name) = req.name {
-            self.prepare(
-                &mut head,
-                creator,
-                NewEvent::state("m.room.name", "", json!({ "name": name })),
-                &mut batch,
-            )?;
-        }
-        if let Some(topic) = req.topic {
-            let content = json!({
-                "topic": topic,
-                "m.topic": [{ "body": topic, "mimetype": "text/plain" }],
+            let invite_level = if preset == Preset::PublicChat { 50 } else { 0 };
+            let mut pl = json!({
+                "users": users,
+                "users_default": 0,
+                "events": {
+                    "m.room.name": 50,
+                    "m.room.power_levels": 100,
+                    "m.room.history_visibility": 100,
+                    "m.room.canonical_alias": 50,
+                    "m.room.avatar": 50,
+                    "m.room.tombstone": 100,
+                    "m.room.server_acl": 100,
+                    "m.room.encryption": 100,
+                },
+                "events_default": 0,
+                "state_default": 50,
+                "ban": 50,
+                "kick": 50,
+                "redact": 50,
+                "invite": invite_level,
+                "historical": 100,
             });
-            self.prepare(
-                &mut head,
-                creator,
-                NewEvent::state("m.room.topic", "", content),
-                &mut batch,
-            )?;
-        }
-        for invitee in &req.invite {
-            let mut content = json!({ "membership": "invite" });
-            if req.is_direct {
-                content["is_direct"] = json!(true);
+            if let Some(o) = &req.power_level_content_override {
+                for (k, v) in o {
+                    pl[k] = v.clone();
+                }
             }
+            let overridden: HashSet<(&str, &str)> = req
+                .initial_state
+                .iter()
+                .map(|(t, k, _)| (t.as_str(), k.as_str()))
+                .collect();
             self.prepare(
                 &mut head,
                 creator,
-                NewEvent::state("m.room.member", invitee.as_str(), content),
+                NewEvent::state("m.room.power_levels", "", pl),
                 &mut batch,
             )?;
+
+            let mut preset_events = vec![
+                (
+                    "m.room.join_rules",
+                    json!({ "join_rule": if preset == Preset::PublicChat { "public" } else { "invite" } }),
+                ),
+                (
+                    "m.room.history_visibility",
+                    json!({ "history_visibility": "shared" }),
+                ),
+            ];
+            if preset != Preset::PublicChat {
+                preset_events.push(("m.room.guest_access", json!({ "guest_access": "can_join" })));
+            }
+            for (t, c) in preset_events {
+                if !overridden.contains(&(t, "")) {
+                    self.prepare(&mut head, creator, NewEvent::state(t, "", c), &mut batch)?;
+                }
+            }
+            for (t, k, c) in req.initial_state {
+                if (t == "m.room.name" && req.name.is_some())
+                    || (t == "m.room.topic" && req.topic.is_some())
+                {
+                    continue;
+                }
+                self.prepare(&mut head, creator, NewEvent::state(&t, &k, c), &mut batch)?;
+            }
+            if let Some(name) = req.name {
+                self.prepare(
+                    &mut head,
+                    creator,
+                    NewEvent::state("m.room.name", "", json!({ "name": name })),
+                    &mut batch,
+                )?;
+            }
+            if let Some(topic) = req.topic {
+                let content = json!({
+                    "topic": topic,
+                    "m.topic": [{ "body": topic, "mimetype": "text/plain" }],
+                });
+                self.prepare(
+                    &mut head,
+                    creator,
+                    NewEvent::state("m.room.topic", "", content),
+                    &mut batch,
+                )?;
+            }
+            for invitee in &req.invite {
+                let mut content = json!({ "membership": "invite" });
+                if req.is_direct {
+                    content["is_direct"] = json!(true);
+                }
+                self.prepare(
+                    &mut head,
+                    creator,
+                    NewEvent::state("m.room.member", invitee.as_str(), content),
+                    &mut batch,
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            self.clear_pending(&batch);
+            return Err(e);
         }
 
         let room_id = head.room_id.clone();

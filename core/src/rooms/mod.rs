@@ -322,30 +322,36 @@ impl Rooms {
         Queued { batch, commit }
     }
 
+    /// Drops a batch's entries from the pending maps: once it is durable, or when it will never
+    /// be.
+    fn clear_pending(&self, batch: &Batch) {
+        let mut events = self.pending_events.lock();
+        for e in &batch.events {
+            events.remove(&e.event_id);
+        }
+        let mut groups = self.pending_groups.lock();
+        for (id, _) in &batch.groups {
+            groups.remove(id);
+        }
+        let mut txns = self.pending_txns.lock();
+        for t in &batch.txns {
+            txns.remove(t);
+        }
+    }
+
     /// Waits for a queued batch to be durable, then makes it visible: caches, the room's
     /// position, and the wake-ups of the users it concerns.
     async fn finish(&self, queued: Queued) -> Result<Vec<PduRef>> {
         let Queued { batch, commit } = queued;
         let result = commit.await;
-        {
-            let mut pending = self.pending_events.lock();
+        if result.is_ok() {
             let mut cache = self.events.lock();
             for e in &batch.events {
-                pending.remove(&e.event_id);
-                if result.is_ok() {
-                    cache.put(e.event_id.clone(), e.clone());
-                }
+                cache.put(e.event_id.clone(), e.clone());
             }
         }
-        {
-            let mut pending = self.pending_groups.lock();
-            for (id, _) in &batch.groups {
-                pending.remove(id);
-            }
-        }
-        for t in &batch.txns {
-            self.pending_txns.lock().remove(t);
-        }
+        // Durable now (readable from the store) or never going to be.
+        self.clear_pending(&batch);
         let room_id = batch.room_id.clone().expect("enqueue sets the room");
         match result {
             Ok(positions) => {
