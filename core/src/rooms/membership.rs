@@ -63,8 +63,11 @@ impl Rooms {
             let h = head.lock();
             (h.state.clone(), h.membership_of(user).map(str::to_owned))
         };
+        // Joining again changes nothing (as in Synapse); the profile travels by its own route.
+        if current.as_deref() == Some("join") {
+            return Ok(room_id.to_owned());
+        }
         if current.as_deref() != Some("invite")
-            && current.as_deref() != Some("join")
             && let Some(via) = self.restricted_join_authoriser(room_id, &state, user)?
         {
             content["join_authorised_via_users_server"] = json!(via);
