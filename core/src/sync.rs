@@ -296,7 +296,13 @@ impl SyncService {
         state.retain(|e| req.filter.state.matches(&e.pdu));
 
         let viewer = Some((user, req.device_id.as_str()));
-        let summary = if joined {
+        // The summary only changes with membership; clients keep the last one they got.
+        let membership_changed = full
+            || events
+                .iter()
+                .chain(state.iter())
+                .any(|e| e.pdu.membership().is_some());
+        let summary = if joined && membership_changed {
             Some(self.summary(room_id, user)?)
         } else {
             None
