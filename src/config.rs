@@ -27,6 +27,16 @@ pub struct Config {
     pub public_base_url: Option<String>,
     /// `text` or `json`.
     pub log_format: String,
+    /// Address of the TLS federation listener; none serves federation on `listen` only (for a
+    /// TLS-terminating proxy in front).
+    pub federation_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key of the federation listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Verify peers' TLS certificates (turn off only for test peers).
+    pub federation_verify_tls: bool,
+    /// An extra CA (PEM) to trust for peers, e.g. a test CA.
+    pub federation_ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -45,6 +55,11 @@ impl Default for Config {
             default_room_version: "11".into(),
             public_base_url: None,
             log_format: "text".into(),
+            federation_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            federation_verify_tls: true,
+            federation_ca_file: None,
         }
     }
 }
@@ -72,6 +87,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("default_room_version", Kind::Str),
     ("public_base_url", Kind::Str),
     ("log_format", Kind::Str),
+    ("federation_listen", Kind::Str),
+    ("tls_cert", Kind::Str),
+    ("tls_key", Kind::Str),
+    ("federation_verify_tls", Kind::Bool),
+    ("federation_ca_file", Kind::Str),
 ];
 
 impl Config {
@@ -131,6 +151,9 @@ impl Config {
         })?;
         if self.registration == Some(RegistrationMode::Token) && self.registration_token.is_none() {
             return Err("registration = \"token\" needs registration_token to be set".into());
+        }
+        if self.federation_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("federation_listen needs tls_cert and tls_key".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(format!(

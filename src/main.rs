@@ -13,6 +13,7 @@ use hearth_client_api::config::RateLimit;
 use hearth_client_api::{ApiConfig, AppState};
 use hearth_core::keys::ServerKeys;
 use hearth_core::{Core, CoreConfig};
+use hearth_federation::{Federation, FederationConfig};
 use hearth_storage::RedbStore;
 use ruma::{OwnedServerName, RoomVersionId};
 
@@ -102,8 +103,20 @@ async fn serve(config: Config) -> Result<(), String> {
             config.data_dir.display()
         )
     })?;
-    let keys = ServerKeys::load_or_generate(&config.data_dir, server_name.clone())
-        .map_err(|e| e.to_string())?;
+    let keys = Arc::new(
+        ServerKeys::load_or_generate(&config.data_dir, server_name.clone())
+            .map_err(|e| e.to_string())?,
+    );
+    let federation_config = FederationConfig {
+        verify_tls: config.federation_verify_tls,
+        extra_ca_pem: match &config.federation_ca_file {
+            Some(p) => Some(
+                std::fs::read(p).map_err(|e| format!("federation_ca_file {}: {e}", p.display()))?,
+            ),
+            None => None,
+        },
+    };
+    let federation = Federation::new(keys.clone(), &federation_config)?;
 
     let mut core_config = CoreConfig::new(server_name);
     core_config.default_room_version =
@@ -116,7 +129,10 @@ async fn serve(config: Config) -> Result<(), String> {
                     config.default_room_version
                 )
             })?;
-    let core = Arc::new(Core::new(core_config, Arc::new(store), keys).map_err(|e| e.to_string())?);
+    let core = Arc::new(
+        Core::new(core_config, Arc::new(store), keys, federation.clone())
+            .map_err(|e| e.to_string())?,
+    );
 
     let registration = config.registration_mode();
     let api = ApiConfig {
@@ -133,13 +149,30 @@ async fn serve(config: Config) -> Result<(), String> {
             .unwrap_or_else(|| format!("http://{}", config.listen)),
     };
     let app = hearth_client_api::router(AppState::new(core.clone(), api))
-        .merge(hearth_federation::router(core.clone()))
-        .layer(
-            // The span names the path only: query strings may carry access tokens.
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-            }),
-        );
+        .merge(hearth_federation::routes(core.clone(), federation.clone()))
+        .layer(trace_layer());
+
+    let federation_server = match &config.federation_listen {
+        Some(addr) => {
+            let (cert, key) = (config.tls_cert.as_ref(), config.tls_key.as_ref());
+            let (Some(cert), Some(key)) = (cert, key) else {
+                return Err("federation_listen needs tls_cert and tls_key".into());
+            };
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| format!("TLS certificate or key: {e}"))?;
+            let fed_app =
+                hearth_federation::server(core.clone(), federation.clone()).layer(trace_layer());
+            let server = axum_server::bind_rustls(*addr, tls);
+            tracing::info!(federation_listen = %addr, "serving federation over TLS");
+            Some(tokio::spawn(async move {
+                if let Err(e) = server.serve(fed_app.into_make_service()).await {
+                    tracing::error!(error = %e, "federation listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -157,7 +190,21 @@ async fn serve(config: Config) -> Result<(), String> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await
-    .map_err(|e| format!("server error: {e}"))
+    .map_err(|e| format!("server error: {e}"))?;
+    if let Some(f) = federation_server {
+        f.abort();
+    }
+    Ok(())
+}
+
+/// Request spans name the path only: query strings may carry access tokens.
+fn trace_layer() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&axum::extract::Request) -> tracing::Span + Clone,
+> {
+    tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
+        tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+    })
 }
 
 async fn shutdown_signal() {

@@ -15,8 +15,8 @@ fn parse_user(s: &str) -> ApiResult<OwnedUserId> {
     UserId::parse(s).map_err(|_| ApiError::invalid_param("Invalid user ID"))
 }
 
-fn profile_json(state: &AppState, user: &UserId) -> ApiResult<Map<String, Value>> {
-    let p = state.core.profiles.get(user)?;
+async fn profile_json(state: &AppState, user: &UserId) -> ApiResult<Map<String, Value>> {
+    let p = state.core.profiles.lookup(user).await?;
     let mut m = Map::new();
     if let Some(d) = p.displayname {
         m.insert("displayname".into(), json!(d));
@@ -32,7 +32,7 @@ pub async fn get_profile(
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let user = parse_user(&user)?;
-    Ok(Json(Value::Object(profile_json(&state, &user)?)))
+    Ok(Json(Value::Object(profile_json(&state, &user).await?)))
 }
 
 pub async fn get_field(
@@ -40,7 +40,7 @@ pub async fn get_field(
     Path((user, field)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let user = parse_user(&user)?;
-    let profile = profile_json(&state, &user)?;
+    let profile = profile_json(&state, &user).await?;
     match profile.get(&field) {
         Some(v) => Ok(Json(json!({ field: v }))),
         None => Err(ApiError::not_found(

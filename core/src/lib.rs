@@ -16,6 +16,7 @@ pub mod error;
 pub mod keys;
 pub mod notifier;
 pub mod profiles;
+pub mod remote;
 pub mod rooms;
 pub mod sync;
 pub mod util;
@@ -40,9 +41,13 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(config: CoreConfig, store: Arc<dyn Store>, keys: keys::ServerKeys) -> Result<Self> {
+    pub fn new(
+        config: CoreConfig,
+        store: Arc<dyn Store>,
+        keys: Arc<keys::ServerKeys>,
+        remote: Arc<dyn remote::Remote>,
+    ) -> Result<Self> {
         let config = Arc::new(config);
-        let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::default());
         let accounts = Arc::new(accounts::Accounts::new(config.clone(), store.clone()));
         let rooms = Arc::new(rooms::Rooms::new(
@@ -55,7 +60,11 @@ impl Core {
             store.clone(),
             notifier.clone(),
         ));
-        let profiles = Arc::new(profiles::Profiles::new(accounts.clone(), rooms.clone()));
+        let profiles = Arc::new(profiles::Profiles::new(
+            accounts.clone(),
+            rooms.clone(),
+            remote,
+        ));
         let sync = Arc::new(sync::SyncService::new(
             store.clone(),
             rooms.clone(),

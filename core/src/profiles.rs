@@ -6,6 +6,7 @@ use ruma::UserId;
 use serde_json::json;
 
 use crate::accounts::Accounts;
+use crate::remote::Remote;
 use crate::rooms::create::MemberProfile;
 use crate::rooms::{NewEvent, Rooms};
 use crate::{Error, Result};
@@ -13,11 +14,25 @@ use crate::{Error, Result};
 pub struct Profiles {
     accounts: Arc<Accounts>,
     rooms: Arc<Rooms>,
+    remote: Arc<dyn Remote>,
 }
 
 impl Profiles {
-    pub fn new(accounts: Arc<Accounts>, rooms: Arc<Rooms>) -> Self {
-        Self { accounts, rooms }
+    pub fn new(accounts: Arc<Accounts>, rooms: Arc<Rooms>, remote: Arc<dyn Remote>) -> Self {
+        Self {
+            accounts,
+            rooms,
+            remote,
+        }
+    }
+
+    /// Any user's profile: ours from the store, others' from their server.
+    pub async fn lookup(&self, user: &UserId) -> Result<MemberProfile> {
+        if user.server_name() == self.rooms.server_name() {
+            self.get(user)
+        } else {
+            self.remote.profile(user).await
+        }
     }
 
     pub fn get(&self, user: &UserId) -> Result<MemberProfile> {

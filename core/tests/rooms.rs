@@ -13,7 +13,8 @@ use ruma::{CanonicalJsonObject, OwnedServerName, OwnedUserId, RoomVersionId, Use
 use serde_json::json;
 
 fn core_on(store: Arc<dyn Store>, keys: ServerKeys) -> Core {
-    Core::new(CoreConfig::new(server()), store, keys).unwrap()
+    let remote = Arc::new(hearth_core::remote::NoFederation);
+    Core::new(CoreConfig::new(server()), store, Arc::new(keys), remote).unwrap()
 }
 
 fn server() -> OwnedServerName {

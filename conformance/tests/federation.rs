@@ -1,0 +1,144 @@
+//! Federation between two Hearth servers on loopback, over TLS with a test CA: discovery of
+//! `localhost:PORT` names, signed (X-Matrix) requests both ways, key fetching, and queries.
+
+use std::path::{Path, PathBuf};
+
+use hearth_conformance::{TestServer, enc, free_port, json};
+
+struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    /// A CA and a certificate for `localhost` and 127.0.0.1 signed by it, as PEM files.
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "hearth-fed-ca-{}-{}",
+            std::process::id(),
+            hearth_conformance::unique("ca")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Hearth test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Hearth whose server name is `localhost:<federation port>`.
+async fn federating_server(ca: &TestCa) -> (TestServer, String, u16) {
+    let port = free_port();
+    let name = format!("localhost:{port}");
+    let server = TestServer::builder()
+        .env("HEARTH_SERVER_NAME", &name)
+        .env("HEARTH_FEDERATION_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HEARTH_TLS_CERT", ca.path("cert.pem"))
+        .env("HEARTH_TLS_KEY", ca.path("key.pem"))
+        .env("HEARTH_FEDERATION_CA_FILE", ca.path("ca.pem"))
+        .start()
+        .await;
+    (server, name, port)
+}
+
+fn https_client(ca: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_merge([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_one_server_reads_a_profile_on_the_other() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+
+    let (alice, alice_tok, _) = a.register("alice", "pw-alice-1").await;
+    assert_eq!(alice, format!("@alice:{a_name}"));
+    let path = format!("/profile/{}/displayname", enc(&alice));
+    let (status, body) = a
+        .put(&path, &alice_tok, &json!({ "displayname": "Alice of A" }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob asks his own server, which asks A over signed federation.
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let (status, body) = b.get(&format!("/profile/{}", enc(&alice)), &bob_tok).await;
+    assert_eq!(status, 200, "{body}\n{}", b.log_tail(20));
+    assert_eq!(body["displayname"], "Alice of A");
+
+    let nobody = format!("@nobody:{a_name}");
+    let (status, body) = b.get(&format!("/profile/{}", enc(&nobody)), &bob_tok).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_or_forged_federation_requests_are_refused() {
+    let ca = TestCa::new();
+    let (a, a_name, a_port) = federating_server(&ca).await;
+    let (_b, b_name, _) = federating_server(&ca).await;
+    let (alice, _, _) = a.register("alice", "pw-alice-1").await;
+    let http = https_client(&ca.dir.join("ca.pem"));
+    let url = format!(
+        "https://localhost:{a_port}/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&alice)
+    );
+
+    // The key document is public and signed.
+    let keys: serde_json::Value = http
+        .get(format!("https://localhost:{a_port}/_matrix/key/v2/server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["server_name"], a_name.as_str(), "{keys}");
+    assert!(keys["signatures"][&a_name].is_object(), "{keys}");
+
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+
+    // Claims to come from B, with a signature B never made.
+    let key_id = "ed25519:forged";
+    let forged = format!(
+        "X-Matrix origin=\"{b_name}\",destination=\"{a_name}\",key=\"{key_id}\",sig=\"{}\"",
+        "A".repeat(86)
+    );
+    let resp = http
+        .get(&url)
+        .header("Authorization", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+}

@@ -1,0 +1,26 @@
+//! What the core asks of other homeservers. The federation crate implements [`Remote`]; the
+//! binary wires it in, so the core never depends on HTTP or on the federation crate.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use ruma::UserId;
+
+use crate::rooms::create::MemberProfile;
+use crate::{Error, Result};
+
+pub type RemoteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+pub trait Remote: Send + Sync + 'static {
+    /// The profile of a user of another server, asked of that server.
+    fn profile<'a>(&'a self, user: &'a UserId) -> RemoteFuture<'a, MemberProfile>;
+}
+
+/// A server that does not federate: every remote lookup fails with `NotFound`.
+pub struct NoFederation;
+
+impl Remote for NoFederation {
+    fn profile<'a>(&'a self, _: &'a UserId) -> RemoteFuture<'a, MemberProfile> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+}

@@ -1,0 +1,144 @@
+//! Outbound federation requests: resolve the destination, sign with X-Matrix, send over TLS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use ruma::ServerName;
+use ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
+use serde_json::Value;
+
+use crate::FederationConfig;
+use crate::discovery::{DnsHook, Resolver};
+use crate::error::FedError;
+use hearth_core::keys::ServerKeys;
+
+pub struct Client {
+    http: reqwest::Client,
+    resolver: Arc<Resolver>,
+    keys: Arc<ServerKeys>,
+}
+
+impl Client {
+    pub fn new(keys: Arc<ServerKeys>, config: &FederationConfig) -> Result<Self, String> {
+        let resolver = Arc::new(Resolver::default());
+        let mut builder = reqwest::Client::builder()
+            .dns_resolver(Arc::new(DnsHook(resolver.clone())))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
+        if !config.verify_tls {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        if let Some(pem) = &config.extra_ca_pem {
+            let cert =
+                reqwest::Certificate::from_pem(pem).map_err(|e| format!("federation CA: {e}"))?;
+            builder = builder.tls_certs_merge([cert]);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("federation client: {e}"))?;
+        Ok(Self {
+            http,
+            resolver,
+            keys,
+        })
+    }
+
+    /// An unauthenticated GET (key documents).
+    pub async fn get_unsigned(
+        &self,
+        destination: &ServerName,
+        path: &str,
+    ) -> Result<Value, FedError> {
+        let base = self
+            .resolver
+            .resolve(&self.http, destination.as_str())
+            .await;
+        let resp = self
+            .http
+            .get(format!("{}{path}", base.base_url))
+            .send()
+            .await
+            .map_err(|e| FedError::peer(format!("{destination}: {e}")))?;
+        Self::json(destination, resp).await
+    }
+
+    /// A request signed with this server's key, as every federation request must be.
+    pub async fn request(
+        &self,
+        destination: &ServerName,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, FedError> {
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| FedError::bad_json(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let base = self
+            .resolver
+            .resolve(&self.http, destination.as_str())
+            .await;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", base.base_url))
+            .body(bytes)
+            .map_err(|e| FedError::bad_json(e.to_string()))?;
+        let input = ServerSignaturesInput::new(
+            self.keys.server_name.clone(),
+            destination.to_owned(),
+            &self.keys.key_pair,
+        );
+        let auth = XMatrix::try_from_http_request(&request, input)
+            .map_err(|e| FedError::bad_json(format!("signing request: {e}")))?;
+        let (mut parts, bytes) = request.into_parts();
+        parts
+            .headers
+            .insert(http::header::AUTHORIZATION, (&auth).into());
+        if !bytes.is_empty() {
+            parts.headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+        }
+        let request = reqwest::Request::try_from(http::Request::from_parts(parts, bytes))
+            .map_err(|e| FedError::peer(e.to_string()))?;
+        let resp = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| FedError::peer(format!("{destination}: {e}")))?;
+        Self::json(destination, resp).await
+    }
+
+    async fn json(destination: &ServerName, resp: reqwest::Response) -> Result<Value, FedError> {
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| FedError::peer(format!("{destination}: {e}")))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let errcode = match body["errcode"].as_str() {
+            Some("M_NOT_FOUND") => "M_NOT_FOUND",
+            Some("M_FORBIDDEN") => "M_FORBIDDEN",
+            _ => "M_UNKNOWN",
+        };
+        let message = body["error"]
+            .as_str()
+            .unwrap_or("remote server error")
+            .to_owned();
+        let status = match errcode {
+            "M_NOT_FOUND" => axum::http::StatusCode::NOT_FOUND,
+            "M_FORBIDDEN" => axum::http::StatusCode::FORBIDDEN,
+            _ => axum::http::StatusCode::BAD_GATEWAY,
+        };
+        Err(FedError::new(
+            status,
+            errcode,
+            format!("{destination}: {message}"),
+        ))
+    }
+}
