@@ -1,0 +1,185 @@
+//! Federation with the reference server: Synapse (from PyPI, started by the team's
+//! `shared/bench/start-synapse.sh` as a TLS federation peer on loopback) and Hearth query each
+//! other's users' profiles over signed requests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use hearth_conformance::{TestServer, enc, free_port, json, unique};
+
+/// A Synapse federation peer; killed when dropped.
+struct Synapse {
+    root: PathBuf,
+    data: PathBuf,
+    client_url: String,
+    server_name: String,
+    ca: PathBuf,
+}
+
+impl Synapse {
+    fn script() -> PathBuf {
+        if let Some(p) = std::env::var_os("HEARTH_SYNAPSE_SCRIPT") {
+            return PathBuf::from(p);
+        }
+        // The workspace sits beside the team's shared/ folder.
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/start-synapse.sh")
+    }
+
+    async fn start() -> Self {
+        let script = Self::script();
+        assert!(
+            script.is_file(),
+            "{} not found: Synapse interop needs the team's shared/bench scripts beside the workspace",
+            script.display()
+        );
+        let root = std::env::temp_dir().join(unique("hearth-synapse"));
+        let (data, ca) = (root.join("synapse"), root.join("ca"));
+        let (port, fed_port) = (free_port(), free_port());
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .env("SYNAPSE_PORT", port.to_string())
+            .env("SYNAPSE_FED_PORT", fed_port.to_string())
+            .env("SYNAPSE_DATA", &data)
+            .env("SYNAPSE_FED_CA_DIR", &ca);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("run start-synapse.sh");
+        assert!(
+            out.status.success(),
+            "start-synapse.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            root,
+            data,
+            client_url: format!("http://127.0.0.1:{port}"),
+            server_name: format!("localhost:{fed_port}"),
+            ca: ca.join("ca.crt"),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut req = reqwest::Client::new()
+            .request(
+                method,
+                format!("{}/_matrix/client/v3{path}", self.client_url),
+            )
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request to Synapse");
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "Synapse answered {status} to {path}: {body}"
+        );
+        body
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.data.join("synapse.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_and_synapse_query_each_others_profiles() {
+    let synapse = Synapse::start().await;
+
+    // Hearth with its own test certificate; it checks Synapse's against the peer CA.
+    let port = free_port();
+    let name = format!("localhost:{port}");
+    let tls = std::env::temp_dir().join(unique("hearth-tls"));
+    std::fs::create_dir_all(&tls).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(tls.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(tls.join("key.pem"), key.serialize_pem()).unwrap();
+    let hearth = TestServer::builder()
+        .env("HEARTH_SERVER_NAME", &name)
+        .env("HEARTH_FEDERATION_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "HEARTH_TLS_CERT",
+            tls.join("cert.pem").display().to_string(),
+        )
+        .env("HEARTH_TLS_KEY", tls.join("key.pem").display().to_string())
+        .env(
+            "HEARTH_FEDERATION_CA_FILE",
+            synapse.ca.display().to_string(),
+        )
+        .start()
+        .await;
+
+    let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let (status, body) = hearth
+        .put(
+            &format!("/profile/{}/displayname", enc(&hal)),
+            &hal_tok,
+            &json!({ "displayname": "Hal of Hearth" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let syd = synapse
+        .call(
+            reqwest::Method::POST,
+            "/register",
+            None,
+            json!({ "username": unique("syd").to_lowercase(), "password": "pw-syd-12345", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
+    let (syd_id, syd_tok) = (
+        syd["user_id"].as_str().unwrap().to_owned(),
+        syd["access_token"].as_str().unwrap().to_owned(),
+    );
+    assert!(syd_id.ends_with(&synapse.server_name), "{syd_id}");
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            &format!("/profile/{}/displayname", enc(&syd_id)),
+            Some(&syd_tok),
+            json!({ "displayname": "Syd of Synapse" }),
+        )
+        .await;
+
+    // Hearth asks Synapse: Hearth signs, Synapse fetches Hearth's key and verifies.
+    let (status, body) = hearth
+        .get(&format!("/profile/{}", enc(&syd_id)), &hal_tok)
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", hearth.log_tail(20));
+    assert_eq!(body["displayname"], "Syd of Synapse");
+
+    // Synapse asks Hearth: Hearth fetches Synapse's key and verifies Synapse's signature.
+    let body = synapse
+        .call(
+            reqwest::Method::GET,
+            &format!("/profile/{}", enc(&hal)),
+            Some(&syd_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        body["displayname"],
+        "Hal of Hearth",
+        "{}",
+        hearth.log_tail(20)
+    );
+    let _ = std::fs::remove_dir_all(&tls);
+}
