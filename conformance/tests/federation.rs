@@ -142,3 +142,54 @@ async fn unsigned_or_forged_federation_requests_are_refused() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_vouches_for_the_keys_of_another() {
+    let ca = TestCa::new();
+    let (_a, a_name, a_port) = federating_server(&ca).await;
+    let (_b, b_name, _) = federating_server(&ca).await;
+    let http = https_client(&ca.dir.join("ca.pem"));
+    let base = format!("https://localhost:{a_port}/_matrix/key/v2/query");
+
+    let one: serde_json::Value = http
+        .get(format!("{base}/{b_name}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let doc = &one["server_keys"][0];
+    assert_eq!(doc["server_name"], b_name.as_str(), "{one}");
+    assert!(
+        doc["signatures"][&b_name].is_object(),
+        "B's own signature is kept: {one}"
+    );
+    assert!(
+        doc["signatures"][&a_name].is_object(),
+        "A countersigns: {one}"
+    );
+
+    // Several at once; a server that cannot be reached is left out.
+    let body =
+        json!({ "server_keys": { b_name.clone(): {}, a_name.clone(): {}, "localhost:1": {} } });
+    let many: serde_json::Value = http
+        .post(&base)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = many["server_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["server_name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    let mut expected = vec![a_name.as_str(), b_name.as_str()];
+    expected.sort();
+    assert_eq!(names, expected, "{many}");
+}

@@ -21,7 +21,7 @@ use hearth_core::Core;
 use hearth_core::keys::ServerKeys;
 use hearth_core::remote::{Remote, RemoteFuture};
 use hearth_core::rooms::create::MemberProfile;
-use ruma::{CanonicalJsonValue, UserId};
+use ruma::UserId;
 use serde_json::{Value, json};
 
 pub use error::FedError;
@@ -88,6 +88,8 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
     Router::new()
         .route("/_matrix/key/v2/server", get(server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
+        .route("/_matrix/key/v2/query", axum::routing::post(notary_many))
+        .route("/_matrix/key/v2/query/{server_name}", get(notary_one))
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
         .with_state(State { core, federation })
@@ -104,27 +106,62 @@ pub fn server(core: Arc<Core>, federation: Arc<Federation>) -> Router {
     })
 }
 
-/// How long peers may cache our key response.
-const KEY_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
-
 async fn server_keys(axum::extract::State(state): axum::extract::State<State>) -> Json<Value> {
-    let keys = &state.federation.keys;
-    let body = json!({
-        "server_name": keys.server_name,
-        "verify_keys": { keys.key_id(): { "key": keys.public_key_base64() } },
-        "old_verify_keys": {},
-        "valid_until_ts": hearth_core::util::now_ms() + KEY_VALIDITY_MS,
-    });
-    let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(body.clone()) else {
-        return Json(body);
-    };
-    match ruma::signatures::sign_json(keys.server_name.as_str(), &keys.key_pair, &mut obj) {
-        Ok(()) => Json(serde_json::to_value(&obj).unwrap_or(body)),
-        Err(e) => {
-            tracing::error!(error = %e, "could not sign key response");
-            Json(body)
+    Json(server_keys::own_key_document(&state.federation.keys))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`: another server's keys, as this server vouches for them.
+async fn notary_one(
+    axum::extract::State(state): axum::extract::State<State>,
+    axum::extract::Path(server): axum::extract::Path<String>,
+) -> Result<Json<Value>, FedError> {
+    let server = ruma::ServerName::parse(&server).map_err(|e| {
+        FedError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            e.to_string(),
+        )
+    })?;
+    let fed = &state.federation;
+    let doc = fed
+        .key_cache
+        .notarised(&fed.client, &fed.keys, &server)
+        .await?;
+    Ok(Json(json!({ "server_keys": [doc] })))
+}
+
+/// `POST /_matrix/key/v2/query`: the keys of several servers; ones that cannot be had are left
+/// out, as the spec says.
+async fn notary_many(
+    axum::extract::State(state): axum::extract::State<State>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, FedError> {
+    let req: Value = serde_json::from_slice(&body).map_err(|_| {
+        FedError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_NOT_JSON",
+            "Content not JSON.",
+        )
+    })?;
+    let servers = req["server_keys"]
+        .as_object()
+        .ok_or_else(|| FedError::bad_json("server_keys must be an object"))?;
+    let fed = &state.federation;
+    let mut docs = Vec::new();
+    for name in servers.keys() {
+        let Ok(server) = ruma::ServerName::parse(name) else {
+            continue;
+        };
+        match fed
+            .key_cache
+            .notarised(&fed.client, &fed.keys, &server)
+            .await
+        {
+            Ok(doc) => docs.push(doc),
+            Err(e) => tracing::debug!(%server, error = %e, "notary: no keys"),
         }
     }
+    Ok(Json(json!({ "server_keys": docs })))
 }
 
 async fn version() -> Json<Value> {

@@ -16,9 +16,16 @@ use hearth_core::util::now_ms;
 
 type KeySet = BTreeMap<String, Base64>;
 
+struct Cached {
+    valid_until: u64,
+    keys: KeySet,
+    /// The document as the server signed it, for answering notary queries.
+    document: Value,
+}
+
 #[derive(Default)]
 pub struct KeyCache {
-    servers: RwLock<HashMap<OwnedServerName, (u64, KeySet)>>,
+    servers: RwLock<HashMap<OwnedServerName, Cached>>,
 }
 
 impl KeyCache {
@@ -34,19 +41,53 @@ impl KeyCache {
                 .map_err(|e| FedError::bad_json(e.to_string()))?;
             return Ok(BTreeMap::from([(ours.key_id(), key)]));
         }
-        if let Some((valid_until, keys)) = self.servers.read().get(server)
-            && *valid_until > now_ms()
+        Ok(self.fetch(client, server).await?.1)
+    }
+
+    /// The cached (or freshly fetched) key document of another server, and its keys.
+    async fn fetch(
+        &self,
+        client: &Client,
+        server: &ServerName,
+    ) -> Result<(Value, KeySet), FedError> {
+        if let Some(c) = self.servers.read().get(server)
+            && c.valid_until > now_ms()
         {
-            return Ok(keys.clone());
+            return Ok((c.document.clone(), c.keys.clone()));
         }
-        let doc = client
+        let document = client
             .get_unsigned(server, "/_matrix/key/v2/server")
             .await?;
-        let (valid_until, keys) = verify_key_document(server, &doc)?;
-        self.servers
-            .write()
-            .insert(server.to_owned(), (valid_until, keys.clone()));
-        Ok(keys)
+        let (valid_until, keys) = verify_key_document(server, &document)?;
+        let cached = Cached {
+            valid_until,
+            keys: keys.clone(),
+            document: document.clone(),
+        };
+        self.servers.write().insert(server.to_owned(), cached);
+        Ok((document, keys))
+    }
+
+    /// A server's key document countersigned by this server, for `/_matrix/key/v2/query`.
+    pub async fn notarised(
+        &self,
+        client: &Client,
+        ours: &ServerKeys,
+        server: &ServerName,
+    ) -> Result<Value, FedError> {
+        let document = if server == ours.server_name {
+            own_key_document(ours)
+        } else {
+            self.fetch(client, server).await?.0
+        };
+        let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(document) else {
+            return Err(FedError::peer(format!(
+                "{server}: key document is not canonical JSON"
+            )));
+        };
+        ruma::signatures::sign_json(ours.server_name.as_str(), &ours.key_pair, &mut obj)
+            .map_err(|e| FedError::bad_json(e.to_string()))?;
+        serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))
     }
 
     pub async fn key_map(
@@ -57,6 +98,29 @@ impl KeyCache {
     ) -> Result<PublicKeyMap, FedError> {
         let keys = self.keys(client, ours, server).await?;
         Ok(PublicKeyMap::from([(server.to_string(), keys)]))
+    }
+}
+
+/// How long peers may cache our key document.
+const KEY_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// This server's key document, signed.
+pub fn own_key_document(keys: &ServerKeys) -> Value {
+    let body = serde_json::json!({
+        "server_name": keys.server_name,
+        "verify_keys": { keys.key_id(): { "key": keys.public_key_base64() } },
+        "old_verify_keys": {},
+        "valid_until_ts": now_ms() + KEY_VALIDITY_MS,
+    });
+    let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(body.clone()) else {
+        return body;
+    };
+    match ruma::signatures::sign_json(keys.server_name.as_str(), &keys.key_pair, &mut obj) {
+        Ok(()) => serde_json::to_value(&obj).unwrap_or(body),
+        Err(e) => {
+            tracing::error!(error = %e, "could not sign our key document");
+            body
+        }
     }
 }
 
