@@ -41,6 +41,19 @@ pub struct Core {
 }
 
 impl Core {
+    /// A complete core on an in-memory store with a throwaway key, not federating: for tests of
+    /// the layers above.
+    pub fn in_memory(server_name: ruma::OwnedServerName) -> Result<Self> {
+        let store = Arc::new(hearth_storage::RedbStore::in_memory()?);
+        let keys = Arc::new(keys::ServerKeys::ephemeral(server_name.clone()));
+        Self::new(
+            CoreConfig::new(server_name),
+            store,
+            keys,
+            Arc::new(remote::NoFederation),
+        )
+    }
+
     pub fn new(
         config: CoreConfig,
         store: Arc<dyn Store>,

@@ -9,6 +9,7 @@ mod auth;
 pub mod client;
 mod discovery;
 mod error;
+pub mod pdu;
 mod query;
 mod server_keys;
 
