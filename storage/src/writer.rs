@@ -35,6 +35,7 @@ pub(crate) fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, persisted: Arc<Ato
         let start_pos = next_pos;
         match commit(&db, &mut jobs, &mut next_pos) {
             Ok(positions) => {
+                tracing::trace!(batches = jobs.len(), position = next_pos, "committed");
                 persisted.store(next_pos, Ordering::Release);
                 for (job, pos) in jobs.into_iter().zip(positions) {
                     let _ = job.reply.send(Ok(pos));
