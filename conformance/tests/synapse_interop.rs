@@ -96,13 +96,10 @@ impl Drop for Synapse {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hearth_and_synapse_query_each_others_profiles() {
-    let synapse = Synapse::start().await;
-
-    // Hearth with its own test certificate; it checks Synapse's against the peer CA.
+/// A Hearth federating on `localhost:<port>` with its own certificate; it checks Synapse's
+/// against the peer CA.
+async fn hearth_beside(synapse: &Synapse) -> (TestServer, PathBuf) {
     let port = free_port();
-    let name = format!("localhost:{port}");
     let tls = std::env::temp_dir().join(unique("hearth-tls"));
     std::fs::create_dir_all(&tls).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -113,7 +110,7 @@ async fn hearth_and_synapse_query_each_others_profiles() {
     std::fs::write(tls.join("cert.pem"), cert.pem()).unwrap();
     std::fs::write(tls.join("key.pem"), key.serialize_pem()).unwrap();
     let hearth = TestServer::builder()
-        .env("HEARTH_SERVER_NAME", &name)
+        .env("HEARTH_SERVER_NAME", format!("localhost:{port}"))
         .env("HEARTH_FEDERATION_LISTEN", format!("127.0.0.1:{port}"))
         .env(
             "HEARTH_TLS_CERT",
@@ -126,34 +123,44 @@ async fn hearth_and_synapse_query_each_others_profiles() {
         )
         .start()
         .await;
+    (hearth, tls)
+}
+
+/// Registers a user on Synapse: (user id, access token).
+async fn synapse_user(synapse: &Synapse, name: &str) -> (String, String) {
+    let body = json!({
+        "username": unique(name).to_lowercase(),
+        "password": "pw-syd-12345",
+        "auth": { "type": "m.login.dummy" }
+    });
+    let r = synapse
+        .call(reqwest::Method::POST, "/register", None, body)
+        .await;
+    (
+        r["user_id"].as_str().unwrap().to_owned(),
+        r["access_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_and_synapse_query_each_others_profiles() {
+    let synapse = Synapse::start().await;
+    let (hearth, tls) = hearth_beside(&synapse).await;
 
     let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let path = format!("/profile/{}/displayname", enc(&hal));
     let (status, body) = hearth
-        .put(
-            &format!("/profile/{}/displayname", enc(&hal)),
-            &hal_tok,
-            &json!({ "displayname": "Hal of Hearth" }),
-        )
+        .put(&path, &hal_tok, &json!({ "displayname": "Hal of Hearth" }))
         .await;
     assert_eq!(status, 200, "{body}");
 
-    let syd = synapse
-        .call(
-            reqwest::Method::POST,
-            "/register",
-            None,
-            json!({ "username": unique("syd").to_lowercase(), "password": "pw-syd-12345", "auth": { "type": "m.login.dummy" } }),
-        )
-        .await;
-    let (syd_id, syd_tok) = (
-        syd["user_id"].as_str().unwrap().to_owned(),
-        syd["access_token"].as_str().unwrap().to_owned(),
-    );
+    let (syd_id, syd_tok) = synapse_user(&synapse, "syd").await;
     assert!(syd_id.ends_with(&synapse.server_name), "{syd_id}");
+    let path = format!("/profile/{}/displayname", enc(&syd_id));
     synapse
         .call(
             reqwest::Method::PUT,
-            &format!("/profile/{}/displayname", enc(&syd_id)),
+            &path,
             Some(&syd_tok),
             json!({ "displayname": "Syd of Synapse" }),
         )
@@ -167,13 +174,9 @@ async fn hearth_and_synapse_query_each_others_profiles() {
     assert_eq!(body["displayname"], "Syd of Synapse");
 
     // Synapse asks Hearth: Hearth fetches Synapse's key and verifies Synapse's signature.
+    let path = format!("/profile/{}", enc(&hal));
     let body = synapse
-        .call(
-            reqwest::Method::GET,
-            &format!("/profile/{}", enc(&hal)),
-            Some(&syd_tok),
-            json!({}),
-        )
+        .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
         .await;
     assert_eq!(
         body["displayname"],
@@ -181,5 +184,52 @@ async fn hearth_and_synapse_query_each_others_profiles() {
         "{}",
         hearth.log_tail(20)
     );
+    let _ = std::fs::remove_dir_all(&tls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_joins_a_room_on_hearth() {
+    let synapse = Synapse::start().await;
+    let (hearth, tls) = hearth_beside(&synapse).await;
+    let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let room = hearth
+        .create_room(
+            &hal_tok,
+            &json!({ "preset": "public_chat", "name": "town square" }),
+        )
+        .await;
+    let hearth_name = hal.split_once(':').unwrap().1.to_owned();
+
+    // Synapse runs make_join and send_join against Hearth, and checks the state it gets back.
+    let (syd_id, syd_tok) = synapse_user(&synapse, "syd").await;
+    let path = format!("/join/{}?server_name={}", enc(&room), enc(&hearth_name));
+    let joined = synapse
+        .call(reqwest::Method::POST, &path, Some(&syd_tok), json!({}))
+        .await;
+    assert_eq!(joined["room_id"], room.as_str(), "{}", hearth.log_tail(20));
+
+    let (status, members) = hearth
+        .get(&format!("/rooms/{}/joined_members", enc(&room)), &hal_tok)
+        .await;
+    assert_eq!(status, 200, "{members}");
+    assert!(members["joined"][&syd_id].is_object(), "{members}");
+    let (_, sync) = hearth.get("/sync", &hal_tok).await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == syd_id.as_str()),
+        "the remote join is in the room's timeline: {sync}"
+    );
+    // Synapse sees the room's state as Hearth made it.
+    let path = format!("/rooms/{}/state/m.room.name/", enc(&room));
+    let name = synapse
+        .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
+        .await;
+    assert_eq!(name["name"], "town square");
+
     let _ = std::fs::remove_dir_all(&tls);
 }

@@ -11,9 +11,10 @@ use crate::error::FedError;
 /// Federation bodies are bounded well above the largest legitimate transaction.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
-/// A verified federation request: who sent it.
+/// A verified federation request: who sent it, and its body.
 pub struct Signed {
     pub origin: OwnedServerName,
+    pub body: axum::body::Bytes,
 }
 
 impl FromRequest<State> for Signed {
@@ -45,6 +46,7 @@ impl FromRequest<State> for Signed {
             .map_err(|e| FedError::unauthorized(format!("Request signature: {e}")))?;
         Ok(Signed {
             origin: x_matrix.origin,
+            body: request.into_body(),
         })
     }
 }

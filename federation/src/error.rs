@@ -9,6 +9,8 @@ pub struct FedError {
     pub status: StatusCode,
     pub errcode: &'static str,
     pub message: String,
+    /// `M_INCOMPATIBLE_ROOM_VERSION` names the room's version.
+    pub room_version: Option<String>,
 }
 
 impl FedError {
@@ -17,7 +19,12 @@ impl FedError {
             status,
             errcode,
             message: message.into(),
+            room_version: None,
         }
+    }
+    pub fn with_room_version(mut self, version: &str) -> Self {
+        self.room_version = Some(version.to_owned());
+        self
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", message)

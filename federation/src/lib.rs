@@ -9,6 +9,7 @@ mod auth;
 pub mod client;
 mod discovery;
 mod error;
+mod membership;
 pub mod pdu;
 mod query;
 mod server_keys;
@@ -93,6 +94,14 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route("/_matrix/key/v2/query/{server_name}", get(notary_one))
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(membership::make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            axum::routing::put(membership::send_join),
+        )
         .with_state(State { core, federation })
 }
 

@@ -23,11 +23,18 @@ pub fn encode(s: &str) -> String {
 }
 
 fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    let query = uri.query()?;
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| decode(v))
-    })
+    query_params(uri, name).into_iter().next()
+}
+
+/// Every value of a (possibly repeated) query parameter.
+pub fn query_params(uri: &http::Uri, name: &str) -> Vec<String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| decode(v))
+        .collect()
 }
 
 fn decode(s: &str) -> String {

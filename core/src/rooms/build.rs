@@ -194,8 +194,10 @@ impl Rooms {
                 ));
             }
         }
-        head.extremities = vec![pdu.event_id.clone()];
-        head.depth = pdu.depth;
+        // A local event extends all extremities; a remote one may extend only some.
+        head.extremities.retain(|e| !pdu.prev_events.contains(e));
+        head.extremities.push(pdu.event_id.clone());
+        head.depth = head.depth.max(pdu.depth);
         batch.notify.extend(head.interested_users().cloned());
 
         let meta = EventMeta {

@@ -9,6 +9,8 @@
 
 mod build;
 pub mod create;
+mod federated;
+pub use federated::StateAndAuthChain;
 pub mod membership;
 pub mod pdu;
 pub mod state;

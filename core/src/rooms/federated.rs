@@ -1,0 +1,159 @@
+//! The room side of federation: the join template a remote user signs (`make_join`), appending
+//! a PDU made on another server (`send_join`), and the state and auth chain a joining server
+//! needs.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use ruma::events::TimelineEventType;
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, RoomId, RoomVersionId, UserId};
+use serde_json::value::RawValue as RawJsonValue;
+use serde_json::{Value, json};
+
+use super::pdu::{Pdu, PduRef};
+use super::{Batch, Rooms};
+use crate::util::now_ms;
+use crate::{Error, Result};
+
+/// A room's state and the auth chain behind it, as PDU JSON.
+pub struct StateAndAuthChain {
+    pub state: Vec<Box<RawJsonValue>>,
+    pub auth_chain: Vec<Box<RawJsonValue>>,
+}
+
+impl Rooms {
+    /// The join event `user` (of another server) would send, unsigned, and the room version.
+    /// Refused early when the auth rules would refuse the join.
+    pub fn join_template(&self, room_id: &RoomId, user: &UserId) -> Result<(RoomVersionId, Value)> {
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        let content = json!({ "membership": "join" });
+        let kind = TimelineEventType::RoomMember;
+        let raw = serde_json::value::to_raw_value(&content)?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &kind,
+            user,
+            Some(user.as_str()),
+            &raw,
+            &h.rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
+        let mut auth_events: Vec<OwnedEventId> = auth_types
+            .iter()
+            .filter_map(|(t, k)| h.state.get(&(t.to_string(), k.clone())).cloned())
+            .collect();
+        auth_events.sort();
+        auth_events.dedup();
+        let template = json!({
+            "room_id": room_id,
+            "sender": user,
+            "type": "m.room.member",
+            "state_key": user,
+            "content": content,
+            "origin_server_ts": now_ms(),
+            "depth": h.depth + 1,
+            "prev_events": h.extremities,
+            "auth_events": auth_events,
+        });
+        // Try the join against the current state before the other server signs anything.
+        let probe_id = OwnedEventId::try_from("$make_join_probe").map_err(Error::internal)?;
+        let probe = Arc::new(Pdu::parse(
+            probe_id,
+            &serde_json::to_vec(&template)?,
+            Some(room_id),
+        )?);
+        self.authorize(&h.rules, &probe, &h.state)?;
+        Ok((h.version.clone(), template))
+    }
+
+    /// Appends a PDU made on another server that passed the signature checks, if the auth
+    /// rules allow it against the current state. Appending the same event twice is a no-op.
+    pub async fn append_remote(
+        &self,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        obj: CanonicalJsonObject,
+    ) -> Result<PduRef> {
+        let head = self.head(room_id)?;
+        let queued = {
+            let mut h = head.lock();
+            if let Some(existing) = self.pdu(&event_id)? {
+                return Ok(existing);
+            }
+            let pdu = Arc::new(Pdu::from_canonical(event_id, &obj)?);
+            if pdu.room_id != room_id {
+                return Err(Error::BadJson("event is for another room".into()));
+            }
+            for prev in &pdu.prev_events {
+                if self.pdu(prev)?.is_none() {
+                    return Err(Error::Unknown(format!("unknown prev event {prev}")));
+                }
+            }
+            self.authorize(&h.rules, &pdu, &h.state)?;
+            let mut batch = Batch::default();
+            self.append_to_head(&mut h, pdu, obj, None, &mut batch)?;
+            self.enqueue(&h, batch)
+        };
+        let mut events = self.finish(queued).await?;
+        Ok(events.pop().expect("one event was appended"))
+    }
+
+    /// The room's current state and the auth chain of that state and of `extra` events, each as
+    /// the PDUs' JSON.
+    pub fn state_and_auth_chain(
+        &self,
+        room_id: &RoomId,
+        extra: &[OwnedEventId],
+    ) -> Result<StateAndAuthChain> {
+        let state = self.current_state(room_id)?;
+        let state_ids: Vec<OwnedEventId> = state.values().cloned().collect();
+        let mut seen: BTreeSet<OwnedEventId> = BTreeSet::new();
+        let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
+        for id in state_ids.iter().chain(extra) {
+            if let Some(p) = self.pdu(id)? {
+                queue.extend(p.auth_events.iter().cloned());
+            }
+        }
+        while let Some(id) = queue.pop_front() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some(p) = self.pdu(&id)? {
+                queue.extend(p.auth_events.iter().filter(|a| !seen.contains(*a)).cloned());
+            }
+        }
+        let json = |id: &EventId| -> Result<Option<Box<RawJsonValue>>> {
+            match self.store.event_json(id.as_str())? {
+                Some(bytes) => Ok(Some(serde_json::value::RawValue::from_string(
+                    String::from_utf8(bytes).map_err(Error::internal)?,
+                )?)),
+                None => Ok(None),
+            }
+        };
+        let state_json = state_ids
+            .iter()
+            .filter_map(|id| json(id).transpose())
+            .collect::<Result<_>>()?;
+        let chain_json = seen
+            .iter()
+            .filter_map(|id| json(id).transpose())
+            .collect::<Result<_>>()?;
+        Ok(StateAndAuthChain {
+            state: state_json,
+            auth_chain: chain_json,
+        })
+    }
+
+    /// The servers with joined members in a room.
+    pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        let servers: BTreeSet<String> = h
+            .members
+            .iter()
+            .filter(|(_, m)| *m == "join")
+            .map(|(u, _)| u.server_name().to_string())
+            .collect();
+        Ok(servers.into_iter().collect())
+    }
+}
