@@ -224,6 +224,38 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
             .any(|e| e["type"] == "m.room.member" && e["state_key"] == syd_id.as_str()),
         "the remote join is in the room's timeline: {sync}"
     );
+    // Synapse's user speaks; Synapse sends the event to Hearth in a transaction.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/rooms/{}/send/m.room.message/t1", enc(&room));
+    let msg = json!({ "msgtype": "m.text", "body": "hello from synapse" });
+    let sent = synapse
+        .call(reqwest::Method::PUT, &path, Some(&syd_tok), msg)
+        .await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    let mut seen = false;
+    let mut since = since;
+    for _ in 0..10 {
+        let (_, sync) = hearth
+            .get(&format!("/sync?since={since}&timeout=3000"), &hal_tok)
+            .await;
+        let events = sync["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if events.iter().any(|e| {
+            e["event_id"] == event_id.as_str() && e["content"]["body"] == "hello from synapse"
+        }) {
+            seen = true;
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    assert!(
+        seen,
+        "Synapse's message reached Hearth's user: {}",
+        hearth.log_tail(20)
+    );
+
     // Synapse sees the room's state as Hearth made it.
     let path = format!("/rooms/{}/state/m.room.name/", enc(&room));
     let name = synapse

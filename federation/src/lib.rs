@@ -13,6 +13,7 @@ mod membership;
 pub mod pdu;
 mod query;
 mod server_keys;
+mod transactions;
 
 use std::sync::Arc;
 
@@ -101,6 +102,10 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             axum::routing::put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            axum::routing::put(transactions::send),
         )
         .with_state(State { core, federation })
 }

@@ -1,0 +1,76 @@
+//! Incoming transactions (`PUT /_matrix/federation/v1/send/{txnId}`): PDUs are checked and
+//! appended one by one, each with its own result. EDUs are accepted and, for now, dropped.
+
+use axum::Json;
+use axum::extract::{Path, State as AxState};
+use http::StatusCode;
+use ruma::{CanonicalJsonValue, OwnedRoomId};
+use serde_json::{Map, Value, json};
+
+use crate::State;
+use crate::auth::Signed;
+use crate::error::FedError;
+use crate::pdu::check_signed_pdu;
+
+/// A transaction carries at most 50 PDUs and 100 EDUs (spec).
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+pub async fn send(
+    AxState(state): AxState<State>,
+    Path(txn_id): Path<String>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let body: Value = serde_json::from_slice(&signed.body)
+        .map_err(|_| FedError::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Content not JSON."))?;
+    let pdus = body["pdus"].as_array().cloned().unwrap_or_default();
+    let edus = body["edus"].as_array().map_or(0, Vec::len);
+    if pdus.len() > MAX_PDUS || edus > MAX_EDUS {
+        return Err(FedError::bad_json(
+            "too many PDUs or EDUs in one transaction",
+        ));
+    }
+    tracing::debug!(origin = %signed.origin, %txn_id, pdus = pdus.len(), edus, "transaction");
+    let mut results = Map::new();
+    for pdu in pdus {
+        let (id, outcome) = handle_pdu(&state, pdu).await;
+        if let Some(id) = id {
+            results.insert(id, outcome);
+        }
+    }
+    Ok(Json(json!({ "pdus": results })))
+}
+
+/// One PDU of a transaction: `(event id, {} or {"error": …})`.
+async fn handle_pdu(state: &State, pdu: Value) -> (Option<String>, Value) {
+    let room_id = pdu["room_id"]
+        .as_str()
+        .and_then(|r| OwnedRoomId::try_from(r).ok());
+    let Some(room_id) = room_id else {
+        return (None, json!({}));
+    };
+    let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(pdu) else {
+        return (None, json!({}));
+    };
+    let rooms = &state.core.rooms;
+    let version = match rooms.room_version(&room_id) {
+        Ok(v) => v,
+        // A room this server is not in: nothing to do with the event.
+        Err(_) => return (None, json!({})),
+    };
+    let checked = match check_signed_pdu(&state.federation, &version, obj).await {
+        Ok(c) => c,
+        Err(e) => return (None, json!({ "error": e.message })),
+    };
+    let id = checked.event_id.to_string();
+    match rooms
+        .append_remote(&room_id, checked.event_id, checked.json)
+        .await
+    {
+        Ok(_) => (Some(id), json!({})),
+        Err(e) => {
+            tracing::info!(%room_id, event_id = %id, error = %e, "rejected a remote event");
+            (Some(id), json!({ "error": e.to_string() }))
+        }
+    }
+}
