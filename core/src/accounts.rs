@@ -92,10 +92,6 @@ impl Accounts {
         Ok(self.store.user(user_id.as_str())?)
     }
 
-    pub fn exists(&self, user_id: &UserId) -> Result<bool> {
-        Ok(self.store.user(user_id.as_str())?.is_some())
-    }
-
     /// Creates an account; with `login`, also a device and an access token for it.
     pub async fn register(
         &self,

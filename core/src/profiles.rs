@@ -46,11 +46,6 @@ impl Profiles {
         })
     }
 
-    /// Local profile if the user is ours and exists; remote profiles come with federation.
-    pub fn get_local(&self, user: &UserId) -> Option<MemberProfile> {
-        self.get(user).ok()
-    }
-
     pub async fn set_displayname(&self, user: &UserId, name: Option<String>) -> Result<()> {
         self.accounts
             .update_user(user, |u| u.displayname = name)

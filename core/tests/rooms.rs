@@ -119,7 +119,7 @@ async fn auth_rules_refuse_outsiders_and_enforce_power_levels() {
     );
 
     core.rooms
-        .invite(&room, &alice, &bob, None, None, false)
+        .invite(&room, &alice, &bob, None, None)
         .await
         .unwrap();
     core.rooms

@@ -59,8 +59,10 @@ impl Remote for Federation {
     fn profile<'a>(&'a self, user: &'a UserId) -> RemoteFuture<'a, MemberProfile> {
         Box::pin(async move {
             let path = format!(
-                "/_matrix/federation/v1/query/profile?user_id={}",
-                query::encode(user.as_str())
+                "/_matrix/federation/v1/query/profile?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("user_id", user.as_str())
+                    .finish()
             );
             let body = self
                 .client

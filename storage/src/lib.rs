@@ -40,7 +40,6 @@ pub trait Store: Send + Sync + 'static {
     fn counter(&self, name: &str) -> StorageResult<u64>;
 
     fn user(&self, user_id: &str) -> StorageResult<Option<UserRecord>>;
-    fn user_count(&self) -> StorageResult<u64>;
     fn device(&self, user_id: &str, device_id: &str) -> StorageResult<Option<DeviceRecord>>;
     fn devices(&self, user_id: &str) -> StorageResult<Vec<(String, DeviceRecord)>>;
     fn token(&self, token_hash: &[u8]) -> StorageResult<Option<TokenRecord>>;

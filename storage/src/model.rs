@@ -78,8 +78,6 @@ pub struct RoomRecord {
     pub forward_extremities: Vec<String>,
     pub depth: u64,
     pub state_group: u64,
-    /// Stream position of the latest event in the room.
-    pub last_pos: StreamPos,
     #[serde(default)]
     pub is_public: bool,
 }

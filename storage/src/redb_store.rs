@@ -2,7 +2,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
@@ -78,6 +78,26 @@ impl RedbStore {
             None => Ok(None),
         }
     }
+
+    /// Every row of a `(user, key) → JSON` table that belongs to one user, as `(key, record)`.
+    fn json_rows_of_user<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<(&str, &str), &[u8]>,
+        user_id: &str,
+    ) -> StorageResult<Vec<(String, T)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        let mut out = Vec::new();
+        for row in table.range((user_id, "")..)? {
+            let (k, v) = row?;
+            let (user, key) = k.value();
+            if user != user_id {
+                break;
+            }
+            out.push((key.to_owned(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
 }
 
 impl Store for RedbStore {
@@ -109,28 +129,12 @@ impl Store for RedbStore {
         self.get_json(USERS, user_id)
     }
 
-    fn user_count(&self) -> StorageResult<u64> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(USERS)?.len()?)
-    }
-
     fn device(&self, user_id: &str, device_id: &str) -> StorageResult<Option<DeviceRecord>> {
         self.get_json(DEVICES, (user_id, device_id))
     }
 
     fn devices(&self, user_id: &str) -> StorageResult<Vec<(String, DeviceRecord)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DEVICES)?;
-        let mut out = Vec::new();
-        for row in table.range((user_id, "")..)? {
-            let (k, v) = row?;
-            let (user, device) = k.value();
-            if user != user_id {
-                break;
-            }
-            out.push((device.to_owned(), serde_json::from_slice(v.value())?));
-        }
-        Ok(out)
+        self.json_rows_of_user(DEVICES, user_id)
     }
 
     fn token(&self, token_hash: &[u8]) -> StorageResult<Option<TokenRecord>> {
@@ -217,18 +221,7 @@ impl Store for RedbStore {
     }
 
     fn memberships_of_user(&self, user_id: &str) -> StorageResult<Vec<(String, MembershipRecord)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(MEMBERSHIPS)?;
-        let mut out = Vec::new();
-        for row in table.range((user_id, "")..)? {
-            let (k, v) = row?;
-            let (user, room) = k.value();
-            if user != user_id {
-                break;
-            }
-            out.push((room.to_owned(), serde_json::from_slice(v.value())?));
-        }
-        Ok(out)
+        self.json_rows_of_user(MEMBERSHIPS, user_id)
     }
 
     fn membership(&self, user_id: &str, room_id: &str) -> StorageResult<Option<MembershipRecord>> {
@@ -320,7 +313,6 @@ mod tests {
                 forward_extremities: vec![id.into()],
                 depth: 1,
                 state_group: 0,
-                last_pos: 0,
                 is_public: false,
             },
             membership: None,
@@ -339,7 +331,10 @@ mod tests {
         assert_eq!(fwd, vec![(1, "$1".to_string()), (3, "$3".to_string())]);
         let back = store.room_events("!a", 0, 10, true, 1).unwrap();
         assert_eq!(back, vec![(3, "$3".to_string())]);
-        assert_eq!(store.room("!a").unwrap().unwrap().last_pos, 3);
+        assert_eq!(
+            store.room("!a").unwrap().unwrap().forward_extremities,
+            vec!["$3".to_string()]
+        );
         assert_eq!(store.event_meta("$2").unwrap().unwrap().pos, 2);
     }
 

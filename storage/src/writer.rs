@@ -142,13 +142,12 @@ fn apply(
                 event_id,
                 json,
                 mut meta,
-                mut room,
+                room,
                 membership,
             } = *append;
             *next_pos += 1;
             let pos = *next_pos;
             meta.pos = pos;
-            room.last_pos = pos;
             let room_id = meta.room_id.clone();
             if let Some(txn_ref) = &meta.txn {
                 txn.open_table(TXNS)?.insert(

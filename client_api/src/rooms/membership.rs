@@ -71,7 +71,8 @@ pub async fn invite(
         return Err(ApiError::forbidden("Third party invites are not supported"));
     };
     let target = &invitee.user_id;
-    let profile = state.core.profiles.get_local(target);
+    // Local invitees get their profile in the invite, as Synapse does.
+    let profile = state.core.profiles.get(target).ok();
     state
         .core
         .rooms
@@ -81,7 +82,6 @@ pub async fn invite(
             target,
             profile.as_ref(),
             invitee.reason.as_deref(),
-            false,
         )
         .await?;
     Ok(invite_user::v3::Response::new())

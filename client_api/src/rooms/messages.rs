@@ -41,12 +41,12 @@ pub async fn messages(
         .map(|e| raw(rooms.format(e, viewer, true)))
         .collect();
     if filter.lazy_load_members && !page.events.is_empty() {
+        // Members as of the newest event of the page.
         let group = page
             .events
             .iter()
-            .map(|e| e.meta.state_after)
-            .max()
-            .unwrap_or_default();
+            .max_by_key(|e| e.meta.pos)
+            .map_or(0, |e| e.meta.state_after);
         let members =
             rooms.member_events_for(group, page.events.iter().map(|e| e.pdu.sender.to_string()))?;
         resp.state = members

@@ -51,15 +51,12 @@ pub async fn get_state_event(
     let user = req.session().user_id.clone();
     let b = &req.body;
     let kind = b.event_type.to_string();
-    let events = state.core.rooms.visible_state(&b.room_id, &user)?;
-    let ev = events
-        .iter()
-        .find(|e| {
-            e.pdu.kind.to_string() == kind
-                && e.pdu.state_key.as_deref() == Some(b.state_key.as_str())
-        })
+    let ev = state
+        .core
+        .rooms
+        .visible_state_event(&b.room_id, &user, &kind, &b.state_key)?
         .ok_or_else(|| ApiError::not_found("Event not found."))?;
-    let json = serde_json::value::to_raw_value(&*ev.pdu.content)
-        .map_err(|e| ApiError::bad_json(e.to_string()))?;
-    Ok(get_state_event_for_key::v3::Response::new(json))
+    Ok(get_state_event_for_key::v3::Response::new(
+        ev.content.clone(),
+    ))
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::build::{NewEvent, to_canonical};
@@ -84,7 +84,6 @@ impl Rooms {
             state: Arc::new(Default::default()),
             members: HashMap::new(),
             is_public: req.public,
-            last_pos: 0,
         };
         let mut batch = Batch::default();
         // Nothing of a room that fails half-way may stay behind in the pending maps.
@@ -278,10 +277,5 @@ impl Rooms {
         )?);
         self.authorize(&head.rules, &pdu, &head.state)?;
         self.append_to_head(head, pdu, obj, None, batch)
-    }
-
-    /// Whether `room_id` names a room this server has.
-    pub fn is_known(&self, room_id: &RoomId) -> bool {
-        self.exists(room_id).unwrap_or(false)
     }
 }

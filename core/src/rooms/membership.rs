@@ -205,7 +205,6 @@ impl Rooms {
         target: &UserId,
         target_profile: Option<&MemberProfile>,
         reason: Option<&str>,
-        is_direct: bool,
     ) -> Result<()> {
         match self.membership(room_id, target)?.as_deref() {
             Some("join") => {
@@ -220,10 +219,7 @@ impl Rooms {
             }
             _ => {}
         }
-        let mut content = member_content("invite", target_profile, reason);
-        if is_direct {
-            content["is_direct"] = json!(true);
-        }
+        let content = member_content("invite", target_profile, reason);
         self.send_member(room_id, sender, target, content).await
     }
 

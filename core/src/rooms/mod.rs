@@ -52,7 +52,6 @@ pub struct RoomHead {
     /// user → membership, for every user with a member event in the current state.
     pub members: HashMap<OwnedUserId, String>,
     pub is_public: bool,
-    pub last_pos: StreamPos,
 }
 
 impl RoomHead {
@@ -74,7 +73,6 @@ impl RoomHead {
             forward_extremities: self.extremities.iter().map(|e| e.to_string()).collect(),
             depth: self.depth,
             state_group: self.state_group,
-            last_pos: self.last_pos,
             is_public: self.is_public,
         }
     }
@@ -194,7 +192,6 @@ impl Rooms {
             state,
             members,
             is_public: rec.is_public,
-            last_pos: rec.last_pos,
         })
     }
 

@@ -4,7 +4,7 @@ use hearth_storage::{EventMeta, StreamPos};
 use ruma::{EventId, RoomId, UserId};
 use serde_json::value::RawValue as RawJsonValue;
 
-use super::{ClientFormat, PduRef, Rooms};
+use super::{ClientFormat, PduRef, Rooms, SharedState};
 use crate::{Error, Result};
 
 /// An event of a timeline with where it sits.
@@ -249,18 +249,39 @@ impl Rooms {
 
     /// The room state a user may see: the current state, or for a user who left, the state
     /// when they left.
-    pub fn visible_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<TimelineEvent>> {
+    pub fn visible_state_map(&self, room_id: &RoomId, user: &UserId) -> Result<SharedState> {
         let access = self.access(room_id, user)?;
         if access.current {
-            let current = self.current_state(room_id)?;
-            return Ok(current
-                .values()
-                .filter_map(|id| self.timeline_event(id).ok().flatten())
-                .collect());
+            return self.current_state(room_id);
         }
         match self.state_group_at(room_id, access.max_pos)? {
-            Some(group) => self.state_events(group),
-            None => Ok(Vec::new()),
+            Some(group) => self.state_at_group(group),
+            None => Ok(Default::default()),
+        }
+    }
+
+    /// Every event of the state a user may see.
+    pub fn visible_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<TimelineEvent>> {
+        let state = self.visible_state_map(room_id, user)?;
+        let mut out = Vec::with_capacity(state.len());
+        for id in state.values() {
+            out.extend(self.timeline_event(id)?);
+        }
+        Ok(out)
+    }
+
+    /// One event of the state a user may see, looked up by type and state key.
+    pub fn visible_state_event(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<PduRef>> {
+        let state = self.visible_state_map(room_id, user)?;
+        match state.get(&(kind.to_owned(), state_key.to_owned())) {
+            Some(id) => self.pdu(id),
+            None => Ok(None),
         }
     }
 
