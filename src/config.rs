@@ -37,6 +37,16 @@ pub struct Config {
     pub federation_verify_tls: bool,
     /// An extra CA (PEM) to trust for peers, e.g. a test CA.
     pub federation_ca_file: Option<PathBuf>,
+    /// Track and share presence at all.
+    pub presence: bool,
+    /// Seconds after a user's last client stopped syncing until they show as unavailable, and
+    /// until they show as offline.
+    pub presence_unavailable_secs: f64,
+    pub presence_offline_secs: f64,
+    /// Rooms with more joined members than this get no delivery receipts.
+    pub delivery_receipts_max_members: usize,
+    /// Seconds between WebSocket pings; a connection that answers none in two intervals is closed.
+    pub websocket_ping_secs: f64,
 }
 
 impl Default for Config {
@@ -60,6 +70,11 @@ impl Default for Config {
             tls_key: None,
             federation_verify_tls: true,
             federation_ca_file: None,
+            presence: true,
+            presence_unavailable_secs: 30.0,
+            presence_offline_secs: 300.0,
+            delivery_receipts_max_members: 50,
+            websocket_ping_secs: 30.0,
         }
     }
 }
@@ -92,6 +107,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("tls_key", Kind::Str),
     ("federation_verify_tls", Kind::Bool),
     ("federation_ca_file", Kind::Str),
+    ("presence", Kind::Bool),
+    ("presence_unavailable_secs", Kind::Float),
+    ("presence_offline_secs", Kind::Float),
+    ("delivery_receipts_max_members", Kind::Int),
+    ("websocket_ping_secs", Kind::Float),
 ];
 
 impl Config {

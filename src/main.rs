@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hearth_client_api::config::RateLimit;
 use hearth_client_api::{ApiConfig, AppState};
 use hearth_core::keys::ServerKeys;
+use hearth_core::presence::PresenceConfig;
 use hearth_core::{Core, CoreConfig};
 use hearth_federation::{Federation, FederationConfig};
 use hearth_storage::RedbStore;
@@ -129,10 +131,27 @@ async fn serve(config: Config) -> Result<(), String> {
                     config.default_room_version
                 )
             })?;
+    let secs = |key: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(format!("{key} must be a positive number of seconds"))
+        }
+    };
+    core_config.presence = PresenceConfig {
+        enabled: config.presence,
+        unavailable_after: secs(
+            "presence_unavailable_secs",
+            config.presence_unavailable_secs,
+        )?,
+        offline_after: secs("presence_offline_secs", config.presence_offline_secs)?,
+    };
+    core_config.delivery_receipts_max_members = config.delivery_receipts_max_members;
     let core = Arc::new(
         Core::new(core_config, Arc::new(store), keys, federation.clone())
             .map_err(|e| e.to_string())?,
     );
+    core.presence.start_reaper();
 
     let registration = config.registration_mode();
     let api = ApiConfig {

@@ -3,7 +3,7 @@
 use hearth_core::rooms::timeline::EventFilter;
 use hearth_core::sync::SyncFilter;
 use ruma::api::client::filter::{
-    FilterDefinition, LazyLoadOptions, RoomEventFilter, create_filter, get_filter,
+    Filter, FilterDefinition, LazyLoadOptions, RoomEventFilter, create_filter, get_filter,
 };
 
 use crate::AppState;
@@ -84,6 +84,21 @@ pub fn event_filter(f: &RoomEventFilter) -> EventFilter {
     }
 }
 
+/// The non-room filter (account data, presence) as an event filter.
+fn plain_filter(f: &Filter) -> EventFilter {
+    EventFilter {
+        types: f.types.clone(),
+        not_types: f.not_types.clone(),
+        senders: f
+            .senders
+            .as_ref()
+            .map(|s| s.iter().map(|u| u.to_string()).collect()),
+        not_senders: f.not_senders.iter().map(|u| u.to_string()).collect(),
+        limit: f.limit.map(|l| u64::from(l) as usize),
+        ..Default::default()
+    }
+}
+
 pub fn sync_filter(def: &FilterDefinition) -> SyncFilter {
     SyncFilter {
         timeline: event_filter(&def.room.timeline),
@@ -95,5 +110,10 @@ pub fn sync_filter(def: &FilterDefinition) -> SyncFilter {
             .map(|r| r.iter().map(|r| r.to_string()).collect()),
         not_rooms: def.room.not_rooms.iter().map(|r| r.to_string()).collect(),
         include_leave: def.room.include_leave,
+        ephemeral: event_filter(&def.room.ephemeral),
+        room_account_data: event_filter(&def.room.account_data),
+        account_data: plain_filter(&def.account_data),
+        presence: plain_filter(&def.presence),
+        thread_counts: def.room.timeline.unread_thread_notifications,
     }
 }

@@ -11,12 +11,16 @@ pub mod config;
 pub mod error;
 pub mod extract;
 mod filter;
+mod presence;
 mod profile;
 mod rate_limit;
+mod receipts;
 pub mod rooms;
 mod routes;
 mod server;
 mod sync;
+mod to_device;
+mod typing;
 mod uia;
 
 use std::sync::Arc;

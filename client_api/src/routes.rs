@@ -9,7 +9,10 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
-use crate::{AppState, account, account_data, filter, profile, rooms, server, sync};
+use crate::{
+    AppState, account, account_data, filter, presence, profile, receipts, rooms, server, sync,
+    to_device, typing,
+};
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
 fn add<R, F, Fut>(router: Router<AppState>, handler: F) -> Router<AppState>
@@ -122,6 +125,13 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::room::get_room_event::v3::Request, _, _>(r, rooms::messages::event);
     // Sync
     r = add::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    // Typing, receipts, read markers, presence, to-device
+    r = add::<c::typing::create_typing_event::v3::Request, _, _>(r, typing::set_typing);
+    r = add::<c::receipt::create_receipt::v3::Request, _, _>(r, receipts::create_receipt);
+    r = add::<c::read_marker::set_read_marker::v3::Request, _, _>(r, receipts::set_read_marker);
+    r = add::<c::presence::set_presence::v3::Request, _, _>(r, presence::set);
+    r = add::<c::presence::get_presence::v3::Request, _, _>(r, presence::get);
+    r = add::<c::to_device::send_event_to_device::v3::Request, _, _>(r, to_device::send);
 
     r.fallback(|| async { ApiError::unrecognized() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -2,18 +2,31 @@
 
 use std::time::Duration;
 
+use hearth_core::streams::SyncToken;
 use hearth_core::sync::{RoomUpdate, SyncRequest};
 use ruma::UInt;
+use ruma::api::client::sync::sync_events::UnreadNotificationsCount;
 use ruma::api::client::sync::sync_events::v3::{
     self, Filter, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomSummary, State, StateEvents,
     Timeline,
 };
 
 use crate::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
-use crate::filter;
-use crate::rooms::{parse_token, raw, token};
+use crate::rooms::{raw, token};
+use crate::{filter, presence};
+
+pub(crate) fn parse_sync_token(t: &str) -> ApiResult<SyncToken> {
+    SyncToken::parse(t).ok_or_else(|| ApiError::invalid_param(format!("Invalid sync token: {t}")))
+}
+
+fn unread(c: hearth_core::unread::Counts) -> UnreadNotificationsCount {
+    let mut u = UnreadNotificationsCount::new();
+    u.notification_count = UInt::new(c.notification);
+    u.highlight_count = UInt::new(c.highlight);
+    u
+}
 
 /// Long-polls longer than this are cut short; clients simply poll again.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,7 +39,7 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
         Some(Filter::FilterId(id)) => filter::resolve(&state, &s.user_id, Some(id))?,
         Some(_) | None => Default::default(),
     };
-    let since = b.since.as_deref().map(parse_token).transpose()?;
+    let since = b.since.as_deref().map(parse_sync_token).transpose()?;
     let out = state
         .core
         .sync
@@ -38,12 +51,25 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
             full_state: b.full_state,
             filter: filter::sync_filter(&definition),
             state_after: b.use_state_after,
+            set_presence: Some(presence::state_of(&b.set_presence)?),
         })
         .await?;
+    Ok(to_response(
+        out,
+        b.use_state_after,
+        definition.room.timeline.unread_thread_notifications,
+    ))
+}
 
+/// The spec's `/sync` response for what the core computed (shared with the WebSocket transport).
+pub(crate) fn to_response(
+    out: hearth_core::sync::SyncResponse,
+    state_after: bool,
+    thread_counts: bool,
+) -> v3::Response {
     let state_of = |u: &RoomUpdate| {
         let events = StateEvents::with_events(u.state.iter().cloned().map(raw).collect());
-        if b.use_state_after {
+        if state_after {
             State::After(events)
         } else {
             State::Before(events)
@@ -56,8 +82,10 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
         t.events = u.timeline.iter().cloned().map(raw).collect();
         t
     };
-    let mut resp = v3::Response::new(token(out.next_batch));
-    resp.account_data.events = out.account_data.iter().cloned().map(raw).collect();
+    let mut resp = v3::Response::new(out.next_batch.to_string());
+    resp.account_data.events = out.account_data.into_iter().map(raw).collect();
+    resp.presence.events = out.presence.into_iter().map(raw).collect();
+    resp.to_device.events = out.to_device.into_iter().map(raw).collect();
     for u in &out.joined {
         let mut room = JoinedRoom::new();
         room.timeline = timeline_of(u);
@@ -70,6 +98,19 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
             room.summary = summary;
         }
         room.account_data.events = u.account_data.iter().cloned().map(raw).collect();
+        room.ephemeral.events = u.ephemeral.iter().cloned().map(raw).collect();
+        if let Some(c) = &u.counts {
+            if thread_counts {
+                room.unread_notifications = unread(c.main);
+                room.unread_thread_notifications = c
+                    .threads
+                    .iter()
+                    .filter_map(|(t, c)| Some((ruma::EventId::parse(t).ok()?, unread(*c))))
+                    .collect();
+            } else {
+                room.unread_notifications = unread(c.total());
+            }
+        }
         resp.rooms.join.insert(u.room_id.clone(), room);
     }
     for (room_id, invite_state) in out.invited {
@@ -84,5 +125,5 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
         room.state = state_of(u);
         resp.rooms.leave.insert(u.room_id.clone(), room);
     }
-    Ok(resp)
+    resp
 }

@@ -58,9 +58,8 @@ impl AccountData {
             kind: kind.to_owned(),
             content: content.to_string(),
         };
-        let positions = self.store.submit(vec![op]).await?;
-        self.notifier
-            .notify([user], positions.into_iter().max().unwrap_or_default());
+        self.store.submit(vec![op]).await?;
+        self.notifier.notify([user]);
         Ok(())
     }
 

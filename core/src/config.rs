@@ -1,11 +1,16 @@
 use ruma::{OwnedServerName, RoomVersionId};
 
+use crate::presence::PresenceConfig;
+
 /// The domain settings the core needs; the binary fills them from its configuration.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub server_name: OwnedServerName,
     /// Room version of new rooms when the client does not ask for one.
     pub default_room_version: RoomVersionId,
+    pub presence: PresenceConfig,
+    /// Rooms with more joined members than this get no delivery receipts.
+    pub delivery_receipts_max_members: usize,
 }
 
 impl CoreConfig {
@@ -13,6 +18,8 @@ impl CoreConfig {
         Self {
             server_name,
             default_room_version: RoomVersionId::V11,
+            presence: PresenceConfig::default(),
+            delivery_receipts_max_members: 50,
         }
     }
 }

@@ -5,9 +5,10 @@
 //! dependencies explicitly when [`Core::new`] wires them; they never reach for a global, and
 //! they depend on each other in one direction only:
 //!
-//! `Sync → (Rooms, AccountData)`, `Rooms → (Store, ServerKeys, Notifier)`,
-//! `AccountData → (Store, Notifier)`, `Profiles → (Accounts, Rooms)`,
-//! `Accounts → Store`.
+//! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread)`,
+//! `Unread → (Receipts, AccountData, Rooms)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
+//! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
+//! `Profiles → (Accounts, Rooms)`, `Accounts → Store`.
 
 pub mod account_data;
 pub mod accounts;
@@ -15,10 +16,16 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod notifier;
+pub mod presence;
 pub mod profiles;
+pub mod receipts;
 pub mod remote;
 pub mod rooms;
+pub mod streams;
 pub mod sync;
+pub mod to_device;
+pub mod typing;
+pub mod unread;
 pub mod util;
 
 use std::sync::Arc;
@@ -37,6 +44,11 @@ pub struct Core {
     pub account_data: Arc<account_data::AccountData>,
     pub rooms: Arc<rooms::Rooms>,
     pub profiles: Arc<profiles::Profiles>,
+    pub receipts: Arc<receipts::Receipts>,
+    pub typing: Arc<typing::Typing>,
+    pub presence: Arc<presence::Presence>,
+    pub to_device: Arc<to_device::ToDevice>,
+    pub unread: Arc<unread::Unread>,
     pub sync: Arc<sync::SyncService>,
 }
 
@@ -78,12 +90,48 @@ impl Core {
             rooms.clone(),
             remote,
         ));
-        let sync = Arc::new(sync::SyncService::new(
+        let ephemeral = Arc::new(streams::EphemeralSerial::default());
+        let receipts = Arc::new(receipts::Receipts::new(
             store.clone(),
             rooms.clone(),
-            account_data.clone(),
+            notifier.clone(),
+            config.delivery_receipts_max_members,
+        ));
+        let typing = Arc::new(typing::Typing::new(
+            rooms.clone(),
+            notifier.clone(),
+            ephemeral.clone(),
+        ));
+        let presence = Arc::new(presence::Presence::new(
+            config.presence.clone(),
+            store.clone(),
+            rooms.clone(),
+            notifier.clone(),
+            ephemeral.clone(),
+        ));
+        let to_device = Arc::new(to_device::ToDevice::new(
+            config.server_name.clone(),
+            store.clone(),
             notifier.clone(),
         ));
+        let unread = Arc::new(unread::Unread::new(
+            store.clone(),
+            rooms.clone(),
+            receipts.clone(),
+            account_data.clone(),
+        ));
+        let sync = Arc::new(sync::SyncService::new(sync::SyncSources {
+            store: store.clone(),
+            rooms: rooms.clone(),
+            account_data: account_data.clone(),
+            notifier: notifier.clone(),
+            receipts: receipts.clone(),
+            typing: typing.clone(),
+            presence: presence.clone(),
+            to_device: to_device.clone(),
+            unread: unread.clone(),
+            ephemeral,
+        }));
         Ok(Self {
             config,
             store,
@@ -93,6 +141,11 @@ impl Core {
             account_data,
             rooms,
             profiles,
+            receipts,
+            typing,
+            presence,
+            to_device,
+            unread,
             sync,
         })
     }

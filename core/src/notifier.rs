@@ -1,7 +1,9 @@
-//! Wakes the long-polls of exactly the users an update concerns.
+//! Wakes the long-polls (and WebSockets) of exactly the users an update concerns.
 //!
-//! Each user who is waiting (or has waited) holds a `watch` channel carrying the latest stream
-//! position that concerned them. A commit notifies the users it touches; nobody else wakes.
+//! Each user who is waiting (or has waited) holds a `watch` channel whose value is a change
+//! counter. An update bumps the counters of the users it touches; nobody else wakes. A waiter
+//! subscribes *before* it reads what changed, so an update can never fall between the read and
+//! the wait.
 
 use std::collections::HashMap;
 
@@ -9,15 +11,13 @@ use parking_lot::RwLock;
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
 
-use hearth_storage::StreamPos;
-
 #[derive(Default)]
 pub struct Notifier {
-    users: RwLock<HashMap<OwnedUserId, watch::Sender<StreamPos>>>,
+    users: RwLock<HashMap<OwnedUserId, watch::Sender<u64>>>,
 }
 
 impl Notifier {
-    pub fn subscribe(&self, user: &UserId) -> watch::Receiver<StreamPos> {
+    pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         if let Some(tx) = self.users.read().get(user) {
             return tx.subscribe();
         }
@@ -32,17 +32,11 @@ impl Notifier {
             .subscribe()
     }
 
-    pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>, pos: StreamPos) {
+    pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
         let map = self.users.read();
         for user in users {
             if let Some(tx) = map.get(user) {
-                tx.send_if_modified(|cur| {
-                    let newer = pos > *cur;
-                    if newer {
-                        *cur = pos;
-                    }
-                    newer
-                });
+                tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }

@@ -1,8 +1,10 @@
-//! `/sync`: what changed for a user since a stream position, waiting for it if nothing has.
+//! `/sync`: what changed for a user since a token, waiting for it if nothing has.
 //!
-//! A sync token is a global stream position. A room is in a sync response when one of its
-//! events, or the user's membership, lies after the token. The wait is a per-user watch channel
-//! (see [`crate::notifier`]): a commit wakes only the users it concerns.
+//! A token ([`SyncToken`]) holds a position in each stream (see [`crate::streams`]). A room is in
+//! a sync response when one of its events or receipts, the user's membership, its typing set or
+//! the user's account data for it changed after the token. The wait is a per-user watch channel
+//! (see [`crate::notifier`]): an update wakes only the users it concerns. The WebSocket transport
+//! computes its frames with the same [`SyncService::sync`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,14 @@ use serde_json::value::RawValue as RawJsonValue;
 
 use crate::account_data::{AccountData, to_event};
 use crate::notifier::Notifier;
+use crate::presence::{self, Presence};
+use crate::receipts::Receipts;
 use crate::rooms::timeline::{Access, EventFilter, TimelineEvent};
 use crate::rooms::{PduRef, Rooms};
+use crate::streams::{EphemeralSerial, SyncToken};
+use crate::to_device::{self, ToDevice};
+use crate::typing::Typing;
+use crate::unread::{RoomCounts, Unread};
 use crate::{Error, Result};
 
 /// The room-level parts of a sync filter the server applies.
@@ -26,6 +34,43 @@ pub struct SyncFilter {
     pub rooms: Option<Vec<String>>,
     pub not_rooms: Vec<String>,
     pub include_leave: bool,
+    pub ephemeral: EventFilter,
+    pub room_account_data: EventFilter,
+    pub account_data: EventFilter,
+    pub presence: EventFilter,
+    /// The client wants per-thread unread counts (`unread_thread_notifications`).
+    pub thread_counts: bool,
+}
+
+/// Applies a filter's type and sender parts, and its limit, to non-PDU events.
+fn filter_events(
+    events: Vec<Box<RawJsonValue>>,
+    filter: &EventFilter,
+    kind_and_sender: impl Fn(&RawJsonValue) -> (String, Option<String>),
+) -> Vec<Box<RawJsonValue>> {
+    let mut out: Vec<Box<RawJsonValue>> = events
+        .into_iter()
+        .filter(|e| {
+            let (kind, sender) = kind_and_sender(e);
+            filter.matches_parts(&kind, sender.as_deref())
+        })
+        .collect();
+    if let Some(limit) = filter.limit {
+        out.truncate(limit);
+    }
+    out
+}
+
+fn kind_and_sender(e: &RawJsonValue) -> (String, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: String,
+        sender: Option<String>,
+    }
+    serde_json::from_str::<Head>(e.get())
+        .map(|h| (h.kind, h.sender))
+        .unwrap_or_default()
 }
 
 impl SyncFilter {
@@ -41,19 +86,23 @@ impl SyncFilter {
 pub struct SyncRequest {
     pub user_id: OwnedUserId,
     pub device_id: String,
-    pub since: Option<StreamPos>,
+    pub since: Option<SyncToken>,
     pub timeout: Duration,
     pub full_state: bool,
     pub filter: SyncFilter,
     /// MSC4222: report the state at the end of the timeline instead of at its start.
     pub state_after: bool,
+    /// `set_presence`: how this sync changes the user's presence (online when absent).
+    pub set_presence: Option<presence::State>,
 }
 
 #[derive(Default)]
 pub struct SyncResponse {
-    pub next_batch: StreamPos,
+    pub next_batch: SyncToken,
     /// Global account data events.
     pub account_data: Vec<Box<RawJsonValue>>,
+    pub presence: Vec<Box<RawJsonValue>>,
+    pub to_device: Vec<Box<RawJsonValue>>,
     pub joined: Vec<RoomUpdate>,
     pub invited: Vec<(OwnedRoomId, Vec<Box<RawJsonValue>>)>,
     pub left: Vec<RoomUpdate>,
@@ -65,6 +114,8 @@ impl SyncResponse {
             && self.invited.is_empty()
             && self.left.is_empty()
             && self.account_data.is_empty()
+            && self.presence.is_empty()
+            && self.to_device.is_empty()
     }
 }
 
@@ -76,6 +127,18 @@ pub struct RoomUpdate {
     pub state: Vec<Box<RawJsonValue>>,
     pub summary: Option<RoomSummary>,
     pub account_data: Vec<Box<RawJsonValue>>,
+    pub ephemeral: Vec<Box<RawJsonValue>>,
+    /// Unread counts, for joined rooms.
+    pub counts: Option<RoomCounts>,
+}
+
+impl RoomUpdate {
+    fn is_empty(&self) -> bool {
+        self.timeline.is_empty()
+            && self.state.is_empty()
+            && self.account_data.is_empty()
+            && self.ephemeral.is_empty()
+    }
 }
 
 pub struct RoomSummary {
@@ -84,11 +147,31 @@ pub struct RoomSummary {
     pub invited: u64,
 }
 
+/// What a sync reads from; `Core::new` wires it.
+pub struct SyncSources {
+    pub store: Arc<dyn Store>,
+    pub rooms: Arc<Rooms>,
+    pub account_data: Arc<AccountData>,
+    pub notifier: Arc<Notifier>,
+    pub receipts: Arc<Receipts>,
+    pub typing: Arc<Typing>,
+    pub presence: Arc<Presence>,
+    pub to_device: Arc<ToDevice>,
+    pub unread: Arc<Unread>,
+    pub ephemeral: Arc<EphemeralSerial>,
+}
+
 pub struct SyncService {
     store: Arc<dyn Store>,
     rooms: Arc<Rooms>,
     account_data: Arc<AccountData>,
     notifier: Arc<Notifier>,
+    receipts: Arc<Receipts>,
+    typing: Arc<Typing>,
+    presence: Arc<Presence>,
+    to_device: Arc<ToDevice>,
+    unread: Arc<Unread>,
+    ephemeral: Arc<EphemeralSerial>,
 }
 
 /// Events a client sees in the state of an invite it has not accepted ("stripped state").
@@ -103,27 +186,51 @@ const INVITE_STATE_TYPES: [&str; 7] = [
 ];
 
 impl SyncService {
-    pub fn new(
-        store: Arc<dyn Store>,
-        rooms: Arc<Rooms>,
-        account_data: Arc<AccountData>,
-        notifier: Arc<Notifier>,
-    ) -> Self {
+    pub fn new(src: SyncSources) -> Self {
         Self {
-            store,
-            rooms,
-            account_data,
-            notifier,
+            store: src.store,
+            rooms: src.rooms,
+            account_data: src.account_data,
+            notifier: src.notifier,
+            receipts: src.receipts,
+            typing: src.typing,
+            presence: src.presence,
+            to_device: src.to_device,
+            unread: src.unread,
+            ephemeral: src.ephemeral,
         }
     }
 
+    /// One sync: returns at once when something changed since the token (or there is no token),
+    /// otherwise waits up to the timeout for a change.
     pub async fn sync(&self, req: SyncRequest) -> Result<SyncResponse> {
+        let _syncing = self.presence.sync_started(&req.user_id, req.set_presence);
+        self.acknowledge(&req);
+        self.wait_for_changes(&req).await
+    }
+
+    /// The device got everything up to its token: mark deliveries (off the request path).
+    pub fn acknowledge(&self, req: &SyncRequest) {
+        if let Some(since) = req.since {
+            let receipts = self.receipts.clone();
+            let user = req.user_id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = receipts.acknowledge(&user, since.pos).await {
+                    tracing::warn!(error = %e, "marking delivery failed");
+                }
+            });
+        }
+    }
+
+    /// The wait of [`Self::sync`], without its presence and delivery side effects: for the
+    /// WebSocket transport, which does those per connection and per acknowledgement.
+    pub async fn wait_for_changes(&self, req: &SyncRequest) -> Result<SyncResponse> {
         let deadline = tokio::time::Instant::now() + req.timeout;
         // Subscribe before reading the position, so that no commit slips between the two.
         let mut wake = self.notifier.subscribe(&req.user_id);
         loop {
             wake.borrow_and_update();
-            let resp = self.compute(&req)?;
+            let resp = self.compute(req).await?;
             if req.since.is_none() || !resp.is_empty() || req.full_state {
                 return Ok(resp);
             }
@@ -135,19 +242,58 @@ impl SyncService {
         }
     }
 
-    fn compute(&self, req: &SyncRequest) -> Result<SyncResponse> {
+    async fn compute(&self, req: &SyncRequest) -> Result<SyncResponse> {
+        // Read the ephemeral serial first: a change racing this sync is then sent again next
+        // time rather than lost.
+        let ephemeral = self.ephemeral.current();
         let now = self.store.persisted_pos();
-        let since = req.since.map(|s| s.min(now));
+        let since = req.since.map(|s| SyncToken {
+            pos: s.pos.min(now),
+            to_device: s.to_device.min(now),
+            ..s
+        });
+        let since_pos = since.map(|s| s.pos);
+        let since_eph = since.map(|s| s.ephemeral);
         let mut resp = SyncResponse {
-            next_batch: now,
+            next_batch: SyncToken {
+                pos: now,
+                ephemeral,
+                to_device: now,
+            },
             ..Default::default()
         };
+
+        let messages = self.to_device.for_sync(
+            &req.user_id,
+            &req.device_id,
+            since.map_or(0, |s| s.to_device),
+            now,
+        )?;
+        if messages.len() == to_device::PAGE {
+            resp.next_batch.to_device = messages.last().map_or(now, |m| m.pos);
+        }
+        resp.to_device = messages
+            .into_iter()
+            .filter_map(|m| RawJsonValue::from_string(m.json).ok())
+            .collect();
+        resp.presence = filter_events(
+            self.presence.for_sync(&req.user_id, since_eph)?,
+            &req.filter.presence,
+            kind_and_sender,
+        );
+
         let mut room_data: std::collections::HashMap<String, Vec<Box<RawJsonValue>>> =
             Default::default();
-        for entry in self.account_data.changes(&req.user_id, since, now)? {
+        for entry in self.account_data.changes(&req.user_id, since_pos, now)? {
             if entry.room_id.is_empty() {
-                resp.account_data.push(to_event(&entry));
-            } else {
+                if req.filter.account_data.matches_parts(&entry.kind, None) {
+                    resp.account_data.push(to_event(&entry));
+                }
+            } else if req
+                .filter
+                .room_account_data
+                .matches_parts(&entry.kind, None)
+            {
                 room_data
                     .entry(entry.room_id.clone())
                     .or_default()
@@ -159,19 +305,37 @@ impl SyncService {
                 continue;
             }
             let room_id = RoomId::parse(&room).map_err(Error::internal)?;
-            let changed_membership = since.is_none_or(|s| m.pos > s);
+            let changed_membership = since_pos.is_none_or(|s| m.pos > s);
             match m.membership.as_str() {
                 "join" => {
                     let room_changed = match since {
-                        Some(s) => self.rooms.has_events_between(&room_id, s, now)?,
+                        Some(s) => {
+                            self.store.room_changed_after(&room, s.pos)?
+                                || self.typing.changed_after(&room_id, s.ephemeral)
+                        }
                         None => true,
                     };
                     let data = room_data.remove(&room);
                     if changed_membership || room_changed || req.full_state || data.is_some() {
                         let newly = changed_membership || req.full_state;
                         let mut update =
-                            self.room_update(req, &room_id, since, now, newly, true)?;
+                            self.room_update(req, &room_id, since_pos, now, newly, true)?;
                         update.account_data = data.unwrap_or_default();
+                        let mut ephemeral: Vec<Box<RawJsonValue>> = Vec::new();
+                        ephemeral.extend(self.typing.for_sync(&room_id, since_eph));
+                        ephemeral.extend(self.receipts.for_sync(
+                            &room_id,
+                            &req.user_id,
+                            since_pos,
+                            now,
+                        )?);
+                        update.ephemeral =
+                            filter_events(ephemeral, &req.filter.ephemeral, kind_and_sender);
+                        if !newly && update.is_empty() {
+                            continue;
+                        }
+                        update.counts =
+                            Some(self.unread.counts(&req.user_id, &room_id, now).await?);
                         resp.joined.push(update);
                     }
                 }
@@ -190,7 +354,7 @@ impl SyncService {
                 {
                     let full = since.is_none();
                     resp.left
-                        .push(self.room_update(req, &room_id, since, m.pos, full, false)?);
+                        .push(self.room_update(req, &room_id, since_pos, m.pos, full, false)?);
                 }
                 _ => {}
             }
@@ -321,6 +485,8 @@ impl SyncService {
                 .collect(),
             summary,
             account_data: Vec::new(),
+            ephemeral: Vec::new(),
+            counts: None,
         })
     }
 

@@ -82,4 +82,35 @@ pub trait Store: Send + Sync + 'static {
         upto: StreamPos,
     ) -> StorageResult<Vec<AccountDataEntry>>;
     fn all_account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataEntry>>;
+
+    /// Whether anything room-scoped (an event or a receipt) was committed to the room after a
+    /// position. May answer `true` for a commit that `persisted_pos` does not cover yet, never
+    /// `false` for one it covers.
+    fn room_changed_after(&self, room_id: &str, after: StreamPos) -> StorageResult<bool>;
+
+    /// The room's receipts changed in `(after, upto]`, or all of them with `after == None`.
+    fn receipts(
+        &self,
+        room_id: &str,
+        after: Option<StreamPos>,
+        upto: StreamPos,
+    ) -> StorageResult<Vec<ReceiptRecord>>;
+    /// One user's receipts in a room, of every type and thread.
+    fn user_receipts(&self, room_id: &str, user_id: &str) -> StorageResult<Vec<ReceiptRecord>>;
+    fn receipt(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        receipt_type: &str,
+        thread_id: &str,
+    ) -> StorageResult<Option<ReceiptRecord>>;
+    /// A device's to-device messages in `(after, upto]`, oldest first, at most `limit`.
+    fn to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: StreamPos,
+        upto: StreamPos,
+        limit: usize,
+    ) -> StorageResult<Vec<ToDeviceMessage>>;
 }

@@ -102,6 +102,28 @@ pub struct AccountDataEntry {
     pub pos: StreamPos,
 }
 
+/// A user's latest receipt of one type (and thread) in a room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptRecord {
+    pub room_id: String,
+    pub user_id: String,
+    pub receipt_type: String,
+    /// Empty for an unthreaded receipt.
+    pub thread_id: String,
+    pub event_id: String,
+    pub ts: u64,
+    /// Filled in by the writer.
+    pub pos: StreamPos,
+}
+
+/// A to-device message waiting for its device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToDeviceMessage {
+    pub pos: StreamPos,
+    /// `{"sender", "type", "content"}`.
+    pub json: String,
+}
+
 /// One operation of a write batch. A batch is applied atomically.
 #[derive(Clone, Debug)]
 pub enum WriteOp {
@@ -120,6 +142,27 @@ pub enum WriteOp {
         content: String,
     },
     PutStateGroup(u64, StateGroupRecord),
+    /// Sets a receipt at the next stream position, replacing the user's previous one of its kind.
+    PutReceipt(ReceiptRecord),
+    /// Queues a to-device message at the next stream position.
+    PutToDevice {
+        user_id: String,
+        device_id: String,
+        json: String,
+    },
+    /// Deletes a device's to-device messages up to a position: the device has acknowledged them.
+    DeleteToDevice {
+        user_id: String,
+        device_id: String,
+        upto: StreamPos,
+    },
+    /// Records a device transaction's result (for endpoints whose result is not an event).
+    PutTxn {
+        user_id: String,
+        device_id: String,
+        txn_id: String,
+        result: String,
+    },
     AppendEvent(Box<AppendEvent>),
     PutMembership(String, String, MembershipRecord),
 }

@@ -15,6 +15,8 @@ pub struct RedbStore {
     db: Arc<Database>,
     tx: mpsc::Sender<Job>,
     persisted: Arc<AtomicU64>,
+    /// Filled by the writer as it commits, and lazily from disk for rooms not yet touched.
+    room_changes: writer::RoomChanges,
 }
 
 impl RedbStore {
@@ -49,6 +51,9 @@ impl RedbStore {
         txn.open_table(MEMBERSHIPS)?;
         txn.open_table(ACCOUNT_DATA)?;
         txn.open_table(ACCOUNT_DATA_STREAM)?;
+        txn.open_table(RECEIPTS)?;
+        txn.open_table(RECEIPT_STREAM)?;
+        txn.open_table(TO_DEVICE)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
             counters.get(STREAM_POS)?.map(|v| v.value()).unwrap_or(0)
@@ -58,12 +63,18 @@ impl RedbStore {
         let db = Arc::new(db);
         let persisted = Arc::new(AtomicU64::new(pos));
         let (tx, rx) = mpsc::channel();
-        let (wdb, wpersisted) = (db.clone(), persisted.clone());
+        let room_changes = writer::RoomChanges::default();
+        let (wdb, wpersisted, wchanges) = (db.clone(), persisted.clone(), room_changes.clone());
         std::thread::Builder::new()
             .name("hearth-writer".into())
-            .spawn(move || writer::run(wdb, rx, wpersisted))
+            .spawn(move || writer::run(wdb, rx, wpersisted, wchanges))
             .map_err(|e| StorageError::Database(e.to_string()))?;
-        Ok(Self { db, tx, persisted })
+        Ok(Self {
+            db,
+            tx,
+            persisted,
+            room_changes,
+        })
     }
 
     fn get_json<K: redb::Key + 'static, T: DeserializeOwned>(
@@ -286,6 +297,171 @@ impl Store for RedbStore {
                 kind: kind.into(),
                 content: content.into(),
                 pos,
+            });
+        }
+        Ok(out)
+    }
+
+    fn room_changed_after(&self, room_id: &str, after: StreamPos) -> StorageResult<bool> {
+        let known = self
+            .room_changes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+            .copied();
+        if let Some(last) = known {
+            return Ok(last > after);
+        }
+        let last = {
+            let txn = self.db.begin_read()?;
+            let last_of = |rows: Option<(StreamPos,)>| rows.map_or(0, |r| r.0);
+            let timeline = txn.open_table(ROOM_TIMELINE)?;
+            let event = last_of(
+                timeline
+                    .range((room_id, 0)..=(room_id, u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| (k.value().1,)),
+            );
+            let receipts = txn.open_table(RECEIPT_STREAM)?;
+            let receipt = last_of(
+                receipts
+                    .range((room_id, 0)..=(room_id, u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| (k.value().1,)),
+            );
+            event.max(receipt)
+        };
+        // The writer may have moved the entry on meanwhile: keep the larger.
+        let mut changes = self.room_changes.write().unwrap_or_else(|e| e.into_inner());
+        let e = changes.entry(room_id.to_owned()).or_insert(last);
+        *e = (*e).max(last);
+        Ok(*e > after)
+    }
+
+    fn receipts(
+        &self,
+        room_id: &str,
+        after: Option<StreamPos>,
+        upto: StreamPos,
+    ) -> StorageResult<Vec<ReceiptRecord>> {
+        let txn = self.db.begin_read()?;
+        let receipts = txn.open_table(RECEIPTS)?;
+        let mut out = Vec::new();
+        let mut push = |user: &str, kind: &str, thread: &str, v: (u64, &str, u64)| {
+            out.push(ReceiptRecord {
+                room_id: room_id.to_owned(),
+                user_id: user.to_owned(),
+                receipt_type: kind.to_owned(),
+                thread_id: thread.to_owned(),
+                event_id: v.1.to_owned(),
+                ts: v.2,
+                pos: v.0,
+            })
+        };
+        match after {
+            Some(after) => {
+                if after >= upto {
+                    return Ok(out);
+                }
+                let stream = txn.open_table(RECEIPT_STREAM)?;
+                for row in stream.range((room_id, after + 1)..=(room_id, upto))? {
+                    let (_, v) = row?;
+                    let (user, kind, thread) = v.value();
+                    if let Some(r) = receipts.get((room_id, user, kind, thread))? {
+                        push(user, kind, thread, r.value());
+                    }
+                }
+            }
+            None => {
+                for row in receipts.range((room_id, "", "", "")..)? {
+                    let (k, v) = row?;
+                    let (room, user, kind, thread) = k.value();
+                    if room != room_id {
+                        break;
+                    }
+                    let v = v.value();
+                    if v.0 <= upto {
+                        push(user, kind, thread, v);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn user_receipts(&self, room_id: &str, user_id: &str) -> StorageResult<Vec<ReceiptRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECEIPTS)?;
+        let mut out = Vec::new();
+        for row in table.range((room_id, user_id, "", "")..)? {
+            let (k, v) = row?;
+            let (room, user, kind, thread) = k.value();
+            if room != room_id || user != user_id {
+                break;
+            }
+            let (pos, event_id, ts) = v.value();
+            out.push(ReceiptRecord {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+                receipt_type: kind.to_owned(),
+                thread_id: thread.to_owned(),
+                event_id: event_id.to_owned(),
+                ts,
+                pos,
+            });
+        }
+        Ok(out)
+    }
+
+    fn receipt(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        receipt_type: &str,
+        thread_id: &str,
+    ) -> StorageResult<Option<ReceiptRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECEIPTS)?;
+        Ok(table
+            .get((room_id, user_id, receipt_type, thread_id))?
+            .map(|v| {
+                let (pos, event_id, ts) = v.value();
+                ReceiptRecord {
+                    room_id: room_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    receipt_type: receipt_type.to_owned(),
+                    thread_id: thread_id.to_owned(),
+                    event_id: event_id.to_owned(),
+                    ts,
+                    pos,
+                }
+            }))
+    }
+
+    fn to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: StreamPos,
+        upto: StreamPos,
+        limit: usize,
+    ) -> StorageResult<Vec<ToDeviceMessage>> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TO_DEVICE)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((user_id, device_id, after + 1)..=(user_id, device_id, upto))?
+            .take(limit)
+        {
+            let (k, v) = row?;
+            out.push(ToDeviceMessage {
+                pos: k.value().2,
+                json: v.value().to_owned(),
             });
         }
         Ok(out)

@@ -30,6 +30,18 @@ pub const ACCOUNT_DATA: TableDefinition<(&str, &str, &str), (u64, &str)> =
 /// stream order; only the latest position of each entry is kept.
 pub const ACCOUNT_DATA_STREAM: TableDefinition<(&str, u64), (&str, &str)> =
     TableDefinition::new("account_data_stream");
+/// (room id, user id, receipt type, thread id or "") → (stream position, event id, ts): each
+/// user's latest receipt of each kind in a room
+pub const RECEIPTS: TableDefinition<ReceiptKey, (u64, &str, u64)> =
+    TableDefinition::new("receipts");
+type ReceiptKey = (&'static str, &'static str, &'static str, &'static str);
+/// (room id, stream position) → (user id, receipt type, thread id): a room's receipt changes in
+/// stream order; only the latest position of each receipt is kept.
+pub const RECEIPT_STREAM: TableDefinition<(&str, u64), (&str, &str, &str)> =
+    TableDefinition::new("receipt_stream");
+/// (user id, device id, stream position) → to-device message JSON (`sender`, `type`, `content`),
+/// deleted once the device's next sync acknowledges it
+pub const TO_DEVICE: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("to_device");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

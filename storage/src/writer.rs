@@ -4,9 +4,9 @@
 //! them all in one redb write transaction and commits it once (one fsync), then answers each
 //! request. Under load many requests share a commit; alone, a request pays one fsync.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, RwLock, mpsc};
 
 use redb::{Database, WriteTransaction};
 use tokio::sync::oneshot;
@@ -22,7 +22,17 @@ pub(crate) struct Job {
 /// Upper bound on batches folded into one commit, so that one commit's latency stays bounded.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
 
-pub(crate) fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, persisted: Arc<AtomicU64>) {
+/// The latest position at which anything room-scoped (event, receipt) was committed, per room.
+/// The writer updates it after each commit and *before* publishing the new persisted position, so
+/// a reader that sees a position also sees every room change up to it.
+pub(crate) type RoomChanges = Arc<RwLock<HashMap<String, StreamPos>>>;
+
+pub(crate) fn run(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Job>,
+    persisted: Arc<AtomicU64>,
+    room_changes: RoomChanges,
+) {
     let mut next_pos = persisted.load(Ordering::Acquire);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -33,9 +43,17 @@ pub(crate) fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, persisted: Arc<Ato
             }
         }
         let start_pos = next_pos;
-        match commit(&db, &mut jobs, &mut next_pos) {
+        let mut touched = HashMap::new();
+        match commit(&db, &mut jobs, &mut next_pos, &mut touched) {
             Ok(positions) => {
                 tracing::trace!(batches = jobs.len(), position = next_pos, "committed");
+                {
+                    let mut changes = room_changes.write().unwrap_or_else(|e| e.into_inner());
+                    for (room, pos) in touched {
+                        let e = changes.entry(room).or_insert(pos);
+                        *e = (*e).max(pos);
+                    }
+                }
                 persisted.store(next_pos, Ordering::Release);
                 for (job, pos) in jobs.into_iter().zip(positions) {
                     let _ = job.reply.send(Ok(pos));
@@ -56,13 +74,22 @@ fn commit(
     db: &Database,
     jobs: &mut [Job],
     next_pos: &mut StreamPos,
+    touched: &mut HashMap<String, StreamPos>,
 ) -> StorageResult<Vec<Vec<StreamPos>>> {
     let txn = db.begin_write()?;
     let mut all = Vec::with_capacity(jobs.len());
     for job in jobs.iter_mut() {
         let mut positions = Vec::new();
         for op in job.ops.drain(..) {
+            let room = match &op {
+                WriteOp::AppendEvent(a) => Some(a.meta.room_id.clone()),
+                WriteOp::PutReceipt(r) => Some(r.room_id.clone()),
+                _ => None,
+            };
             if let Some(pos) = apply(&txn, op, next_pos)? {
+                if let Some(room) = room {
+                    touched.insert(room, pos);
+                }
                 positions.push(pos);
             }
         }
@@ -126,6 +153,64 @@ fn apply(
             }
             stream.insert((user_id.as_str(), pos), (room_id.as_str(), kind.as_str()))?;
             return Ok(Some(pos));
+        }
+        WriteOp::PutReceipt(r) => {
+            *next_pos += 1;
+            let pos = *next_pos;
+            let key = (
+                r.room_id.as_str(),
+                r.user_id.as_str(),
+                r.receipt_type.as_str(),
+                r.thread_id.as_str(),
+            );
+            let mut receipts = txn.open_table(RECEIPTS)?;
+            let mut stream = txn.open_table(RECEIPT_STREAM)?;
+            let old = receipts
+                .insert(key, (pos, r.event_id.as_str(), r.ts))?
+                .map(|old| old.value().0);
+            if let Some(old_pos) = old {
+                stream.remove((r.room_id.as_str(), old_pos))?;
+            }
+            stream.insert(
+                (r.room_id.as_str(), pos),
+                (
+                    r.user_id.as_str(),
+                    r.receipt_type.as_str(),
+                    r.thread_id.as_str(),
+                ),
+            )?;
+            return Ok(Some(pos));
+        }
+        WriteOp::PutToDevice {
+            user_id,
+            device_id,
+            json,
+        } => {
+            *next_pos += 1;
+            let pos = *next_pos;
+            txn.open_table(TO_DEVICE)?
+                .insert((user_id.as_str(), device_id.as_str(), pos), json.as_str())?;
+            return Ok(Some(pos));
+        }
+        WriteOp::DeleteToDevice {
+            user_id,
+            device_id,
+            upto,
+        } => {
+            let (u, d) = (user_id.as_str(), device_id.as_str());
+            txn.open_table(TO_DEVICE)?
+                .retain_in((u, d, 0)..=(u, d, upto), |_, _| false)?;
+        }
+        WriteOp::PutTxn {
+            user_id,
+            device_id,
+            txn_id,
+            result,
+        } => {
+            txn.open_table(TXNS)?.insert(
+                (user_id.as_str(), device_id.as_str(), txn_id.as_str()),
+                result.as_str(),
+            )?;
         }
         WriteOp::PutStateGroup(id, rec) => {
             txn.open_table(STATE_GROUPS)?

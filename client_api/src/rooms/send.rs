@@ -22,5 +22,6 @@ pub async fn send_message(
         txn_id: b.txn_id.to_string(),
     });
     let pdu = state.core.rooms.send(&b.room_id, &s.user_id, event).await?;
+    state.core.presence.touch(&s.user_id);
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
 }

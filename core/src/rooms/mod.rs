@@ -353,9 +353,8 @@ impl Rooms {
         self.clear_pending(&batch);
         let room_id = batch.room_id.clone().expect("enqueue sets the room");
         match result {
-            Ok(positions) => {
-                let max = positions.iter().copied().max().unwrap_or(0);
-                self.notifier.notify(batch.notify.iter().map(|u| &**u), max);
+            Ok(_) => {
+                self.notifier.notify(batch.notify.iter().map(|u| &**u));
                 Ok(batch.events)
             }
             Err(e) => {

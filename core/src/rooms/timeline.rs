@@ -35,16 +35,23 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
 
 impl EventFilter {
     pub fn matches(&self, pdu: &PduRef) -> bool {
-        let kind = pdu.kind.to_string();
-        let sender = pdu.sender.as_str();
-        if self.not_types.iter().any(|t| type_matches(t, &kind)) {
+        self.matches_parts(&pdu.kind.to_string(), Some(pdu.sender.as_str()))
+    }
+
+    /// For events that are not PDUs (account data, ephemeral, presence): by type, and by sender
+    /// where they have one.
+    pub fn matches_parts(&self, kind: &str, sender: Option<&str>) -> bool {
+        if self.not_types.iter().any(|t| type_matches(t, kind)) {
             return false;
         }
         if let Some(types) = &self.types
-            && !types.iter().any(|t| type_matches(t, &kind))
+            && !types.iter().any(|t| type_matches(t, kind))
         {
             return false;
         }
+        let Some(sender) = sender else {
+            return true;
+        };
         if self.not_senders.iter().any(|s| s == sender) {
             return false;
         }

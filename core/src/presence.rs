@@ -1,0 +1,408 @@
+//! Presence: online, unavailable, offline, with a status message and last activity.
+//!
+//! Presence lives in memory. A user is online while a client syncs (long-poll or WebSocket);
+//! when every client has stopped, the user turns unavailable after `unavailable_after` and
+//! offline after `offline_after`. Each change takes a serial of the ephemeral stream and wakes
+//! the users who share a room with the user, who alone see it in `/sync`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_storage::Store;
+use parking_lot::RwLock;
+use ruma::{OwnedUserId, UserId};
+use serde_json::json;
+use serde_json::value::RawValue as RawJsonValue;
+use tokio::time::Instant;
+
+use crate::notifier::Notifier;
+use crate::rooms::Rooms;
+use crate::streams::EphemeralSerial;
+use crate::util::now_ms;
+use crate::{Error, Result};
+
+/// Activity within this window counts as "currently active", as in Synapse.
+const CURRENTLY_ACTIVE: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct PresenceConfig {
+    pub enabled: bool,
+    pub unavailable_after: Duration,
+    pub offline_after: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            unavailable_after: Duration::from_secs(30),
+            offline_after: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Online,
+    Unavailable,
+    Offline,
+}
+
+impl State {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(State::Online),
+            "unavailable" => Some(State::Unavailable),
+            "offline" => Some(State::Offline),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Online => "online",
+            State::Unavailable => "unavailable",
+            State::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    state: State,
+    status_msg: Option<String>,
+    /// Wall-clock time of the user's last activity (ms since the epoch).
+    last_active_ts: u64,
+    /// When a client last synced, and how many are syncing right now.
+    last_sync: Instant,
+    syncing: usize,
+    serial: u64,
+}
+
+/// What `GET /presence/{user}/status` and `m.presence` events carry.
+#[derive(Clone, Debug)]
+pub struct PresenceView {
+    pub user_id: OwnedUserId,
+    pub state: State,
+    pub status_msg: Option<String>,
+    pub last_active_ago: Option<u64>,
+    pub currently_active: bool,
+}
+
+impl PresenceView {
+    pub fn to_event(&self) -> Box<RawJsonValue> {
+        let mut content = json!({
+            "presence": self.state.as_str(),
+            "currently_active": self.currently_active,
+        });
+        if let Some(ago) = self.last_active_ago {
+            content["last_active_ago"] = json!(ago);
+        }
+        if let Some(msg) = &self.status_msg {
+            content["status_msg"] = json!(msg);
+        }
+        serde_json::value::to_raw_value(
+            &json!({ "type": "m.presence", "sender": self.user_id, "content": content }),
+        )
+        .expect("presence serialises")
+    }
+}
+
+pub struct Presence {
+    config: PresenceConfig,
+    store: Arc<dyn Store>,
+    rooms: Arc<Rooms>,
+    notifier: Arc<Notifier>,
+    serial: Arc<EphemeralSerial>,
+    users: RwLock<Users>,
+}
+
+#[derive(Default)]
+struct Users {
+    entries: HashMap<OwnedUserId, Entry>,
+    /// serial → user, one row per user at their latest change: what changed since a token, without
+    /// a scan of everyone.
+    changes: std::collections::BTreeMap<u64, OwnedUserId>,
+}
+
+impl Users {
+    /// Gives the user's entry a new serial.
+    fn bump(&mut self, user: &UserId, serial: u64) {
+        if let Some(e) = self.entries.get_mut(user) {
+            self.changes.remove(&e.serial);
+            e.serial = serial;
+            self.changes.insert(serial, user.to_owned());
+        }
+    }
+}
+
+impl Presence {
+    pub fn new(
+        config: PresenceConfig,
+        store: Arc<dyn Store>,
+        rooms: Arc<Rooms>,
+        notifier: Arc<Notifier>,
+        serial: Arc<EphemeralSerial>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            rooms,
+            notifier,
+            serial,
+            users: RwLock::new(Users::default()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// Starts the timer that moves users who stopped syncing to unavailable, then offline.
+    pub fn start_reaper(self: &Arc<Self>) {
+        if !self.config.enabled {
+            return;
+        }
+        let this = self.clone();
+        let tick = (self.config.unavailable_after / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                interval.tick().await;
+                this.reap();
+            }
+        });
+    }
+
+    fn reap(&self) {
+        let now = Instant::now();
+        let mut changed = Vec::new();
+        {
+            let mut users = self.users.write();
+            for (user, e) in users.entries.iter_mut() {
+                if e.syncing > 0 {
+                    continue;
+                }
+                let idle = now.duration_since(e.last_sync);
+                let next = if idle >= self.config.offline_after {
+                    State::Offline
+                } else if idle >= self.config.unavailable_after && e.state == State::Online {
+                    State::Unavailable
+                } else {
+                    e.state
+                };
+                if next != e.state {
+                    e.state = next;
+                    changed.push(user.clone());
+                }
+            }
+            for user in &changed {
+                users.bump(user, self.serial.next());
+            }
+        }
+        for user in changed {
+            self.wake_for(&user);
+        }
+    }
+
+    /// A client of `user` starts a sync with `set_presence` (default online). Returns a guard
+    /// that marks the end of the sync when dropped.
+    pub fn sync_started(self: &Arc<Self>, user: &UserId, set: Option<State>) -> SyncGuard {
+        if !self.config.enabled {
+            return SyncGuard(None);
+        }
+        let set = set.unwrap_or(State::Online);
+        let changed = {
+            let mut users = self.users.write();
+            let e = users
+                .entries
+                .entry(user.to_owned())
+                .or_insert_with(|| Entry {
+                    state: State::Offline,
+                    status_msg: None,
+                    last_active_ts: 0,
+                    last_sync: Instant::now(),
+                    syncing: 0,
+                    serial: 0,
+                });
+            e.syncing += 1;
+            e.last_sync = Instant::now();
+            // "offline" on a sync means "do not change my presence by syncing".
+            if set == State::Offline || e.state == set {
+                false
+            } else {
+                e.state = set;
+                if set == State::Online {
+                    e.last_active_ts = now_ms();
+                }
+                users.bump(user, self.serial.next());
+                true
+            }
+        };
+        if changed {
+            self.wake_for(user);
+        }
+        SyncGuard(Some((self.clone(), user.to_owned())))
+    }
+
+    fn sync_ended(&self, user: &UserId) {
+        if let Some(e) = self.users.write().entries.get_mut(user) {
+            e.syncing = e.syncing.saturating_sub(1);
+            e.last_sync = Instant::now();
+        }
+    }
+
+    /// The user did something (sent a message): they are active now.
+    pub fn touch(&self, user: &UserId) {
+        if !self.config.enabled {
+            return;
+        }
+        let mut users = self.users.write();
+        if let Some(e) = users.entries.get_mut(user) {
+            e.last_active_ts = now_ms();
+            e.last_sync = Instant::now();
+        }
+    }
+
+    /// `PUT /presence/{user}/status`.
+    pub fn set(&self, user: &UserId, state: State, status_msg: Option<String>) {
+        if !self.config.enabled {
+            return;
+        }
+        {
+            let mut users = self.users.write();
+            let e = users
+                .entries
+                .entry(user.to_owned())
+                .or_insert_with(|| Entry {
+                    state,
+                    status_msg: None,
+                    last_active_ts: 0,
+                    last_sync: Instant::now(),
+                    syncing: 0,
+                    serial: 0,
+                });
+            e.state = state;
+            e.status_msg = status_msg;
+            if state == State::Online {
+                e.last_active_ts = now_ms();
+                e.last_sync = Instant::now();
+            }
+            users.bump(user, self.serial.next());
+        }
+        self.wake_for(user);
+    }
+
+    fn view(&self, user: &UserId, e: &Entry) -> PresenceView {
+        let now = now_ms();
+        let ago = (e.last_active_ts > 0).then(|| now.saturating_sub(e.last_active_ts));
+        PresenceView {
+            user_id: user.to_owned(),
+            state: e.state,
+            status_msg: e.status_msg.clone(),
+            last_active_ago: ago,
+            currently_active: e.state == State::Online
+                && ago.is_some_and(|a| a < CURRENTLY_ACTIVE.as_millis() as u64),
+        }
+    }
+
+    /// `GET /presence/{user}/status`: the user themselves, or someone sharing a room with them.
+    pub fn get(&self, viewer: &UserId, user: &UserId) -> Result<PresenceView> {
+        if self.store.user(user.as_str())?.is_none()
+            && user.server_name() == self.rooms.server_name()
+        {
+            return Err(Error::not_found("Unknown user"));
+        }
+        if viewer != user && !self.co_members(viewer)?.contains(user) {
+            return Err(Error::forbidden(
+                "You are not allowed to see their presence",
+            ));
+        }
+        let users = self.users.read();
+        Ok(match users.entries.get(user) {
+            Some(e) if self.config.enabled => self.view(user, e),
+            _ => PresenceView {
+                user_id: user.to_owned(),
+                state: State::Offline,
+                status_msg: None,
+                last_active_ago: None,
+                currently_active: false,
+            },
+        })
+    }
+
+    /// Users who share a joined room with `user`, and the user.
+    fn co_members(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let mut out = HashSet::from([user.to_owned()]);
+        for (room, m) in self.store.memberships_of_user(user.as_str())? {
+            if m.membership != "join" {
+                continue;
+            }
+            let Ok(room_id) = ruma::RoomId::parse(&room) else {
+                continue;
+            };
+            let head = self.rooms.head(&room_id)?;
+            let h = head.lock();
+            out.extend(
+                h.members
+                    .iter()
+                    .filter(|(_, m)| *m == "join")
+                    .map(|(u, _)| u.clone()),
+            );
+        }
+        Ok(out)
+    }
+
+    fn wake_for(&self, user: &UserId) {
+        match self.co_members(user) {
+            Ok(users) => self.notifier.notify(users.iter().map(|u| &**u)),
+            Err(e) => tracing::warn!(error = %e, "presence wake-up failed"),
+        }
+    }
+
+    /// `m.presence` events for `viewer`: changes after serial `since` (or everyone not offline
+    /// on a first sync) of users who share a room with the viewer.
+    pub fn for_sync(&self, viewer: &UserId, since: Option<u64>) -> Result<Vec<Box<RawJsonValue>>> {
+        if !self.config.enabled {
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<(OwnedUserId, Entry)> = {
+            let users = self.users.read();
+            match since {
+                Some(s) => users
+                    .changes
+                    .range(s + 1..)
+                    .filter_map(|(_, u)| users.entries.get(u).map(|e| (u.clone(), e.clone())))
+                    .collect(),
+                None => users
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.state != State::Offline)
+                    .map(|(u, e)| (u.clone(), e.clone()))
+                    .collect(),
+            }
+        };
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let visible = self.co_members(viewer)?;
+        Ok(candidates
+            .iter()
+            .filter(|(u, _)| visible.contains(u))
+            .map(|(u, e)| self.view(u, e).to_event())
+            .collect())
+    }
+}
+
+/// Marks the end of a sync when dropped (also when the request is cancelled).
+pub struct SyncGuard(Option<(Arc<Presence>, OwnedUserId)>);
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        if let Some((p, user)) = self.0.take() {
+            p.sync_ended(&user);
+        }
+    }
+}
