@@ -166,6 +166,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .public_base_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.listen)),
+        websocket_ping: secs("websocket_ping_secs", config.websocket_ping_secs)?,
     };
     let app = hearth_client_api::router(AppState::new(core.clone(), api))
         .merge(hearth_federation::routes(core.clone(), federation.clone()))

@@ -22,4 +22,6 @@ pub struct ApiConfig {
     pub rate_limit: Option<RateLimit>,
     /// Base URL clients should use, for `/.well-known/matrix/client`.
     pub public_base_url: String,
+    /// Interval of WebSocket pings; two silent intervals close the connection.
+    pub websocket_ping: std::time::Duration,
 }

@@ -43,7 +43,7 @@ policy!(AppserviceTokenOptional, false, true);
 policy!(NoAuthentication, false, false);
 policy!(NoAccessToken, false, false);
 
-fn access_token(parts: &Parts) -> Option<String> {
+pub(crate) fn access_token(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION)
         && let Ok(v) = h.to_str()
         && let Some(t) = v.strip_prefix("Bearer ")

@@ -22,6 +22,7 @@ mod sync;
 mod to_device;
 mod typing;
 mod uia;
+mod websocket;
 
 use std::sync::Arc;
 

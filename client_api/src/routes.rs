@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
     AppState, account, account_data, filter, presence, profile, receipts, rooms, server, sync,
-    to_device, typing,
+    to_device, typing, websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
@@ -132,6 +132,8 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::presence::set_presence::v3::Request, _, _>(r, presence::set);
     r = add::<c::presence::get_presence::v3::Request, _, _>(r, presence::get);
     r = add::<c::to_device::send_event_to_device::v3::Request, _, _>(r, to_device::send);
+    // Hearth's WebSocket transport (docs/realtime.md)
+    r = r.route(websocket::PATH, get(websocket::upgrade));
 
     r.fallback(|| async { ApiError::unrecognized() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -52,6 +52,7 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
             filter: filter::sync_filter(&definition),
             state_after: b.use_state_after,
             set_presence: Some(presence::state_of(&b.set_presence)?),
+            acknowledges: true,
         })
         .await?;
     Ok(to_response(

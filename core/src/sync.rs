@@ -94,6 +94,9 @@ pub struct SyncRequest {
     pub state_after: bool,
     /// `set_presence`: how this sync changes the user's presence (online when absent).
     pub set_presence: Option<presence::State>,
+    /// Using `since` acknowledges what the responses before it carried (long-poll `/sync`).
+    /// The WebSocket transport acknowledges with explicit frames instead.
+    pub acknowledges: bool,
 }
 
 #[derive(Default)]
@@ -209,17 +212,27 @@ impl SyncService {
         self.wait_for_changes(&req).await
     }
 
-    /// The device got everything up to its token: mark deliveries (off the request path).
-    pub fn acknowledge(&self, req: &SyncRequest) {
-        if let Some(since) = req.since {
-            let receipts = self.receipts.clone();
-            let user = req.user_id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = receipts.acknowledge(&user, since.pos).await {
-                    tracing::warn!(error = %e, "marking delivery failed");
-                }
-            });
+    fn acknowledge(&self, req: &SyncRequest) {
+        if let Some(since) = req.since
+            && req.acknowledges
+        {
+            self.acknowledged(&req.user_id, &req.device_id, since);
         }
+    }
+
+    /// A device has everything up to `token`: its to-device messages up to there go, and the
+    /// events it got are marked delivered (off the request path).
+    pub fn acknowledged(&self, user: &UserId, device: &str, token: SyncToken) {
+        if let Err(e) = self.to_device.acknowledge(user, device, token.to_device) {
+            tracing::warn!(error = %e, "acknowledging to-device messages failed");
+        }
+        let receipts = self.receipts.clone();
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = receipts.acknowledge(&user, token.pos).await {
+                tracing::warn!(error = %e, "marking delivery failed");
+            }
+        });
     }
 
     /// The wait of [`Self::sync`], without its presence and delivery side effects: for the
@@ -263,12 +276,10 @@ impl SyncService {
             ..Default::default()
         };
 
-        let messages = self.to_device.for_sync(
-            &req.user_id,
-            &req.device_id,
-            since.map_or(0, |s| s.to_device),
-            now,
-        )?;
+        let to_device_after = since.map_or(0, |s| s.to_device);
+        let messages =
+            self.to_device
+                .pending(&req.user_id, &req.device_id, to_device_after, now)?;
         if messages.len() == to_device::PAGE {
             resp.next_batch.to_device = messages.last().map_or(now, |m| m.pos);
         }

@@ -110,33 +110,26 @@ impl ToDevice {
         Ok(())
     }
 
-    /// Messages for a device after `after` up to `upto`, one page. Acknowledged messages (up
-    /// to `after`) are deleted in the background: if that fails, the next sync deletes them.
-    pub fn for_sync(
-        &self,
-        user: &UserId,
-        device: &str,
-        after: StreamPos,
-        upto: StreamPos,
-    ) -> Result<Vec<ToDeviceMessage>> {
-        let after = {
+    /// The device has everything up to `upto`: those messages go (in the background: if the
+    /// delete fails, the next acknowledgement retries it).
+    pub fn acknowledge(&self, user: &UserId, device: &str, upto: StreamPos) -> Result<()> {
+        {
             let mut acked = self.acked.lock();
             let e = acked
                 .entry((user.to_owned(), device.to_owned()))
                 .or_default();
-            *e = (*e).max(after);
-            *e
-        };
-        if after > 0
+            *e = (*e).max(upto);
+        }
+        if upto > 0
             && !self
                 .store
-                .to_device(user.as_str(), device, 0, after, 1)?
+                .to_device(user.as_str(), device, 0, upto, 1)?
                 .is_empty()
         {
             let commit = self.store.submit(vec![WriteOp::DeleteToDevice {
                 user_id: user.to_string(),
                 device_id: device.to_owned(),
-                upto: after,
+                upto,
             }]);
             tokio::spawn(async move {
                 if let Err(e) = commit.await {
@@ -144,8 +137,26 @@ impl ToDevice {
                 }
             });
         }
+        Ok(())
+    }
+
+    /// Messages for a device after `after` (and after what it acknowledged) up to `upto`, one
+    /// page.
+    pub fn pending(
+        &self,
+        user: &UserId,
+        device: &str,
+        after: StreamPos,
+        upto: StreamPos,
+    ) -> Result<Vec<ToDeviceMessage>> {
+        let acked = self
+            .acked
+            .lock()
+            .get(&(user.to_owned(), device.to_owned()))
+            .copied()
+            .unwrap_or(0);
         Ok(self
             .store
-            .to_device(user.as_str(), device, after, upto, PAGE)?)
+            .to_device(user.as_str(), device, after.max(acked), upto, PAGE)?)
     }
 }
