@@ -83,7 +83,12 @@ pub async fn upgrade(
         state_after: false,
         thread_counts: definition.room.timeline.unread_thread_notifications,
     };
+    // tungstenite's default buffers (128 KiB each way) would make every idle connection cost a
+    // quarter of a megabyte; frames here are small, and large ones grow the buffer as needed.
     Ok(ws
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(16 << 20)
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| conn.run(socket, since, presence)))
 }
