@@ -217,7 +217,7 @@ impl Receipts {
                 continue;
             }
             let room_id = RoomId::parse(&room).map_err(Error::internal)?;
-            let joined = self.rooms.head(&room_id)?.lock().interested_users().count();
+            let joined = self.rooms.head(&room_id)?.lock().joined_count();
             if joined > self.delivery_max_members {
                 continue;
             }

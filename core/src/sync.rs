@@ -243,7 +243,9 @@ impl SyncService {
         let mut wake = self.notifier.subscribe(&req.user_id);
         loop {
             wake.borrow_and_update();
-            let resp = self.compute(req).await?;
+            // Boxed: an idle long-poll then holds only this loop's small state, not the space
+            // of the whole computation, which is what makes idle connections cheap.
+            let resp = Box::pin(self.compute(req)).await?;
             if req.since.is_none() || !resp.is_empty() || req.full_state {
                 return Ok(resp);
             }
@@ -330,7 +332,7 @@ impl SyncService {
                     if changed_membership || room_changed || req.full_state || data.is_some() {
                         let newly = changed_membership || req.full_state;
                         let mut update =
-                            self.room_update(req, &room_id, since_pos, now, newly, true)?;
+                            self.room_update(req, &room_id, since_pos, now, newly, Some(m.pos))?;
                         update.account_data = data.unwrap_or_default();
                         let mut ephemeral: Vec<Box<RawJsonValue>> = Vec::new();
                         ephemeral.extend(self.typing.for_sync(&room_id, since_eph));
@@ -365,7 +367,7 @@ impl SyncService {
                 {
                     let full = since.is_none();
                     resp.left
-                        .push(self.room_update(req, &room_id, since_pos, m.pos, full, false)?);
+                        .push(self.room_update(req, &room_id, since_pos, m.pos, full, None)?);
                 }
                 _ => {}
             }
@@ -383,13 +385,15 @@ impl SyncService {
         since: Option<StreamPos>,
         upto: StreamPos,
         full: bool,
-        joined: bool,
+        joined_at: Option<StreamPos>,
     ) -> Result<RoomUpdate> {
         let user = &*req.user_id;
+        let joined = joined_at.is_some();
         let access = Access {
             max_pos: upto,
             ever_member: true,
             current: joined,
+            joined_at,
         };
         let limit = req.filter.timeline.limit.unwrap_or(10);
         let to = if full { None } else { since };

@@ -187,12 +187,7 @@ impl Unread {
 
     fn push_context(&self, room_id: &RoomId, user: &UserId) -> Result<PushConditionRoomCtx> {
         let head = self.rooms.head(room_id)?;
-        let joined = head
-            .lock()
-            .members
-            .values()
-            .filter(|m| *m == "join")
-            .count();
+        let joined = head.lock().joined_count();
         let display_name = self
             .rooms
             .state_event(room_id, "m.room.member", user.as_str())?

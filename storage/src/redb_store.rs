@@ -43,6 +43,7 @@ impl RedbStore {
         txn.open_table(TOKENS)?;
         txn.open_table(FILTERS)?;
         txn.open_table(TXNS)?;
+        txn.open_table(EVENT_IDS)?;
         txn.open_table(EVENTS)?;
         txn.open_table(EVENT_META)?;
         txn.open_table(ROOM_TIMELINE)?;
@@ -175,14 +176,24 @@ impl Store for RedbStore {
 
     fn event_json(&self, event_id: &str) -> StorageResult<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;
+        let Some(pos) = txn.open_table(EVENT_IDS)?.get(event_id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
         Ok(txn
             .open_table(EVENTS)?
-            .get(event_id)?
+            .get(pos)?
             .map(|v| v.value().to_vec()))
     }
 
     fn event_meta(&self, event_id: &str) -> StorageResult<Option<EventMeta>> {
-        self.get_json(EVENT_META, event_id)
+        let txn = self.db.begin_read()?;
+        let Some(pos) = txn.open_table(EVENT_IDS)?.get(event_id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        match txn.open_table(EVENT_META)?.get(pos)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
     }
 
     fn room_events(

@@ -11,10 +11,14 @@ pub const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens")
 pub const FILTERS: TableDefinition<(&str, u64), &str> = TableDefinition::new("filters");
 /// (user id, device id, txn id) → event id
 pub const TXNS: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("txns");
-/// event id → the PDU as canonical JSON bytes
-pub const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
-/// event id → EventMeta
-pub const EVENT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("event_meta");
+/// event id → stream position: the one index keyed by (random) event ids. Events themselves are
+/// keyed by position, so appending writes sequential pages instead of dirtying a random leaf of
+/// a large tree per event: the writer's cost stays flat as the database grows.
+pub const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
+/// stream position → the PDU as canonical JSON bytes
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events_by_pos");
+/// stream position → EventMeta
+pub const EVENT_META: TableDefinition<u64, &[u8]> = TableDefinition::new("event_meta_by_pos");
 /// (room id, stream position) → event id: each room's timeline in stream order
 pub const ROOM_TIMELINE: TableDefinition<(&str, u64), &str> = TableDefinition::new("room_timeline");
 /// state group id → StateGroupRecord

@@ -244,10 +244,10 @@ fn apply(
                     event_id.as_str(),
                 )?;
             }
-            txn.open_table(EVENTS)?
-                .insert(event_id.as_str(), json.as_slice())?;
+            txn.open_table(EVENT_IDS)?.insert(event_id.as_str(), pos)?;
+            txn.open_table(EVENTS)?.insert(pos, json.as_slice())?;
             txn.open_table(EVENT_META)?
-                .insert(event_id.as_str(), serde_json::to_vec(&meta)?.as_slice())?;
+                .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
             txn.open_table(ROOM_TIMELINE)?
                 .insert((room_id.as_str(), pos), event_id.as_str())?;
             txn.open_table(ROOMS)?

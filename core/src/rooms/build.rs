@@ -182,7 +182,7 @@ impl Rooms {
                 && let Ok(user) = UserId::parse(key.as_str())
             {
                 batch.notify.insert(user.clone());
-                head.members.insert(user, m.clone());
+                head.set_membership(user, m.clone());
                 membership = Some((
                     key.clone(),
                     MembershipRecord {

@@ -83,6 +83,7 @@ impl Rooms {
             state_group_rec: super::state::next_group("", None, &Default::default(), &[]),
             state: Arc::new(Default::default()),
             members: HashMap::new(),
+            joined: 0,
             is_public: req.public,
         };
         let mut batch = Batch::default();

@@ -49,14 +49,31 @@ pub struct RoomHead {
     pub state_group: u64,
     pub state_group_rec: StateGroupRecord,
     pub state: SharedState,
-    /// user → membership, for every user with a member event in the current state.
+    /// user → membership, for every user with a member event in the current state. Change it
+    /// through [`RoomHead::set_membership`], which keeps `joined` in step.
     pub members: HashMap<OwnedUserId, String>,
+    /// How many members are joined: asked on every sync and receipt, so not counted each time.
+    joined: usize,
     pub is_public: bool,
 }
 
 impl RoomHead {
     pub fn membership_of(&self, user: &UserId) -> Option<&str> {
         self.members.get(user).map(String::as_str)
+    }
+
+    pub fn joined_count(&self) -> usize {
+        self.joined
+    }
+
+    pub fn set_membership(&mut self, user: OwnedUserId, membership: String) {
+        let now_joined = membership == "join";
+        let was_joined = self.members.insert(user, membership).as_deref() == Some("join");
+        match (was_joined, now_joined) {
+            (false, true) => self.joined += 1,
+            (true, false) => self.joined -= 1,
+            _ => {}
+        }
     }
 
     /// Users a new event must wake: everyone joined or invited.
@@ -190,6 +207,7 @@ impl Rooms {
             state_group: rec.state_group,
             state_group_rec,
             state,
+            joined: members.values().filter(|m| *m == "join").count(),
             members,
             is_public: rec.is_public,
         })

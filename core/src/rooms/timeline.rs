@@ -77,6 +77,9 @@ pub struct Access {
     pub ever_member: bool,
     /// The user is in the room now (or it is world readable): they see its current state.
     pub current: bool,
+    /// Position of the user's current join: everything after it is visible to them without a
+    /// look at the state (the fast path of every incremental sync).
+    pub joined_at: Option<StreamPos>,
 }
 
 impl Rooms {
@@ -132,6 +135,7 @@ impl Rooms {
                     max_pos: now,
                     ever_member: true,
                     current: true,
+                    joined_at: (m.membership == "join").then_some(m.pos),
                 })
             }
             // A user who left reads up to the moment they left.
@@ -139,6 +143,7 @@ impl Rooms {
                 max_pos: m.pos,
                 ever_member: true,
                 current: false,
+                joined_at: None,
             }),
             None => {
                 let state = self.current_state(room_id)?;
@@ -147,6 +152,7 @@ impl Rooms {
                         max_pos: now,
                         ever_member: false,
                         current: true,
+                        joined_at: None,
                     })
                 } else {
                     Err(Error::forbidden(format!(
@@ -199,7 +205,8 @@ impl Rooms {
                     continue;
                 };
                 if filter.matches(&ev.pdu)
-                    && self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?
+                    && (access.joined_at.is_some_and(|j| ev.meta.pos > j)
+                        || self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?)
                 {
                     events.push(ev);
                     if events.len() == limit {
