@@ -13,6 +13,8 @@ use crate::{Error, Result};
 pub struct AccountData {
     store: Arc<dyn Store>,
     notifier: Arc<Notifier>,
+    /// Bumped whenever anyone's push rules change, so parsed rule sets can be cached.
+    push_rules_version: std::sync::atomic::AtomicU64,
     /// Serialises read-modify-write of one entry (tags).
     tags: tokio::sync::Mutex<()>,
 }
@@ -26,6 +28,7 @@ impl AccountData {
         Self {
             store,
             notifier,
+            push_rules_version: Default::default(),
             tags: tokio::sync::Mutex::new(()),
         }
     }
@@ -59,8 +62,17 @@ impl AccountData {
             content: content.to_string(),
         };
         self.store.submit(vec![op]).await?;
+        if kind == "m.push_rules" {
+            self.push_rules_version
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         self.notifier.notify([user]);
         Ok(())
+    }
+
+    pub fn push_rules_version(&self) -> u64 {
+        self.push_rules_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Entries changed in `(since, upto]`, or all of them up to `upto` for a first sync.

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use hearth_storage::{Store, StreamPos};
 use lru::LruCache;
 use parking_lot::Mutex;
-use ruma::push::{PushConditionRoomCtx, Ruleset};
+use ruma::push::{Action, FlattenedJson, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
-use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 
 use crate::Result;
 use crate::account_data::AccountData;
 use crate::receipts::Receipts;
 use crate::rooms::Rooms;
+use crate::rooms::timeline::TimelineEvent;
 
 /// Notification and highlight counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,6 +61,10 @@ pub struct Unread {
     receipts: Arc<Receipts>,
     account_data: Arc<AccountData>,
     cache: Mutex<LruCache<(OwnedUserId, OwnedRoomId), Cached>>,
+    /// Parsed rule sets, with the push rules version they were read at.
+    rulesets: Mutex<LruCache<OwnedUserId, (u64, Arc<Ruleset>)>>,
+    /// Events flattened for the push rule conditions: the same for every member who counts them.
+    flattened: Mutex<LruCache<OwnedEventId, Arc<FlattenedJson>>>,
 }
 
 const MAIN: &str = "main";
@@ -85,16 +90,58 @@ impl Unread {
             receipts,
             account_data,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(100_000).expect("non-zero"))),
+            rulesets: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).expect("non-zero"))),
+            flattened: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).expect("non-zero"))),
         }
     }
 
-    fn ruleset(&self, user: &UserId) -> Ruleset {
-        self.account_data
-            .get(user, None, "m.push_rules")
-            .ok()
-            .flatten()
-            .and_then(|c| serde_json::from_value(c["global"].clone()).ok())
-            .unwrap_or_else(|| Ruleset::server_default(user))
+    fn ruleset(&self, user: &UserId) -> Arc<Ruleset> {
+        let version = self.account_data.push_rules_version();
+        if let Some((v, r)) = self.rulesets.lock().get(user)
+            && *v == version
+        {
+            return r.clone();
+        }
+        let ruleset = Arc::new(
+            self.account_data
+                .get(user, None, "m.push_rules")
+                .ok()
+                .flatten()
+                .and_then(|c| serde_json::from_value(c["global"].clone()).ok())
+                .unwrap_or_else(|| Ruleset::server_default(user)),
+        );
+        self.rulesets
+            .lock()
+            .put(user.to_owned(), (version, ruleset.clone()));
+        ruleset
+    }
+
+    fn flattened(&self, ev: &TimelineEvent) -> Arc<FlattenedJson> {
+        if let Some(f) = self.flattened.lock().get(&ev.pdu.event_id) {
+            return f.clone();
+        }
+        let raw: Raw<ruma::events::AnySyncTimelineEvent> =
+            Raw::from_json(self.rooms.format(ev, None, false));
+        let flat = Arc::new(FlattenedJson::from_raw(&raw));
+        self.flattened
+            .lock()
+            .put(ev.pdu.event_id.clone(), flat.clone());
+        flat
+    }
+
+    /// The actions of the first rule that applies (what `Ruleset::get_actions` does, on an event
+    /// flattened once for all members).
+    async fn actions<'r>(
+        ruleset: &'r Ruleset,
+        event: &FlattenedJson,
+        ctx: &PushConditionRoomCtx,
+    ) -> &'r [Action] {
+        for rule in ruleset {
+            if rule.applies(event, ctx).await {
+                return rule.actions();
+            }
+        }
+        &[]
     }
 
     /// The user's counts in a joined room, for events up to `upto`.
@@ -173,9 +220,8 @@ impl Unread {
             if read.1.get(&thread).is_some_and(|p| *p >= pos) {
                 continue;
             }
-            let raw: Raw<ruma::events::AnySyncTimelineEvent> =
-                Raw::from_json(self.rooms.format(&ev, None, false));
-            let actions = ruleset.get_actions(&raw, &ctx).await;
+            let flat = self.flattened(&ev);
+            let actions = Self::actions(&ruleset, &flat, &ctx).await;
             let notify = actions.iter().any(|a| a.should_notify());
             let highlight = actions.iter().any(|a| a.is_highlight());
             let b = bucket(counts, &thread);

@@ -114,6 +114,8 @@ pub struct Rooms {
     heads: Mutex<HashMap<OwnedRoomId, Arc<Mutex<RoomHead>>>>,
     /// Immutable once written, so caching parsed PDUs is always safe.
     events: Mutex<LruCache<OwnedEventId, PduRef>>,
+    /// Where durable events sit (position, state groups): immutable too once durable.
+    metas: Mutex<LruCache<OwnedEventId, hearth_storage::EventMeta>>,
     /// Events queued but not yet durable, visible to auth checks of the events that follow.
     pending_events: Mutex<HashMap<OwnedEventId, PduRef>>,
     state_cache: Mutex<LruCache<u64, SharedState>>,
@@ -140,6 +142,7 @@ impl Rooms {
             notifier,
             heads: Mutex::new(HashMap::new()),
             events: Mutex::new(LruCache::new(cap(50_000))),
+            metas: Mutex::new(LruCache::new(cap(50_000))),
             pending_events: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(LruCache::new(cap(2_000))),
             pending_groups: Mutex::new(HashMap::new()),

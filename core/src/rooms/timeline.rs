@@ -84,8 +84,16 @@ pub struct Access {
 
 impl Rooms {
     pub fn timeline_event(&self, event_id: &EventId) -> Result<Option<TimelineEvent>> {
-        let Some(meta) = self.store.event_meta(event_id.as_str())? else {
-            return Ok(None);
+        let cached = self.metas.lock().get(event_id).cloned();
+        let meta = match cached {
+            Some(m) => m,
+            None => {
+                let Some(meta) = self.store.event_meta(event_id.as_str())? else {
+                    return Ok(None);
+                };
+                self.metas.lock().put(event_id.to_owned(), meta.clone());
+                meta
+            }
         };
         let Some(pdu) = self.pdu(event_id)? else {
             return Ok(None);
