@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hearth_storage::{AccountDataEntry, Store, StreamPos, WriteOp};
+use hearth_storage::{AccountDataEntry, ChangeKey, Store, StreamPos, WriteOp};
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
@@ -83,6 +83,13 @@ impl AccountData {
         upto: StreamPos,
     ) -> Result<Vec<AccountDataEntry>> {
         Ok(match since {
+            Some(s)
+                if !self
+                    .store
+                    .changed_after(&ChangeKey::AccountData(user.to_string()), s) =>
+            {
+                Vec::new()
+            }
             Some(s) => self.store.account_data_changes(user.as_str(), s, upto)?,
             None => {
                 let mut all = self.store.all_account_data(user.as_str())?;

@@ -336,11 +336,11 @@ impl Presence {
     /// Users who share a joined room with `user`, and the user.
     fn co_members(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
         let mut out = HashSet::from([user.to_owned()]);
-        for (room, m) in self.store.memberships_of_user(user.as_str())? {
+        for (room, m) in self.rooms.memberships_of(user)?.iter() {
             if m.membership != "join" {
                 continue;
             }
-            let Ok(room_id) = ruma::RoomId::parse(&room) else {
+            let Ok(room_id) = ruma::RoomId::parse(room) else {
                 continue;
             };
             let head = self.rooms.head(&room_id)?;

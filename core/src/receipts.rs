@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hearth_storage::{ReceiptRecord, Store, StreamPos, WriteOp};
+use hearth_storage::{ChangeKey, ReceiptRecord, Store, StreamPos, WriteOp};
 use parking_lot::Mutex;
 use ruma::{EventId, OwnedUserId, RoomId, UserId};
 use serde_json::value::RawValue as RawJsonValue;
@@ -212,11 +212,15 @@ impl Receipts {
             *e = pos;
             prev
         };
-        for (room, m) in self.store.memberships_of_user(user.as_str())? {
-            if m.membership != "join" || !self.store.room_changed_after(&room, prev)? {
+        for (room, m) in self.rooms.memberships_of(user)?.iter() {
+            if m.membership != "join"
+                || !self
+                    .store
+                    .changed_after(&ChangeKey::Room(room.clone()), prev)
+            {
                 continue;
             }
-            let room_id = RoomId::parse(&room).map_err(Error::internal)?;
+            let room_id = RoomId::parse(room).map_err(Error::internal)?;
             let joined = self.rooms.head(&room_id)?.lock().joined_count();
             if joined > self.delivery_max_members {
                 continue;
@@ -224,7 +228,7 @@ impl Receipts {
             // The newest event of someone else in (prev, pos].
             let newest = self
                 .store
-                .room_events(&room, prev + 1, pos, true, 20)?
+                .room_events(room, prev + 1, pos, true, 20)?
                 .into_iter()
                 .find_map(|(p, id)| {
                     let eid = EventId::parse(&id).ok()?;

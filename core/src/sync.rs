@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_storage::{MembershipRecord, Store, StreamPos};
+use hearth_storage::{ChangeKey, MembershipRecord, Store, StreamPos};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::Serialize;
 use serde_json::value::RawValue as RawJsonValue;
@@ -313,22 +313,23 @@ impl SyncService {
                     .push(to_event(&entry));
             }
         }
-        for (room, m) in self.store.memberships_of_user(req.user_id.as_str())? {
-            if !req.filter.wants_room(&room) || m.pos > now {
+        for (room, m) in self.rooms.memberships_of(&req.user_id)?.iter() {
+            if !req.filter.wants_room(room) || m.pos > now {
                 continue;
             }
-            let room_id = RoomId::parse(&room).map_err(Error::internal)?;
+            let room_id = RoomId::parse(room).map_err(Error::internal)?;
             let changed_membership = since_pos.is_none_or(|s| m.pos > s);
             match m.membership.as_str() {
                 "join" => {
                     let room_changed = match since {
                         Some(s) => {
-                            self.store.room_changed_after(&room, s.pos)?
+                            self.store
+                                .changed_after(&ChangeKey::Room(room.clone()), s.pos)
                                 || self.typing.changed_after(&room_id, s.ephemeral)
                         }
                         None => true,
                     };
-                    let data = room_data.remove(&room);
+                    let data = room_data.remove(room.as_str());
                     if changed_membership || room_changed || req.full_state || data.is_some() {
                         let newly = changed_membership || req.full_state;
                         let mut update =
@@ -354,7 +355,7 @@ impl SyncService {
                 }
                 "invite" if changed_membership => {
                     resp.invited
-                        .push((room_id.clone(), self.invite_state(&room_id, &m)?));
+                        .push((room_id.clone(), self.invite_state(&room_id, m)?));
                 }
                 // As Synapse: a first sync leaves out rooms the user left by themselves
                 // (unless asked), but shows those they were kicked or banned from.
@@ -363,7 +364,7 @@ impl SyncService {
                         && changed_membership
                         && (since.is_some()
                             || req.filter.include_leave
-                            || !self.left_by_self(&m, &req.user_id)?) =>
+                            || !self.left_by_self(m, &req.user_id)?) =>
                 {
                     let full = since.is_none();
                     resp.left

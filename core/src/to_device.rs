@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use hearth_storage::{Store, StreamPos, ToDeviceMessage, WriteOp};
+use hearth_storage::{ChangeKey, Store, StreamPos, ToDeviceMessage, WriteOp};
 use parking_lot::Mutex;
 use ruma::{OwnedUserId, UserId};
 use serde_json::json;
@@ -113,14 +113,23 @@ impl ToDevice {
     /// The device has everything up to `upto`: those messages go (in the background: if the
     /// delete fails, the next acknowledgement retries it).
     pub fn acknowledge(&self, user: &UserId, device: &str, upto: StreamPos) -> Result<()> {
-        {
+        let prev = {
             let mut acked = self.acked.lock();
             let e = acked
                 .entry((user.to_owned(), device.to_owned()))
                 .or_default();
+            let prev = *e;
             *e = (*e).max(upto);
-        }
-        if upto > 0
+            prev
+        };
+        // Nothing queued since the last acknowledgement deleted everything up to it: no read.
+        let key = ChangeKey::ToDevice(user.to_string(), device.to_owned());
+        let nothing_new = match self.store.last_change(&key) {
+            Some(last) => prev >= last,
+            None => prev >= self.store.opened_at() && prev > 0,
+        };
+        if upto > prev
+            && !nothing_new
             && !self
                 .store
                 .to_device(user.as_str(), device, 0, upto, 1)?
@@ -155,8 +164,13 @@ impl ToDevice {
             .get(&(user.to_owned(), device.to_owned()))
             .copied()
             .unwrap_or(0);
+        let after = after.max(acked);
+        let key = ChangeKey::ToDevice(user.to_string(), device.to_owned());
+        if !self.store.changed_after(&key, after) {
+            return Ok(Vec::new());
+        }
         Ok(self
             .store
-            .to_device(user.as_str(), device, after.max(acked), upto, PAGE)?)
+            .to_device(user.as_str(), device, after, upto, PAGE)?)
     }
 }

@@ -22,6 +22,20 @@ pub use redb_store::RedbStore;
 use std::future::Future;
 use std::pin::Pin;
 
+/// Something whose changes readers poll: the change index answers "did it change since this
+/// token?" without a disk read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKey {
+    /// A room's events and receipts.
+    Room(String),
+    /// A user's memberships (any room).
+    Memberships(String),
+    /// A device's to-device queue.
+    ToDevice(String, String),
+    /// A user's account data (global or per room).
+    AccountData(String),
+}
+
 /// A position in the server's global stream. Every appended event gets the next one; `/sync`
 /// tokens encode them. Position 0 means "before everything".
 pub type StreamPos = u64;
@@ -83,10 +97,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> StorageResult<Vec<AccountDataEntry>>;
     fn all_account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataEntry>>;
 
-    /// Whether anything room-scoped (an event or a receipt) was committed to the room after a
-    /// position. May answer `true` for a commit that `persisted_pos` does not cover yet, never
-    /// `false` for one it covers.
-    fn room_changed_after(&self, room_id: &str, after: StreamPos) -> StorageResult<bool>;
+    /// The latest position at which `key` changed since the store was opened, if it did.
+    fn last_change(&self, key: &ChangeKey) -> Option<StreamPos>;
+    /// The persisted position when the store was opened: changes before it are not indexed.
+    fn opened_at(&self) -> StreamPos;
+
+    /// Whether `key` changed after a position, answered from memory. May answer `true` for a
+    /// commit that `persisted_pos` does not cover yet, never `false` for one it covers; for a
+    /// position from before the store was opened it answers `true`, and the caller reads.
+    fn changed_after(&self, key: &ChangeKey, after: StreamPos) -> bool {
+        match self.last_change(key) {
+            Some(last) => last > after,
+            None => after < self.opened_at(),
+        }
+    }
 
     /// The room's receipts changed in `(after, upto]`, or all of them with `after == None`.
     fn receipts(

@@ -15,8 +15,9 @@ pub struct RedbStore {
     db: Arc<Database>,
     tx: mpsc::Sender<Job>,
     persisted: Arc<AtomicU64>,
-    /// Filled by the writer as it commits, and lazily from disk for rooms not yet touched.
-    room_changes: writer::RoomChanges,
+    /// The change index, filled by the writer as it commits.
+    changes: writer::Changes,
+    opened_at: StreamPos,
 }
 
 impl RedbStore {
@@ -64,8 +65,8 @@ impl RedbStore {
         let db = Arc::new(db);
         let persisted = Arc::new(AtomicU64::new(pos));
         let (tx, rx) = mpsc::channel();
-        let room_changes = writer::RoomChanges::default();
-        let (wdb, wpersisted, wchanges) = (db.clone(), persisted.clone(), room_changes.clone());
+        let changes = writer::Changes::default();
+        let (wdb, wpersisted, wchanges) = (db.clone(), persisted.clone(), changes.clone());
         std::thread::Builder::new()
             .name("hearth-writer".into())
             .spawn(move || writer::run(wdb, rx, wpersisted, wchanges))
@@ -74,7 +75,8 @@ impl RedbStore {
             db,
             tx,
             persisted,
-            room_changes,
+            changes,
+            opened_at: pos,
         })
     }
 
@@ -313,42 +315,16 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn room_changed_after(&self, room_id: &str, after: StreamPos) -> StorageResult<bool> {
-        let known = self
-            .room_changes
+    fn last_change(&self, key: &ChangeKey) -> Option<StreamPos> {
+        self.changes
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(room_id)
-            .copied();
-        if let Some(last) = known {
-            return Ok(last > after);
-        }
-        let last = {
-            let txn = self.db.begin_read()?;
-            let last_of = |rows: Option<(StreamPos,)>| rows.map_or(0, |r| r.0);
-            let timeline = txn.open_table(ROOM_TIMELINE)?;
-            let event = last_of(
-                timeline
-                    .range((room_id, 0)..=(room_id, u64::MAX))?
-                    .next_back()
-                    .transpose()?
-                    .map(|(k, _)| (k.value().1,)),
-            );
-            let receipts = txn.open_table(RECEIPT_STREAM)?;
-            let receipt = last_of(
-                receipts
-                    .range((room_id, 0)..=(room_id, u64::MAX))?
-                    .next_back()
-                    .transpose()?
-                    .map(|(k, _)| (k.value().1,)),
-            );
-            event.max(receipt)
-        };
-        // The writer may have moved the entry on meanwhile: keep the larger.
-        let mut changes = self.room_changes.write().unwrap_or_else(|e| e.into_inner());
-        let e = changes.entry(room_id.to_owned()).or_insert(last);
-        *e = (*e).max(last);
-        Ok(*e > after)
+            .get(key)
+            .copied()
+    }
+
+    fn opened_at(&self) -> StreamPos {
+        self.opened_at
     }
 
     fn receipts(

@@ -12,7 +12,7 @@ use redb::{Database, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::tables::*;
-use crate::{AppendEvent, StorageError, StorageResult, StreamPos, WriteOp};
+use crate::{AppendEvent, ChangeKey, StorageError, StorageResult, StreamPos, WriteOp};
 
 pub(crate) struct Job {
     pub ops: Vec<WriteOp>,
@@ -22,16 +22,16 @@ pub(crate) struct Job {
 /// Upper bound on batches folded into one commit, so that one commit's latency stays bounded.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
 
-/// The latest position at which anything room-scoped (event, receipt) was committed, per room.
-/// The writer updates it after each commit and *before* publishing the new persisted position, so
-/// a reader that sees a position also sees every room change up to it.
-pub(crate) type RoomChanges = Arc<RwLock<HashMap<String, StreamPos>>>;
+/// The latest position at which each [`ChangeKey`] changed since the store was opened. The
+/// writer updates it after each commit and *before* publishing the new persisted position, so a
+/// reader that sees a position also sees every change up to it.
+pub(crate) type Changes = Arc<RwLock<HashMap<ChangeKey, StreamPos>>>;
 
 pub(crate) fn run(
     db: Arc<Database>,
     rx: mpsc::Receiver<Job>,
     persisted: Arc<AtomicU64>,
-    room_changes: RoomChanges,
+    changes: Changes,
 ) {
     let mut next_pos = persisted.load(Ordering::Acquire);
     while let Ok(first) = rx.recv() {
@@ -48,9 +48,9 @@ pub(crate) fn run(
             Ok(positions) => {
                 tracing::trace!(batches = jobs.len(), position = next_pos, "committed");
                 {
-                    let mut changes = room_changes.write().unwrap_or_else(|e| e.into_inner());
-                    for (room, pos) in touched {
-                        let e = changes.entry(room).or_insert(pos);
+                    let mut changes = changes.write().unwrap_or_else(|e| e.into_inner());
+                    for (key, pos) in touched {
+                        let e = changes.entry(key).or_insert(pos);
                         *e = (*e).max(pos);
                     }
                 }
@@ -74,30 +74,47 @@ fn commit(
     db: &Database,
     jobs: &mut [Job],
     next_pos: &mut StreamPos,
-    touched: &mut HashMap<String, StreamPos>,
+    touched: &mut HashMap<ChangeKey, StreamPos>,
 ) -> StorageResult<Vec<Vec<StreamPos>>> {
     let txn = db.begin_write()?;
     let mut all = Vec::with_capacity(jobs.len());
     for job in jobs.iter_mut() {
         let mut positions = Vec::new();
         for op in job.ops.drain(..) {
-            let room = match &op {
-                WriteOp::AppendEvent(a) => Some(a.meta.room_id.clone()),
-                WriteOp::PutReceipt(r) => Some(r.room_id.clone()),
-                _ => None,
-            };
-            if let Some(pos) = apply(&txn, op, next_pos)? {
-                if let Some(room) = room {
-                    touched.insert(room, pos);
-                }
-                positions.push(pos);
+            let keys = change_keys(&op);
+            let pos = apply(&txn, op, next_pos)?;
+            // Changes without a position of their own (forgetting a room) count at the commit's
+            // latest position, which the next sync token covers.
+            for key in keys {
+                touched.insert(key, pos.unwrap_or(*next_pos));
             }
+            positions.extend(pos);
         }
         all.push(positions);
     }
     txn.open_table(COUNTERS)?.insert(STREAM_POS, *next_pos)?;
     txn.commit()?;
     Ok(all)
+}
+
+/// What an operation changes, for the change index.
+fn change_keys(op: &WriteOp) -> Vec<ChangeKey> {
+    match op {
+        WriteOp::AppendEvent(a) => {
+            let mut keys = vec![ChangeKey::Room(a.meta.room_id.clone())];
+            if let Some((user, _)) = &a.membership {
+                keys.push(ChangeKey::Memberships(user.clone()));
+            }
+            keys
+        }
+        WriteOp::PutMembership(user, _, _) => vec![ChangeKey::Memberships(user.clone())],
+        WriteOp::PutReceipt(r) => vec![ChangeKey::Room(r.room_id.clone())],
+        WriteOp::PutToDevice {
+            user_id, device_id, ..
+        } => vec![ChangeKey::ToDevice(user_id.clone(), device_id.clone())],
+        WriteOp::PutAccountData { user_id, .. } => vec![ChangeKey::AccountData(user_id.clone())],
+        _ => Vec::new(),
+    }
 }
 
 fn apply(

@@ -22,7 +22,9 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hearth_storage::{RoomRecord, StateGroupRecord, Store, StreamPos, WriteOp};
+use hearth_storage::{
+    ChangeKey, MembershipRecord, RoomRecord, StateGroupRecord, Store, StreamPos, WriteOp,
+};
 use lru::LruCache;
 use parking_lot::Mutex;
 use ruma::room_version_rules::RoomVersionRules;
@@ -38,6 +40,9 @@ use crate::notifier::Notifier;
 use crate::{CoreConfig, Error, Result};
 
 const STATE_GROUP_COUNTER: &str = "state_group";
+
+/// `(room id, membership)` for each room a user has a membership in.
+pub type UserMemberships = Arc<Vec<(String, MembershipRecord)>>;
 
 /// The in-memory head of one room's graph.
 pub struct RoomHead {
@@ -114,6 +119,8 @@ pub struct Rooms {
     heads: Mutex<HashMap<OwnedRoomId, Arc<Mutex<RoomHead>>>>,
     /// Immutable once written, so caching parsed PDUs is always safe.
     events: Mutex<LruCache<OwnedEventId, PduRef>>,
+    /// Each user's memberships, with the change-index position they were read at.
+    user_memberships: Mutex<LruCache<OwnedUserId, (StreamPos, UserMemberships)>>,
     /// Where durable events sit (position, state groups): immutable too once durable.
     metas: Mutex<LruCache<OwnedEventId, hearth_storage::EventMeta>>,
     /// Events queued but not yet durable, visible to auth checks of the events that follow.
@@ -143,6 +150,7 @@ impl Rooms {
             heads: Mutex::new(HashMap::new()),
             events: Mutex::new(LruCache::new(cap(50_000))),
             metas: Mutex::new(LruCache::new(cap(50_000))),
+            user_memberships: Mutex::new(LruCache::new(cap(20_000))),
             pending_events: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(LruCache::new(cap(2_000))),
             pending_groups: Mutex::new(HashMap::new()),
@@ -247,6 +255,25 @@ impl Rooms {
         let map = Arc::new(state::resolve(&*self.store, &pending, id)?);
         self.state_cache.lock().put(id, map.clone());
         Ok(map)
+    }
+
+    /// A user's latest membership of every room they have one in, as durable: from memory
+    /// unless the store's change index says it changed since it was read.
+    pub fn memberships_of(&self, user: &UserId) -> Result<UserMemberships> {
+        let key = ChangeKey::Memberships(user.to_string());
+        // Read the index before the store: a change landing between the two is then seen as
+        // newer than the cached copy next time, never missed.
+        let version = self.store.last_change(&key).unwrap_or(0);
+        if let Some((v, m)) = self.user_memberships.lock().get(user)
+            && *v == version
+        {
+            return Ok(m.clone());
+        }
+        let list = Arc::new(self.store.memberships_of_user(user.as_str())?);
+        self.user_memberships
+            .lock()
+            .put(user.to_owned(), (version, list.clone()));
+        Ok(list)
     }
 
     /// Whether the room has durable events in `(after, upto]`. Read from the store, which is
