@@ -229,3 +229,41 @@ async fn websocket_needs_a_valid_token() {
         other => panic!("unexpected error {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_peer_is_dropped_and_a_live_one_kept() {
+    let server = TestServer::builder()
+        .env("HEARTH_WEBSOCKET_PING_SECS", "0.3")
+        .start()
+        .await;
+    let (_, token, _) = server.register("alice", "pw-alice-1").await;
+
+    // A client that reads (and so answers pings) stays connected well past two intervals.
+    let mut live = connect(&server, &token, None).await;
+    next_frame(&mut live, "sync").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut pings = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, live.next()).await {
+        match msg.expect("live connection stays open") {
+            Message::Ping(_) => pings += 1,
+            Message::Close(_) => panic!("a live client was disconnected"),
+            _ => {}
+        }
+    }
+    assert!(pings >= 2, "the server pings ({pings} pings)");
+
+    // One that stops reading answers no pings: the server gives up on it.
+    let mut silent = connect(&server, &token, None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let closed = async {
+        while let Some(msg) = silent.next().await {
+            match msg {
+                Ok(Message::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the server closed the silent connection");
+}
