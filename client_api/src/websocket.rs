@@ -138,12 +138,12 @@ enum ClientFrame {
 }
 
 impl Connection {
-    fn request(&self, since: Option<SyncToken>) -> SyncRequest {
+    fn request(&self, since: Option<SyncToken>, timeout: Duration) -> SyncRequest {
         SyncRequest {
             user_id: self.session.user_id.clone(),
             device_id: self.session.device_id.to_string(),
             since,
-            timeout: WAIT,
+            timeout,
             full_state: false,
             filter: self.filter.clone(),
             state_after: self.state_after,
@@ -152,8 +152,8 @@ impl Connection {
         }
     }
 
-    fn wait(&self, since: Option<SyncToken>) -> Waiting {
-        let (sync, req) = (self.state.core.sync.clone(), self.request(since));
+    fn wait(&self, since: Option<SyncToken>, timeout: Duration) -> Waiting {
+        let (sync, req) = (self.state.core.sync.clone(), self.request(since, timeout));
         Box::pin(async move { sync.wait_for_changes(&req).await })
     }
 
@@ -176,7 +176,8 @@ impl Connection {
         let mut position = since;
         // The first frame always goes out: it tells the client where it stands.
         let mut first = true;
-        let mut next = self.wait(position);
+        // The first frame goes out at once, even when nothing changed since `since`.
+        let mut next = self.wait(position, Duration::ZERO);
         loop {
             tokio::select! {
                 out = &mut next => {
@@ -197,7 +198,7 @@ impl Connection {
                             break;
                         }
                     }
-                    next = self.wait(position);
+                    next = self.wait(position, WAIT);
                 }
                 msg = socket.recv() => {
                     let Some(Ok(msg)) = msg else { break };

@@ -202,6 +202,9 @@ async fn websocket_and_http_see_each_others_messages_and_reconnects_lose_nothing
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(ws);
     let mut ws = connect(&server, &bob, Some(&latest)).await;
+    // The first frame comes at once even when nothing changed, and repeats nothing.
+    let quiet = next_frame(&mut ws, "sync").await["body"].clone();
+    assert!(timeline_bodies(&quiet, &room).is_empty(), "{quiet}");
     server
         .send_text(&alice, &room, "after", "after reconnect")
         .await;
@@ -266,4 +269,23 @@ async fn a_silent_websocket_peer_is_dropped_and_a_live_one_kept() {
     tokio::time::timeout(Duration::from_secs(5), closed)
         .await
         .expect("the server closed the silent connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_with_nothing_new_still_gets_a_first_frame_at_once() {
+    let server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", "pw-alice-1").await;
+    let mut ws = connect(&server, &token, None).await;
+    let first = next_frame(&mut ws, "sync").await;
+    let since = first["body"]["next_batch"].as_str().unwrap().to_owned();
+    drop(ws);
+    let started = std::time::Instant::now();
+    let mut ws = connect(&server, &token, Some(&since)).await;
+    let resumed = next_frame(&mut ws, "sync").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "first frame took {:?}",
+        started.elapsed()
+    );
+    assert!(resumed["body"]["next_batch"].is_string(), "{resumed}");
 }

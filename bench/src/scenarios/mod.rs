@@ -1,0 +1,170 @@
+//! The scenarios, one module each, and what they share: two-user rooms and waiting for a
+//! receiver to see something.
+
+mod dm;
+mod fanout;
+mod history;
+mod idle;
+mod throughput;
+mod typing;
+mod ws_latency;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::api::Api;
+use crate::procfs;
+use crate::sampler::Sampler;
+use crate::stats::{round2, round3};
+use crate::syncloop::{SyncOpts, Update};
+use crate::users::{User, UserPool};
+use crate::{Args, BoxError};
+
+pub const ALL: [&str; 7] = [
+    "dm_latency",
+    "ws_latency",
+    "typing_latency",
+    "group_fanout",
+    "throughput",
+    "history",
+    "idle_connections",
+];
+pub const ALL_CSV: &str =
+    "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,idle_connections";
+
+pub struct Ctx {
+    pub api: Arc<Api>,
+    pub pool: Arc<UserPool>,
+    pub args: Arc<Args>,
+    pub run_id: String,
+    pub sampler: Option<Arc<Sampler>>,
+    pub cpu: Mutex<Option<CpuMark>>,
+}
+
+/// CPU used by the generator and the server from one moment on. A scenario restarts it where its
+/// measured phase begins, so that setup (registrations hash passwords: seconds of CPU) does not
+/// count.
+pub struct CpuMark {
+    at: Instant,
+    client: f64,
+    server: Option<f64>,
+}
+
+impl CpuMark {
+    pub fn start(pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            client: procfs::own_cpu_seconds(),
+            server: pid.and_then(procfs::cpu_seconds),
+        }
+    }
+
+    /// Generator and server share the machine's cores: a generator near a full core means the
+    /// figure is the client's limit, not the server's.
+    pub fn report(&self, pid: Option<u32>) -> Value {
+        let window = self.at.elapsed().as_secs_f64();
+        let client = procfs::own_cpu_seconds() - self.client;
+        let mut v = json!({
+            "window_s": round3(window),
+            "client_s": round3(client),
+            "client_cores": round2(client / window),
+        });
+        if let (Some(a), Some(b)) = (self.server, pid.and_then(procfs::cpu_seconds)) {
+            v["server_s"] = json!(round3(b - a));
+            v["server_cores"] = json!(round2((b - a) / window));
+        }
+        v
+    }
+}
+
+impl Ctx {
+    /// Called where a scenario's measured phase starts.
+    pub fn mark_measured(&self) {
+        *self.cpu.lock().unwrap() = Some(CpuMark::start(self.args.pid));
+    }
+
+    pub fn sync_opts(&self) -> SyncOpts {
+        SyncOpts {
+            timeout_ms: self.args.sync_timeout_ms,
+            set_presence: self.args.set_presence.clone(),
+        }
+    }
+
+    pub fn msg_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.args.msg_timeout)
+    }
+
+    pub async fn gap(&self) {
+        if self.args.gap_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.args.gap_ms)).await;
+        }
+    }
+}
+
+pub async fn run(name: &str, ctx: &Ctx) -> Result<Value, BoxError> {
+    match name {
+        "dm_latency" => dm::run(ctx).await,
+        "ws_latency" => ws_latency::run(ctx).await,
+        "typing_latency" => typing::run(ctx).await,
+        "group_fanout" => fanout::run(ctx).await,
+        "throughput" => throughput::run(ctx).await,
+        "history" => history::run(ctx).await,
+        "idle_connections" => idle::run(ctx).await,
+        _ => Err(format!("unknown scenario {name}").into()),
+    }
+}
+
+pub fn skipped(reason: &str) -> Value {
+    json!({ "skipped": reason })
+}
+
+/// A sender and a receiver in a private room of their own, as a DM would be.
+pub async fn pair(ctx: &Ctx, name: &str) -> Result<(User, User, String), BoxError> {
+    let mut users = ctx.pool.take(&ctx.api, 2).await?;
+    let receiver = users.pop().expect("two users");
+    let sender = users.pop().expect("two users");
+    let room = ctx
+        .api
+        .create_room(
+            &sender.auth,
+            &json!({
+                "preset": "private_chat",
+                "is_direct": true,
+                "invite": [receiver.user_id],
+                "name": format!("hearth-bench {name}"),
+            }),
+        )
+        .await?;
+    ctx.api.join(&receiver.auth, &room).await?;
+    Ok((sender, receiver, room))
+}
+
+/// The next update, or None at the deadline.
+pub async fn next_update(
+    rx: &mut mpsc::UnboundedReceiver<Update>,
+    deadline: Instant,
+) -> Option<Update> {
+    tokio::time::timeout_at(deadline.into(), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Waits until an update satisfies `seen`; returns when that update arrived, or None at the
+/// deadline. Updates before it (earlier messages, other rooms) are consumed.
+pub async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<Update>,
+    deadline: Instant,
+    mut seen: impl FnMut(&Update) -> bool,
+) -> Option<Instant> {
+    loop {
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Some(u)) if seen(&u) => return Some(u.at),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
