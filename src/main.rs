@@ -153,6 +153,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     );
     core.presence.start_reaper();
+    federation.start_sending(core.clone());
 
     let registration = config.registration_mode();
     let api = ApiConfig {

@@ -256,6 +256,39 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
         hearth.log_tail(20)
     );
 
+    // Hearth's user answers; Hearth's outbox sends the event to Synapse in a transaction.
+    let reply = hearth
+        .send_text(&hal_tok, &room, "r1", "hello from hearth")
+        .await;
+    let mut arrived = false;
+    let mut since: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &since {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let sync = synapse
+            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
+            .await;
+        let events = sync["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if events
+            .iter()
+            .any(|e| e["event_id"] == reply.as_str() && e["content"]["body"] == "hello from hearth")
+        {
+            arrived = true;
+            break;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    assert!(
+        arrived,
+        "Hearth's message reached Synapse's user: {}",
+        hearth.log_tail(20)
+    );
+
     // Synapse sees the room's state as Hearth made it.
     let path = format!("/rooms/{}/state/m.room.name/", enc(&room));
     let name = synapse

@@ -8,7 +8,8 @@
 //! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread)`,
 //! `Unread → (Receipts, AccountData, Rooms)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
-//! `Profiles → (Accounts, Rooms)`, `Accounts → Store`.
+//! `Profiles → (Accounts, Rooms)`, `Accounts → Store`, `Outbox → Store`; `Rooms` tells the
+//! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
 pub mod accounts;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod notifier;
+pub mod outbox;
 pub mod presence;
 pub mod profiles;
 pub mod receipts;
@@ -49,6 +51,7 @@ pub struct Core {
     pub presence: Arc<presence::Presence>,
     pub to_device: Arc<to_device::ToDevice>,
     pub unread: Arc<unread::Unread>,
+    pub outbox: Arc<outbox::Outbox>,
     pub sync: Arc<sync::SyncService>,
 }
 
@@ -80,6 +83,7 @@ impl Core {
             store.clone(),
             keys.clone(),
             notifier.clone(),
+            remote.clone(),
         )?);
         let account_data = Arc::new(account_data::AccountData::new(
             store.clone(),
@@ -120,6 +124,7 @@ impl Core {
             receipts.clone(),
             account_data.clone(),
         ));
+        let outbox = Arc::new(outbox::Outbox::new(store.clone()));
         let sync = Arc::new(sync::SyncService::new(sync::SyncSources {
             store: store.clone(),
             rooms: rooms.clone(),
@@ -146,6 +151,7 @@ impl Core {
             presence,
             to_device,
             unread,
+            outbox,
             sync,
         })
     }

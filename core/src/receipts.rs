@@ -135,7 +135,10 @@ impl Receipts {
     }
 
     fn event_pos(&self, event_id: &str) -> Result<StreamPos> {
-        Ok(self.store.event_meta(event_id)?.map_or(0, |m| m.pos))
+        let Ok(id) = EventId::parse(event_id) else {
+            return Ok(0);
+        };
+        Ok(self.rooms.timeline_event(&id)?.map_or(0, |e| e.meta.pos))
     }
 
     /// The `m.receipt` event of a room for a sync: the receipts changed in `(since, upto]` (all

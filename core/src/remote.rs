@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use ruma::UserId;
+use ruma::{OwnedServerName, UserId};
 
 use crate::rooms::create::MemberProfile;
 use crate::{Error, Result};
@@ -14,6 +14,10 @@ pub type RemoteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + '
 pub trait Remote: Send + Sync + 'static {
     /// The profile of a user of another server, asked of that server.
     fn profile<'a>(&'a self, user: &'a UserId) -> RemoteFuture<'a, MemberProfile>;
+
+    /// Events for these servers were queued durably in the outbox (see [`crate::outbox`]): send
+    /// them. Called after the commit; whatever is queued is also sent after a restart.
+    fn outbound_ready(&self, _destinations: &[OwnedServerName]) {}
 }
 
 /// A server that does not federate: every remote lookup fails with `NotFound`.

@@ -12,6 +12,7 @@ mod error;
 mod membership;
 pub mod pdu;
 mod query;
+mod sender;
 mod server_keys;
 mod transactions;
 
@@ -42,20 +43,34 @@ pub struct Federation {
     keys: Arc<ServerKeys>,
     client: client::Client,
     key_cache: server_keys::KeyCache,
+    /// Set once the core exists (it needs this object first, as its `Remote`).
+    core: std::sync::OnceLock<Arc<Core>>,
+    /// The wake-up of each destination's sender task.
+    queues: parking_lot::Mutex<
+        std::collections::HashMap<ruma::OwnedServerName, Arc<tokio::sync::Notify>>,
+    >,
+    this: std::sync::Weak<Federation>,
 }
 
 impl Federation {
     pub fn new(keys: Arc<ServerKeys>, config: &FederationConfig) -> Result<Arc<Self>, String> {
         let client = client::Client::new(keys.clone(), config)?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|this| Self {
             keys,
             client,
             key_cache: Default::default(),
+            core: Default::default(),
+            queues: Default::default(),
+            this: this.clone(),
         }))
     }
 }
 
 impl Remote for Federation {
+    fn outbound_ready(&self, destinations: &[ruma::OwnedServerName]) {
+        self.wake_senders(destinations);
+    }
+
     fn profile<'a>(&'a self, user: &'a UserId) -> RemoteFuture<'a, MemberProfile> {
         Box::pin(async move {
             let path = format!(

@@ -128,6 +128,10 @@ pub trait Store: Send + Sync + 'static {
         receipt_type: &str,
         thread_id: &str,
     ) -> StorageResult<Option<ReceiptRecord>>;
+    /// Events queued for a server, oldest first, at most `limit`: `(position, event id)`.
+    fn outbound(&self, destination: &str, limit: usize) -> StorageResult<Vec<(StreamPos, String)>>;
+    /// Servers with queued events.
+    fn outbound_destinations(&self) -> StorageResult<Vec<String>>;
     /// A device's to-device messages in `(after, upto]`, oldest first, at most `limit`.
     fn to_device(
         &self,

@@ -156,6 +156,16 @@ pub enum WriteOp {
         device_id: String,
         upto: StreamPos,
     },
+    /// Queues an event for a server at the next stream position.
+    PutOutbound {
+        destination: String,
+        event_id: String,
+    },
+    /// The server accepted everything queued for it up to a position.
+    DeleteOutbound {
+        destination: String,
+        upto: StreamPos,
+    },
     /// Records a device transaction's result (for endpoints whose result is not an event).
     PutTxn {
         user_id: String,

@@ -56,6 +56,7 @@ impl RedbStore {
         txn.open_table(RECEIPTS)?;
         txn.open_table(RECEIPT_STREAM)?;
         txn.open_table(TO_DEVICE)?;
+        txn.open_table(OUTBOX)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
             counters.get(STREAM_POS)?.map(|v| v.value()).unwrap_or(0)
@@ -425,6 +426,37 @@ impl Store for RedbStore {
                     pos,
                 }
             }))
+    }
+
+    fn outbound(&self, destination: &str, limit: usize) -> StorageResult<Vec<(StreamPos, String)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((destination, 0)..=(destination, u64::MAX))?
+            .take(limit)
+        {
+            let (k, v) = row?;
+            out.push((k.value().1, v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    fn outbound_destinations(&self) -> StorageResult<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let mut out: Vec<String> = Vec::new();
+        let mut next: Option<String> = Some(String::new());
+        // Skip from one destination to the next instead of reading every queued row.
+        while let Some(from) = next.take() {
+            if let Some(row) = table.range((from.as_str(), 0)..)?.next() {
+                let (k, _) = row?;
+                let dest = k.value().0.to_owned();
+                next = Some(format!("{dest}\0"));
+                out.push(dest);
+            }
+        }
+        Ok(out)
     }
 
     fn to_device(

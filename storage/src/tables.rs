@@ -46,6 +46,9 @@ pub const RECEIPT_STREAM: TableDefinition<(&str, u64), (&str, &str, &str)> =
 /// (user id, device id, stream position) → to-device message JSON (`sender`, `type`, `content`),
 /// deleted once the device's next sync acknowledges it
 pub const TO_DEVICE: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("to_device");
+/// (destination server, stream position) → event id: local events waiting to be sent to a
+/// server, deleted once it accepted them
+pub const OUTBOX: TableDefinition<(&str, u64), &str> = TableDefinition::new("outbox");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

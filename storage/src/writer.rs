@@ -218,6 +218,21 @@ fn apply(
             txn.open_table(TO_DEVICE)?
                 .retain_in((u, d, 0)..=(u, d, upto), |_, _| false)?;
         }
+        WriteOp::PutOutbound {
+            destination,
+            event_id,
+        } => {
+            *next_pos += 1;
+            let pos = *next_pos;
+            txn.open_table(OUTBOX)?
+                .insert((destination.as_str(), pos), event_id.as_str())?;
+            return Ok(Some(pos));
+        }
+        WriteOp::DeleteOutbound { destination, upto } => {
+            let d = destination.as_str();
+            txn.open_table(OUTBOX)?
+                .retain_in((d, 0)..=(d, upto), |_, _| false)?;
+        }
         WriteOp::PutTxn {
             user_id,
             device_id,

@@ -122,7 +122,38 @@ impl Rooms {
 
         self.authorize(&head.rules, &pdu, &head.state)?;
         self.append_to_head(head, pdu.clone(), obj, ev.txn, batch)?;
+        self.queue_outbound(head, &pdu, batch);
         Ok(pdu)
+    }
+
+    /// Queues a local event for every other server with a member joined to the room (after the
+    /// event: a remote user's leave still reaches their server), in the event's own batch, so
+    /// that an event is durable if and only if its sending is.
+    fn queue_outbound(&self, head: &RoomHead, pdu: &PduRef, batch: &mut Batch) {
+        let ours = self.server_name();
+        let mut servers: std::collections::BTreeSet<ruma::OwnedServerName> = head
+            .members
+            .iter()
+            .filter(|(_, m)| *m == "join")
+            .map(|(u, _)| u.server_name())
+            .filter(|s| *s != ours)
+            .map(ToOwned::to_owned)
+            .collect();
+        // Invites go through the invitee's server first (`/invite`), not through the outbox.
+        let leaves = matches!(pdu.membership().as_deref(), Some("leave" | "ban"));
+        if let Some(target) = pdu.state_key.as_deref().filter(|_| leaves)
+            && let Ok(user) = UserId::parse(target)
+            && user.server_name() != ours
+        {
+            servers.insert(user.server_name().to_owned());
+        }
+        for server in servers {
+            batch.ops.push(WriteOp::PutOutbound {
+                destination: server.to_string(),
+                event_id: pdu.event_id.to_string(),
+            });
+            batch.outbound.insert(server);
+        }
     }
 
     /// Runs the room version's auth rules for `pdu` against `state` (the state before it).

@@ -108,6 +108,8 @@ pub struct Batch {
     groups: Vec<(u64, StateGroupRecord)>,
     txns: Vec<TxnRef>,
     notify: HashSet<OwnedUserId>,
+    /// Servers that events of this batch were queued for.
+    outbound: HashSet<ruma::OwnedServerName>,
     room_id: Option<OwnedRoomId>,
 }
 
@@ -116,6 +118,8 @@ pub struct Rooms {
     pub(crate) store: Arc<dyn Store>,
     keys: Arc<ServerKeys>,
     notifier: Arc<Notifier>,
+    /// Told when events were queued for other servers.
+    remote: Arc<dyn crate::remote::Remote>,
     heads: Mutex<HashMap<OwnedRoomId, Arc<Mutex<RoomHead>>>>,
     /// Immutable once written, so caching parsed PDUs is always safe.
     events: Mutex<LruCache<OwnedEventId, PduRef>>,
@@ -139,6 +143,7 @@ impl Rooms {
         store: Arc<dyn Store>,
         keys: Arc<ServerKeys>,
         notifier: Arc<Notifier>,
+        remote: Arc<dyn crate::remote::Remote>,
     ) -> Result<Self> {
         let next_group = store.counter(STATE_GROUP_COUNTER)?;
         let cap = |n| NonZeroUsize::new(n).expect("non-zero");
@@ -147,6 +152,7 @@ impl Rooms {
             store,
             keys,
             notifier,
+            remote,
             heads: Mutex::new(HashMap::new()),
             events: Mutex::new(LruCache::new(cap(50_000))),
             metas: Mutex::new(LruCache::new(cap(50_000))),
@@ -403,6 +409,10 @@ impl Rooms {
         match result {
             Ok(_) => {
                 self.notifier.notify(batch.notify.iter().map(|u| &**u));
+                if !batch.outbound.is_empty() {
+                    let servers: Vec<_> = batch.outbound.iter().cloned().collect();
+                    self.remote.outbound_ready(&servers);
+                }
                 Ok(batch.events)
             }
             Err(e) => {
