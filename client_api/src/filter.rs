@@ -40,12 +40,20 @@ fn load(state: &AppState, user: &ruma::UserId, id: &str) -> ApiResult<FilterDefi
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::not_found("No such filter"))?;
+    // Filters never change once created, and clients send the same id with every sync.
+    let key = (user.to_owned(), id);
+    if let Some(def) = state.filters.lock().get(&key) {
+        return Ok(def.clone());
+    }
     let json = state
         .core
         .accounts
         .filter(user, id)?
         .ok_or_else(|| ApiError::not_found("No such filter"))?;
-    serde_json::from_str(&json).map_err(|e| ApiError::from(hearth_core::Error::internal(e)))
+    let def: FilterDefinition =
+        serde_json::from_str(&json).map_err(|e| ApiError::from(hearth_core::Error::internal(e)))?;
+    state.filters.lock().put(key, def.clone());
+    Ok(def)
 }
 
 /// Resolves `/sync`'s `filter` parameter: inline JSON or the id of a stored filter.

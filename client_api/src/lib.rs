@@ -36,7 +36,13 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub(crate) limiter: Arc<rate_limit::RateLimiter>,
     pub(crate) uia: Arc<uia::UiaSessions>,
+    /// Stored filters by (user, id): immutable, so cached.
+    pub(crate) filters: Arc<FilterCache>,
 }
+
+pub(crate) type FilterCache = parking_lot::Mutex<
+    lru::LruCache<(ruma::OwnedUserId, u64), ruma::api::client::filter::FilterDefinition>,
+>;
 
 impl AppState {
     pub fn new(core: Arc<Core>, config: ApiConfig) -> Self {
@@ -46,6 +52,9 @@ impl AppState {
             config: Arc::new(config),
             limiter,
             uia: Arc::new(uia::UiaSessions::default()),
+            filters: Arc::new(parking_lot::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(10_000).expect("non-zero"),
+            ))),
         }
     }
 }
