@@ -38,7 +38,7 @@ pub const ACCOUNT_DATA_STREAM: TableDefinition<(&str, u64), (&str, &str)> =
 /// user's latest receipt of each kind in a room
 pub const RECEIPTS: TableDefinition<ReceiptKey, (u64, &str, u64)> =
     TableDefinition::new("receipts");
-type ReceiptKey = (&'static str, &'static str, &'static str, &'static str);
+pub(crate) type ReceiptKey = (&'static str, &'static str, &'static str, &'static str);
 /// (room id, stream position) → (user id, receipt type, thread id): a room's receipt changes in
 /// stream order; only the latest position of each receipt is kept.
 pub const RECEIPT_STREAM: TableDefinition<(&str, u64), (&str, &str, &str)> =

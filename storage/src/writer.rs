@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 
-use redb::{Database, WriteTransaction};
+use redb::{Database, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::tables::*;
@@ -77,12 +77,15 @@ fn commit(
     touched: &mut HashMap<ChangeKey, StreamPos>,
 ) -> StorageResult<Vec<Vec<StreamPos>>> {
     let txn = db.begin_write()?;
+    // Every table is opened once per commit: opening and closing one per operation updated
+    // redb's table tree each time, which cost as much as the writes themselves.
+    let mut t = Tables::open(&txn)?;
     let mut all = Vec::with_capacity(jobs.len());
     for job in jobs.iter_mut() {
         let mut positions = Vec::new();
         for op in job.ops.drain(..) {
             let keys = change_keys(&op);
-            let pos = apply(&txn, op, next_pos)?;
+            let pos = apply(&mut t, op, next_pos)?;
             // Changes without a position of their own (forgetting a room) count at the commit's
             // latest position, which the next sync token covers.
             for key in keys {
@@ -92,9 +95,59 @@ fn commit(
         }
         all.push(positions);
     }
-    txn.open_table(COUNTERS)?.insert(STREAM_POS, *next_pos)?;
+    t.counters.insert(STREAM_POS, *next_pos)?;
+    drop(t);
     txn.commit()?;
     Ok(all)
+}
+
+/// The tables of one write transaction, open for all of its operations.
+struct Tables<'t> {
+    users: Table<'t, &'static str, &'static [u8]>,
+    devices: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    tokens: Table<'t, &'static [u8], &'static [u8]>,
+    filters: Table<'t, (&'static str, u64), &'static str>,
+    txns: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
+    event_ids: Table<'t, &'static str, u64>,
+    events: Table<'t, u64, &'static [u8]>,
+    event_meta: Table<'t, u64, &'static [u8]>,
+    room_timeline: Table<'t, (&'static str, u64), &'static str>,
+    state_groups: Table<'t, u64, &'static [u8]>,
+    rooms: Table<'t, &'static str, &'static [u8]>,
+    memberships: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    account_data: Table<'t, (&'static str, &'static str, &'static str), (u64, &'static str)>,
+    account_data_stream: Table<'t, (&'static str, u64), (&'static str, &'static str)>,
+    receipts: Table<'t, ReceiptKey, (u64, &'static str, u64)>,
+    receipt_stream: Table<'t, (&'static str, u64), (&'static str, &'static str, &'static str)>,
+    to_device: Table<'t, (&'static str, &'static str, u64), &'static str>,
+    outbox: Table<'t, (&'static str, u64), &'static str>,
+    counters: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> StorageResult<Self> {
+        Ok(Self {
+            users: txn.open_table(USERS)?,
+            devices: txn.open_table(DEVICES)?,
+            tokens: txn.open_table(TOKENS)?,
+            filters: txn.open_table(FILTERS)?,
+            txns: txn.open_table(TXNS)?,
+            event_ids: txn.open_table(EVENT_IDS)?,
+            events: txn.open_table(EVENTS)?,
+            event_meta: txn.open_table(EVENT_META)?,
+            room_timeline: txn.open_table(ROOM_TIMELINE)?,
+            state_groups: txn.open_table(STATE_GROUPS)?,
+            rooms: txn.open_table(ROOMS)?,
+            memberships: txn.open_table(MEMBERSHIPS)?,
+            account_data: txn.open_table(ACCOUNT_DATA)?,
+            account_data_stream: txn.open_table(ACCOUNT_DATA_STREAM)?,
+            receipts: txn.open_table(RECEIPTS)?,
+            receipt_stream: txn.open_table(RECEIPT_STREAM)?,
+            to_device: txn.open_table(TO_DEVICE)?,
+            outbox: txn.open_table(OUTBOX)?,
+            counters: txn.open_table(COUNTERS)?,
+        })
+    }
 }
 
 /// What an operation changes, for the change index.
@@ -118,38 +171,36 @@ fn change_keys(op: &WriteOp) -> Vec<ChangeKey> {
 }
 
 fn apply(
-    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
     op: WriteOp,
     next_pos: &mut StreamPos,
 ) -> StorageResult<Option<StreamPos>> {
     match op {
         WriteOp::PutUser(id, rec) => {
-            txn.open_table(USERS)?
+            t.users
                 .insert(id.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
         }
         WriteOp::PutDevice(user, device, rec) => {
-            txn.open_table(DEVICES)?.insert(
+            t.devices.insert(
                 (user.as_str(), device.as_str()),
                 serde_json::to_vec(&rec)?.as_slice(),
             )?;
         }
         WriteOp::DeleteDevice(user, device) => {
-            txn.open_table(DEVICES)?
-                .remove((user.as_str(), device.as_str()))?;
+            t.devices.remove((user.as_str(), device.as_str()))?;
         }
         WriteOp::PutToken(hash, rec) => {
-            txn.open_table(TOKENS)?
+            t.tokens
                 .insert(hash.as_slice(), serde_json::to_vec(&rec)?.as_slice())?;
         }
         WriteOp::DeleteToken(hash) => {
-            txn.open_table(TOKENS)?.remove(hash.as_slice())?;
+            t.tokens.remove(hash.as_slice())?;
         }
         WriteOp::PutFilter(user, id, json) => {
-            txn.open_table(FILTERS)?
-                .insert((user.as_str(), id), json.as_str())?;
+            t.filters.insert((user.as_str(), id), json.as_str())?;
         }
         WriteOp::SetCounter(name, value) => {
-            txn.open_table(COUNTERS)?.insert(name.as_str(), value)?;
+            t.counters.insert(name.as_str(), value)?;
         }
         WriteOp::PutAccountData {
             user_id,
@@ -160,8 +211,8 @@ fn apply(
             *next_pos += 1;
             let pos = *next_pos;
             let key = (user_id.as_str(), room_id.as_str(), kind.as_str());
-            let mut data = txn.open_table(ACCOUNT_DATA)?;
-            let mut stream = txn.open_table(ACCOUNT_DATA_STREAM)?;
+            let data = &mut t.account_data;
+            let stream = &mut t.account_data_stream;
             let old = data
                 .insert(key, (pos, content.as_str()))?
                 .map(|old| old.value().0);
@@ -180,8 +231,8 @@ fn apply(
                 r.receipt_type.as_str(),
                 r.thread_id.as_str(),
             );
-            let mut receipts = txn.open_table(RECEIPTS)?;
-            let mut stream = txn.open_table(RECEIPT_STREAM)?;
+            let receipts = &mut t.receipts;
+            let stream = &mut t.receipt_stream;
             let old = receipts
                 .insert(key, (pos, r.event_id.as_str(), r.ts))?
                 .map(|old| old.value().0);
@@ -205,7 +256,7 @@ fn apply(
         } => {
             *next_pos += 1;
             let pos = *next_pos;
-            txn.open_table(TO_DEVICE)?
+            t.to_device
                 .insert((user_id.as_str(), device_id.as_str(), pos), json.as_str())?;
             return Ok(Some(pos));
         }
@@ -215,7 +266,7 @@ fn apply(
             upto,
         } => {
             let (u, d) = (user_id.as_str(), device_id.as_str());
-            txn.open_table(TO_DEVICE)?
+            t.to_device
                 .retain_in((u, d, 0)..=(u, d, upto), |_, _| false)?;
         }
         WriteOp::PutOutbound {
@@ -224,14 +275,13 @@ fn apply(
         } => {
             *next_pos += 1;
             let pos = *next_pos;
-            txn.open_table(OUTBOX)?
+            t.outbox
                 .insert((destination.as_str(), pos), event_id.as_str())?;
             return Ok(Some(pos));
         }
         WriteOp::DeleteOutbound { destination, upto } => {
             let d = destination.as_str();
-            txn.open_table(OUTBOX)?
-                .retain_in((d, 0)..=(d, upto), |_, _| false)?;
+            t.outbox.retain_in((d, 0)..=(d, upto), |_, _| false)?;
         }
         WriteOp::PutTxn {
             user_id,
@@ -239,17 +289,17 @@ fn apply(
             txn_id,
             result,
         } => {
-            txn.open_table(TXNS)?.insert(
+            t.txns.insert(
                 (user_id.as_str(), device_id.as_str(), txn_id.as_str()),
                 result.as_str(),
             )?;
         }
         WriteOp::PutStateGroup(id, rec) => {
-            txn.open_table(STATE_GROUPS)?
+            t.state_groups
                 .insert(id, serde_json::to_vec(&rec)?.as_slice())?;
         }
         WriteOp::PutMembership(user, room, rec) => {
-            txn.open_table(MEMBERSHIPS)?.insert(
+            t.memberships.insert(
                 (user.as_str(), room.as_str()),
                 serde_json::to_vec(&rec)?.as_slice(),
             )?;
@@ -267,7 +317,7 @@ fn apply(
             meta.pos = pos;
             let room_id = meta.room_id.clone();
             if let Some(txn_ref) = &meta.txn {
-                txn.open_table(TXNS)?.insert(
+                t.txns.insert(
                     (
                         txn_ref.user_id.as_str(),
                         txn_ref.device_id.as_str(),
@@ -276,19 +326,19 @@ fn apply(
                     event_id.as_str(),
                 )?;
             }
-            txn.open_table(EVENT_IDS)?.insert(event_id.as_str(), pos)?;
-            txn.open_table(EVENTS)?.insert(pos, json.as_slice())?;
-            txn.open_table(EVENT_META)?
+            t.event_ids.insert(event_id.as_str(), pos)?;
+            t.events.insert(pos, json.as_slice())?;
+            t.event_meta
                 .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
-            txn.open_table(ROOM_TIMELINE)?
+            t.room_timeline
                 .insert((room_id.as_str(), pos), event_id.as_str())?;
-            txn.open_table(ROOMS)?
+            t.rooms
                 .insert(room_id.as_str(), serde_json::to_vec(&room)?.as_slice())?;
             if let Some((user, mut rec)) = membership {
                 // A new membership event starts afresh: an earlier "forget" no longer applies.
                 rec.pos = pos;
                 rec.forgotten = false;
-                txn.open_table(MEMBERSHIPS)?.insert(
+                t.memberships.insert(
                     (user.as_str(), room_id.as_str()),
                     serde_json::to_vec(&rec)?.as_slice(),
                 )?;
