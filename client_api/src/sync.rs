@@ -32,34 +32,36 @@ fn unread(c: hearth_core::unread::Counts) -> UnreadNotificationsCount {
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Response> {
-    let s = req.session().clone();
-    let b = req.body;
-    let definition = match &b.filter {
-        Some(Filter::FilterDefinition(d)) => d.clone(),
-        Some(Filter::FilterId(id)) => filter::resolve(&state, &s.user_id, Some(id))?,
-        Some(_) | None => Default::default(),
-    };
-    let since = b.since.as_deref().map(parse_sync_token).transpose()?;
-    let out = state
-        .core
-        .sync
-        .sync(SyncRequest {
+    // Only what the answer needs stays alive across the wait: the request and the parsed
+    // filter are dropped here, which keeps an idle long-poll small.
+    let (sync_req, state_after, thread_counts) = {
+        let s = req.session();
+        let b = &req.body;
+        let definition = match &b.filter {
+            Some(Filter::FilterDefinition(d)) => d.clone(),
+            Some(Filter::FilterId(id)) => filter::resolve(&state, &s.user_id, Some(id))?,
+            Some(_) | None => Default::default(),
+        };
+        let sync_req = SyncRequest {
             user_id: s.user_id.clone(),
             device_id: s.device_id.to_string(),
-            since,
+            since: b.since.as_deref().map(parse_sync_token).transpose()?,
             timeout: b.timeout.unwrap_or_default().min(MAX_TIMEOUT),
             full_state: b.full_state,
             filter: filter::sync_filter(&definition),
             state_after: b.use_state_after,
             set_presence: Some(presence::state_of(&b.set_presence)?),
             acknowledges: true,
-        })
-        .await?;
-    Ok(to_response(
-        out,
-        b.use_state_after,
-        definition.room.timeline.unread_thread_notifications,
-    ))
+        };
+        (
+            sync_req,
+            b.use_state_after,
+            definition.room.timeline.unread_thread_notifications,
+        )
+    };
+    drop(req);
+    let out = state.core.sync.sync(sync_req).await?;
+    Ok(to_response(out, state_after, thread_counts))
 }
 
 /// The spec's `/sync` response for what the core computed (shared with the WebSocket transport).
