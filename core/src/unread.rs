@@ -65,7 +65,11 @@ pub struct Unread {
     rulesets: Mutex<LruCache<OwnedUserId, (u64, Arc<Ruleset>)>>,
     /// Events flattened for the push rule conditions: the same for every member who counts them.
     flattened: Mutex<LruCache<OwnedEventId, Arc<FlattenedJson>>>,
+    /// Push rule contexts with the state group they were made at.
+    contexts: Mutex<LruCache<(OwnedRoomId, OwnedUserId), VersionedContext>>,
 }
+
+type VersionedContext = (u64, Arc<PushConditionRoomCtx>);
 
 const MAIN: &str = "main";
 
@@ -92,6 +96,7 @@ impl Unread {
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(100_000).expect("non-zero"))),
             rulesets: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).expect("non-zero"))),
             flattened: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).expect("non-zero"))),
+            contexts: Mutex::new(LruCache::new(NonZeroUsize::new(100_000).expect("non-zero"))),
         }
     }
 
@@ -231,19 +236,32 @@ impl Unread {
         Ok(())
     }
 
-    fn push_context(&self, room_id: &RoomId, user: &UserId) -> Result<PushConditionRoomCtx> {
+    /// The room context the push rules see, cached per (room, user) until the room's state
+    /// changes (member count and display names are state).
+    fn push_context(&self, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
         let head = self.rooms.head(room_id)?;
-        let joined = head.lock().joined_count();
+        let (group, joined) = {
+            let h = head.lock();
+            (h.state_group, h.joined_count())
+        };
+        let key = (room_id.to_owned(), user.to_owned());
+        if let Some((g, ctx)) = self.contexts.lock().get(&key)
+            && *g == group
+        {
+            return Ok(ctx.clone());
+        }
         let display_name = self
             .rooms
             .state_event(room_id, "m.room.member", user.as_str())?
             .and_then(|p| p.content_value()["displayname"].as_str().map(str::to_owned))
             .unwrap_or_else(|| user.localpart().to_owned());
-        Ok(PushConditionRoomCtx::new(
+        let ctx = Arc::new(PushConditionRoomCtx::new(
             room_id.to_owned(),
             UInt::new(joined as u64).unwrap_or_default(),
             user.to_owned(),
             display_name,
-        ))
+        ));
+        self.contexts.lock().put(key, (group, ctx.clone()));
+        Ok(ctx)
     }
 }
