@@ -289,6 +289,74 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
         hearth.log_tail(20)
     );
 
+    // Typing travels as EDUs both ways.
+    let typing = format!("/rooms/{}/typing/{}", enc(&room), enc(&syd_id));
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            &typing,
+            Some(&syd_tok),
+            json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await;
+    let mut hearth_since: Option<String> = None;
+    let mut seen_typing = false;
+    for _ in 0..20 {
+        let path = match &hearth_since {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let (_, sync) = hearth.get(&path, &hal_tok).await;
+        if sync["rooms"]["join"][&room]["ephemeral"]["events"]
+            .to_string()
+            .contains(&syd_id)
+        {
+            seen_typing = true;
+            break;
+        }
+        hearth_since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    assert!(
+        seen_typing,
+        "Synapse's typing reached Hearth: {}",
+        hearth.log_tail(20)
+    );
+
+    let typing = format!("/rooms/{}/typing/{}", enc(&room), enc(&hal));
+    let (status, _) = hearth
+        .put(
+            &typing,
+            &hal_tok,
+            &json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let receipt = format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event_id));
+    let (status, _) = hearth.post(&receipt, &hal_tok, &json!({})).await;
+    assert_eq!(status, 200);
+    let (mut saw_typing, mut saw_receipt) = (false, false);
+    for _ in 0..20 {
+        let path = match &since {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let sync = synapse
+            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
+            .await;
+        let eph = sync["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
+        saw_typing |= eph.contains("m.typing") && eph.contains(&hal);
+        saw_receipt |= eph.contains("m.receipt") && eph.contains(&hal);
+        if saw_typing && saw_receipt {
+            break;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    assert!(
+        saw_typing && saw_receipt,
+        "Hearth's typing ({saw_typing}) and read receipt ({saw_receipt}) reached Synapse: {}",
+        hearth.log_tail(20)
+    );
+
     // Synapse sees the room's state as Hearth made it.
     let path = format!("/rooms/{}/state/m.room.name/", enc(&room));
     let name = synapse

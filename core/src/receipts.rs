@@ -118,6 +118,26 @@ impl Receipts {
             pos: 0,
         };
         self.store.submit(vec![WriteOp::PutReceipt(rec)]).await?;
+        // Only public read receipts of our own users travel (spec: private ones never leave).
+        if receipt_type == READ && user.server_name() == self.rooms.server_name() {
+            let servers = self.rooms.other_servers(room_id)?;
+            if !servers.is_empty() {
+                let mut data = json!({ "ts": now_ms() });
+                if !thread.is_empty() {
+                    data["thread_id"] = json!(thread);
+                }
+                self.rooms.remote.send_edu(
+                    &servers,
+                    json!({
+                        "edu_type": "m.receipt",
+                        "content": { room_id.as_str(): { READ: { user.as_str(): {
+                            "event_ids": [event_id],
+                            "data": data,
+                        } } } },
+                    }),
+                );
+            }
+        }
         match receipt_type {
             READ_PRIVATE => self.notifier.notify([user]),
             _ => {

@@ -18,6 +18,10 @@ pub trait Remote: Send + Sync + 'static {
     /// Events for these servers were queued durably in the outbox (see [`crate::outbox`]): send
     /// them. Called after the commit; whatever is queued is also sent after a restart.
     fn outbound_ready(&self, _destinations: &[OwnedServerName]) {}
+
+    /// Sends an ephemeral update (typing, a receipt) to these servers with their next
+    /// transaction. Not durable: a restart may lose it, as it may lose typing itself.
+    fn send_edu(&self, _destinations: &[OwnedServerName], _edu: serde_json::Value) {}
 }
 
 /// A server that does not federate: every remote lookup fails with `NotFound`.

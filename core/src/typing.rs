@@ -83,6 +83,19 @@ impl Typing {
         if changed {
             self.wake(room_id);
         }
+        if user.server_name() == self.rooms.server_name() {
+            // Refreshes go out too: a remote server times typing out by itself.
+            let servers = self.rooms.other_servers(room_id)?;
+            if !servers.is_empty() {
+                self.rooms.remote.send_edu(
+                    &servers,
+                    json!({
+                        "edu_type": "m.typing",
+                        "content": { "room_id": room_id, "user_id": user, "typing": timeout.is_some() },
+                    }),
+                );
+            }
+        }
         Ok(())
     }
 

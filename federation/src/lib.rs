@@ -30,6 +30,9 @@ use serde_json::{Value, json};
 
 pub use error::FedError;
 
+/// Ephemeral updates kept per destination while it cannot be reached.
+const MAX_QUEUED_EDUS: usize = 1000;
+
 /// How this server treats its peers' TLS.
 #[derive(Clone, Debug, Default)]
 pub struct FederationConfig {
@@ -45,11 +48,16 @@ pub struct Federation {
     key_cache: server_keys::KeyCache,
     /// Set once the core exists (it needs this object first, as its `Remote`).
     core: std::sync::OnceLock<Arc<Core>>,
+    /// Ephemeral updates waiting for each destination's next transaction.
+    edus: parking_lot::Mutex<std::collections::HashMap<ruma::OwnedServerName, Vec<Value>>>,
     /// The wake-up of each destination's sender task.
     queues: parking_lot::Mutex<
         std::collections::HashMap<ruma::OwnedServerName, Arc<tokio::sync::Notify>>,
     >,
     this: std::sync::Weak<Federation>,
+    /// Ids of transactions that carry only EDUs (unique within this process; their ids start
+    /// from the boot time so that they do not repeat across restarts either).
+    edu_txns: std::sync::atomic::AtomicU64,
 }
 
 impl Federation {
@@ -60,14 +68,30 @@ impl Federation {
             client,
             key_cache: Default::default(),
             core: Default::default(),
+            edus: Default::default(),
             queues: Default::default(),
             this: this.clone(),
+            edu_txns: std::sync::atomic::AtomicU64::new(hearth_core::util::now_ms()),
         }))
     }
 }
 
 impl Remote for Federation {
     fn outbound_ready(&self, destinations: &[ruma::OwnedServerName]) {
+        self.wake_senders(destinations);
+    }
+
+    fn send_edu(&self, destinations: &[ruma::OwnedServerName], edu: Value) {
+        {
+            let mut edus = self.edus.lock();
+            for d in destinations {
+                let queue = edus.entry(d.clone()).or_default();
+                // A peer that is down must not make ephemeral updates pile up without bound.
+                if queue.len() < MAX_QUEUED_EDUS {
+                    queue.push(edu.clone());
+                }
+            }
+        }
         self.wake_senders(destinations);
     }
 

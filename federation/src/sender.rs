@@ -4,8 +4,11 @@
 //! queued, oldest first and in batches, delete what the server accepted, and back off
 //! exponentially while the server cannot be reached. It sleeps until the core says something
 //! new was queued; after a restart, [`Federation::start_sending`] resumes every non-empty queue.
+//! Ephemeral updates (typing, receipts) ride along in the same transactions; they are kept in
+//! memory only and dropped when a transaction fails, as typing would be stale by the retry.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hearth_core::Core;
@@ -16,8 +19,9 @@ use tokio::sync::Notify;
 
 use crate::Federation;
 
-/// The spec's limit of PDUs per transaction.
+/// The spec's limits per transaction.
 const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -70,18 +74,29 @@ impl Federation {
                     continue;
                 }
             };
-            let Some(last) = batch.last().map(|o| o.pos) else {
+            let edus: Vec<serde_json::Value> = {
+                let mut all = self.edus.lock();
+                let queue = all.entry(dest.clone()).or_default();
+                let n = queue.len().min(MAX_EDUS);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() && edus.is_empty() {
                 wake.notified().await;
                 continue;
+            }
+            let last = batch.last().map(|o| o.pos);
+            // Positions are unique and only grow: a retried batch of PDUs keeps its id, so the
+            // peer recognises a transaction it already processed. EDU-only transactions take a
+            // fresh id.
+            let txn_id = match last {
+                Some(l) => format!("{}-{l}", batch[0].pos),
+                None => format!("e{}", self.edu_txns.fetch_add(1, Ordering::Relaxed)),
             };
-            // Positions are unique and only grow: a retried batch keeps its id, so the peer
-            // recognises a transaction it already processed.
-            let txn_id = format!("{}-{last}", batch[0].pos);
             let body = json!({
                 "origin": self.keys.server_name,
                 "origin_server_ts": hearth_core::util::now_ms(),
                 "pdus": batch.iter().map(|o| &o.pdu).collect::<Vec<_>>(),
-                "edus": [],
+                "edus": edus,
             });
             let path = format!("/_matrix/federation/v1/send/{txn_id}");
             match self
@@ -95,7 +110,9 @@ impl Federation {
                             tracing::warn!(destination = %dest, event_id = %id, error = %err, "peer rejected an event");
                         }
                     }
-                    if let Err(e) = core.outbox.sent(&dest, last).await {
+                    if let Some(last) = last
+                        && let Err(e) = core.outbox.sent(&dest, last).await
+                    {
                         tracing::error!(destination = %dest, error = %e, "clearing the outbox failed");
                     }
                     tracing::debug!(destination = %dest, pdus = batch.len(), "transaction sent");

@@ -1,10 +1,12 @@
 //! Incoming transactions (`PUT /_matrix/federation/v1/send/{txnId}`): PDUs are checked and
-//! appended one by one, each with its own result. EDUs are accepted and, for now, dropped.
+//! appended one by one, each with its own result. Of the EDUs, typing notifications and read
+//! receipts are applied (for users of the sending server only); the others are dropped for now.
 
 use axum::Json;
 use axum::extract::{Path, State as AxState};
+use hearth_core::receipts::READ;
 use http::StatusCode;
-use ruma::{CanonicalJsonValue, OwnedRoomId};
+use ruma::{CanonicalJsonValue, EventId, OwnedRoomId, RoomId, ServerName, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::State;
@@ -15,6 +17,8 @@ use crate::pdu::check_signed_pdu;
 /// A transaction carries at most 50 PDUs and 100 EDUs (spec).
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
+/// How long a remote user types unless their server says they stopped (as Synapse).
+const REMOTE_TYPING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn send(
     AxState(state): AxState<State>,
@@ -31,6 +35,9 @@ pub async fn send(
         ));
     }
     tracing::debug!(origin = %signed.origin, %txn_id, pdus = pdus.len(), edus, "transaction");
+    for edu in body["edus"].as_array().into_iter().flatten() {
+        handle_edu(&state, &signed.origin, edu).await;
+    }
     let mut results = Map::new();
     for pdu in pdus {
         let (id, outcome) = handle_pdu(&state, pdu).await;
@@ -72,5 +79,56 @@ async fn handle_pdu(state: &State, pdu: Value) -> (Option<String>, Value) {
             tracing::info!(%room_id, event_id = %id, error = %e, "rejected a remote event");
             (Some(id), json!({ "error": e.to_string() }))
         }
+    }
+}
+
+/// A server may speak only for its own users, and only in rooms they are in (checked by the core).
+async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
+    let from_origin = |user: &str| {
+        UserId::parse(user)
+            .ok()
+            .filter(|u| u.server_name() == origin)
+    };
+    let core = &state.core;
+    match edu["edu_type"].as_str() {
+        Some("m.typing") => {
+            let c = &edu["content"];
+            let room = c["room_id"].as_str().and_then(|r| RoomId::parse(r).ok());
+            let (Some(room), Some(user)) = (room, c["user_id"].as_str().and_then(from_origin))
+            else {
+                return;
+            };
+            let timeout = (c["typing"] == true).then_some(REMOTE_TYPING_TIMEOUT);
+            if let Err(e) = core.typing.set(&room, &user, timeout) {
+                tracing::debug!(%room, %user, error = %e, "ignored a typing EDU");
+            }
+        }
+        Some("m.receipt") => {
+            for (room, by_type) in edu["content"].as_object().into_iter().flatten() {
+                let Ok(room) = RoomId::parse(room) else {
+                    continue;
+                };
+                for (user, receipt) in by_type["m.read"].as_object().into_iter().flatten() {
+                    let Some(user) = from_origin(user) else {
+                        continue;
+                    };
+                    let thread = receipt["data"]["thread_id"].as_str();
+                    let last = receipt["event_ids"]
+                        .as_array()
+                        .and_then(|ids| ids.last())
+                        .and_then(|id| id.as_str())
+                        .and_then(|id| EventId::parse(id).ok());
+                    if let Some(event_id) = last
+                        && let Err(e) = core
+                            .receipts
+                            .set(&user, &room, READ, &event_id, thread)
+                            .await
+                    {
+                        tracing::debug!(%room, %user, error = %e, "ignored a receipt EDU");
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }

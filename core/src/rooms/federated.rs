@@ -145,6 +145,20 @@ impl Rooms {
     }
 
     /// The servers with joined members in a room.
+    /// The other servers with members joined to the room: where its ephemeral updates go.
+    pub fn other_servers(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedServerName>> {
+        let ours = self.server_name();
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        let servers: BTreeSet<ruma::OwnedServerName> = h
+            .members
+            .iter()
+            .filter(|(u, m)| *m == "join" && u.server_name() != ours)
+            .map(|(u, _)| u.server_name().to_owned())
+            .collect();
+        Ok(servers.into_iter().collect())
+    }
+
     pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let head = self.head(room_id)?;
         let h = head.lock();

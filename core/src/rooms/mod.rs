@@ -118,8 +118,8 @@ pub struct Rooms {
     pub(crate) store: Arc<dyn Store>,
     keys: Arc<ServerKeys>,
     notifier: Arc<Notifier>,
-    /// Told when events were queued for other servers.
-    remote: Arc<dyn crate::remote::Remote>,
+    /// Told when events were queued for other servers; carries ephemeral updates to them.
+    pub(crate) remote: Arc<dyn crate::remote::Remote>,
     heads: Mutex<HashMap<OwnedRoomId, Arc<Mutex<RoomHead>>>>,
     /// Immutable once written, so caching parsed PDUs is always safe.
     events: Mutex<LruCache<OwnedEventId, PduRef>>,
