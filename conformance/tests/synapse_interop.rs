@@ -357,6 +357,61 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
         hearth.log_tail(20)
     );
 
+    // Presence travels both ways, status messages included.
+    let hal_presence = format!("/presence/{}/status", enc(&hal));
+    let (status, _) = hearth
+        .put(
+            &hal_presence,
+            &hal_tok,
+            &json!({ "presence": "online", "status_msg": "from hearth" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let syd_presence = format!("/presence/{}/status", enc(&syd_id));
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            &syd_presence,
+            Some(&syd_tok),
+            json!({ "presence": "online", "status_msg": "from synapse" }),
+        )
+        .await;
+    let mut at_synapse = false;
+    for _ in 0..20 {
+        let path = match &since {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let sync = synapse
+            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
+            .await;
+        if sync["presence"].to_string().contains("from hearth") {
+            at_synapse = true;
+            break;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    assert!(
+        at_synapse,
+        "Hearth's presence reached Synapse: {}",
+        hearth.log_tail(20)
+    );
+    let mut at_hearth = false;
+    for _ in 0..20 {
+        let (_, body) = hearth.get(&syd_presence, &hal_tok).await;
+        if body["status_msg"] == "from synapse" {
+            assert_eq!(body["presence"], "online", "{body}");
+            at_hearth = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        at_hearth,
+        "Synapse's presence reached Hearth: {}",
+        hearth.log_tail(20)
+    );
+
     // Synapse sees the room's state as Hearth made it.
     let path = format!("/rooms/{}/state/m.room.name/", enc(&room));
     let name = synapse

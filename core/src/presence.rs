@@ -22,6 +22,9 @@ use crate::streams::EphemeralSerial;
 use crate::util::now_ms;
 use crate::{Error, Result};
 
+/// A remote user of whom their server said nothing for this long is shown offline.
+const REMOTE_SILENCE: Duration = Duration::from_secs(30 * 60);
+
 /// Activity within this window counts as "currently active", as in Synapse.
 const CURRENTLY_ACTIVE: Duration = Duration::from_secs(60);
 
@@ -179,6 +182,7 @@ impl Presence {
     fn reap(&self) {
         let now = Instant::now();
         let mut changed = Vec::new();
+        let ours = self.rooms.server_name().to_owned();
         {
             let mut users = self.users.write();
             for (user, e) in users.entries.iter_mut() {
@@ -186,7 +190,16 @@ impl Presence {
                     continue;
                 }
                 let idle = now.duration_since(e.last_sync);
-                let next = if idle >= self.config.offline_after {
+                // A remote user's server reports their changes; only a long silence from it
+                // turns them offline here (as Synapse does).
+                let remote = user.server_name() != ours;
+                let next = if remote {
+                    if idle >= REMOTE_SILENCE && e.state != State::Offline {
+                        State::Offline
+                    } else {
+                        e.state
+                    }
+                } else if idle >= self.config.offline_after {
                     State::Offline
                 } else if idle >= self.config.unavailable_after && e.state == State::Online {
                     State::Unavailable
@@ -355,11 +368,88 @@ impl Presence {
         Ok(out)
     }
 
+    /// Wakes the users who see `user`'s presence, and for a local user tells the other servers
+    /// that share a room with them.
     fn wake_for(&self, user: &UserId) {
-        match self.co_members(user) {
-            Ok(users) => self.notifier.notify(users.iter().map(|u| &**u)),
-            Err(e) => tracing::warn!(error = %e, "presence wake-up failed"),
+        let users = match self.co_members(user) {
+            Ok(users) => users,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence wake-up failed");
+                return;
+            }
+        };
+        self.notifier.notify(users.iter().map(|u| &**u));
+        let ours = self.rooms.server_name();
+        if user.server_name() != ours {
+            return;
         }
+        let servers: std::collections::BTreeSet<ruma::OwnedServerName> = users
+            .iter()
+            .map(|u| u.server_name())
+            .filter(|s| *s != ours)
+            .map(ToOwned::to_owned)
+            .collect();
+        let view = self
+            .users
+            .read()
+            .entries
+            .get(user)
+            .map(|e| self.view(user, e));
+        if let Some(view) = view
+            && !servers.is_empty()
+        {
+            let servers: Vec<_> = servers.into_iter().collect();
+            let mut push = json!({
+                "user_id": user,
+                "presence": view.state.as_str(),
+                "currently_active": view.currently_active,
+            });
+            if let Some(ago) = view.last_active_ago {
+                push["last_active_ago"] = json!(ago);
+            }
+            if let Some(msg) = &view.status_msg {
+                push["status_msg"] = json!(msg);
+            }
+            self.rooms.remote.send_edu(
+                &servers,
+                json!({ "edu_type": "m.presence", "content": { "push": [push] } }),
+            );
+        }
+    }
+
+    /// An `m.presence` update from a user's own server.
+    pub fn set_remote(
+        &self,
+        user: &UserId,
+        state: State,
+        status_msg: Option<String>,
+        last_active_ago: Option<u64>,
+    ) {
+        if !self.config.enabled || user.server_name() == self.rooms.server_name() {
+            return;
+        }
+        {
+            let mut users = self.users.write();
+            let e = users
+                .entries
+                .entry(user.to_owned())
+                .or_insert_with(|| Entry {
+                    state,
+                    status_msg: None,
+                    last_active_ts: 0,
+                    last_sync: Instant::now(),
+                    syncing: 0,
+                    serial: 0,
+                });
+            e.state = state;
+            e.status_msg = status_msg;
+            e.last_sync = Instant::now();
+            if let Some(ago) = last_active_ago {
+                e.last_active_ts = now_ms().saturating_sub(ago);
+            }
+            users.bump(user, self.serial.next());
+        }
+        self.wake_for(user);
     }
 
     /// `m.presence` events for `viewer`: changes after serial `since` (or everyone not offline

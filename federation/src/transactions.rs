@@ -1,6 +1,7 @@
 //! Incoming transactions (`PUT /_matrix/federation/v1/send/{txnId}`): PDUs are checked and
-//! appended one by one, each with its own result. Of the EDUs, typing notifications and read
-//! receipts are applied (for users of the sending server only); the others are dropped for now.
+//! appended one by one, each with its own result. Of the EDUs, typing notifications, read
+//! receipts and presence are applied (for users of the sending server only); the others are
+//! dropped for now.
 
 use axum::Json;
 use axum::extract::{Path, State as AxState};
@@ -126,6 +127,23 @@ async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
                     {
                         tracing::debug!(%room, %user, error = %e, "ignored a receipt EDU");
                     }
+                }
+            }
+        }
+        Some("m.presence") => {
+            for push in edu["content"]["push"].as_array().into_iter().flatten() {
+                let user = push["user_id"].as_str().and_then(from_origin);
+                let presence = push["presence"]
+                    .as_str()
+                    .and_then(hearth_core::presence::State::parse);
+                if let (Some(user), Some(presence)) = (user, presence) {
+                    let msg = push["status_msg"].as_str().map(str::to_owned);
+                    core.presence.set_remote(
+                        &user,
+                        presence,
+                        msg,
+                        push["last_active_ago"].as_u64(),
+                    );
                 }
             }
         }
