@@ -191,7 +191,7 @@ async fn hearth_and_synapse_query_each_others_profiles() {
 async fn a_synapse_user_joins_a_room_on_hearth() {
     let synapse = Synapse::start().await;
     let (hearth, tls) = hearth_beside(&synapse).await;
-    let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let (hal, hal_tok, hal_device) = hearth.register("hal", "pw-hal-1").await;
     let room = hearth
         .create_room(
             &hal_tok,
@@ -409,6 +409,68 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
     assert!(
         at_hearth,
         "Synapse's presence reached Hearth: {}",
+        hearth.log_tail(20)
+    );
+
+    // To-device messages travel as EDUs both ways.
+    let path = "/sendToDevice/org.example.ping/td1";
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            path,
+            Some(&syd_tok),
+            json!({ "messages": { &hal: { &hal_device: { "from": "synapse" } } } }),
+        )
+        .await;
+    let (status, _) = hearth
+        .put(
+            path,
+            &hal_tok,
+            &json!({ "messages": { &syd_id: { "*": { "from": "hearth" } } } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut at_hearth = false;
+    for _ in 0..20 {
+        let path = match &hearth_since {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let (_, sync) = hearth.get(&path, &hal_tok).await;
+        let td = sync["to_device"]["events"].to_string();
+        if td.contains("\"synapse\"") {
+            assert!(td.contains(&syd_id), "{td}");
+            at_hearth = true;
+            break;
+        }
+        hearth_since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    assert!(
+        at_hearth,
+        "Synapse's to-device message reached Hearth: {}",
+        hearth.log_tail(20)
+    );
+    let mut at_synapse = false;
+    for _ in 0..20 {
+        let path = match &since {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let sync = synapse
+            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
+            .await;
+        if sync["to_device"]["events"]
+            .to_string()
+            .contains("\"hearth\"")
+        {
+            at_synapse = true;
+            break;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    assert!(
+        at_synapse,
+        "Hearth's to-device message reached Synapse: {}",
         hearth.log_tail(20)
     );
 

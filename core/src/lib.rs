@@ -92,7 +92,7 @@ impl Core {
         let profiles = Arc::new(profiles::Profiles::new(
             accounts.clone(),
             rooms.clone(),
-            remote,
+            remote.clone(),
         ));
         let ephemeral = Arc::new(streams::EphemeralSerial::default());
         let receipts = Arc::new(receipts::Receipts::new(
@@ -117,6 +117,7 @@ impl Core {
             config.server_name.clone(),
             store.clone(),
             notifier.clone(),
+            remote.clone(),
         ));
         let unread = Arc::new(unread::Unread::new(
             store.clone(),

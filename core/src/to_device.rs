@@ -11,6 +11,7 @@ use serde_json::json;
 use serde_json::value::RawValue as RawJsonValue;
 
 use crate::notifier::Notifier;
+use crate::remote::Remote;
 use crate::{Error, Result};
 
 /// At most this many messages per sync; the rest wait for the next one.
@@ -23,6 +24,7 @@ pub struct ToDevice {
     server_name: ruma::OwnedServerName,
     store: Arc<dyn Store>,
     notifier: Arc<Notifier>,
+    remote: Arc<dyn Remote>,
     /// Per device, the highest position it acknowledged. The deletion of acknowledged messages
     /// commits in the background; until it has, this keeps a replayed old token from getting
     /// them again.
@@ -37,17 +39,19 @@ impl ToDevice {
         server_name: ruma::OwnedServerName,
         store: Arc<dyn Store>,
         notifier: Arc<Notifier>,
+        remote: Arc<dyn Remote>,
     ) -> Self {
         Self {
             server_name,
             store,
             notifier,
+            remote,
             acked: Mutex::new(HashMap::new()),
         }
     }
 
     /// `PUT /sendToDevice/{type}/{txnId}`: idempotent per (sender device, txn id). Messages to
-    /// users of other servers are left to federation.
+    /// users of other servers go to those servers as `m.direct_to_device` EDUs.
     pub async fn send(
         &self,
         sender: &UserId,
@@ -64,12 +68,70 @@ impl ToDevice {
         {
             return Ok(());
         }
+        let (local, remote): (Messages, Messages) = messages
+            .into_iter()
+            .partition(|(user, _)| user.server_name() == self.server_name);
+        let (mut ops, woken) = self.local_ops(sender, kind, local)?;
+        ops.push(WriteOp::PutTxn {
+            user_id: sender.to_string(),
+            device_id: sender_device.to_owned(),
+            txn_id: txn_key,
+            result: String::new(),
+        });
+        self.store.submit(ops).await?;
+        self.notifier.notify(woken.iter().map(|u| &**u));
+
+        let mut by_server: BTreeMap<ruma::OwnedServerName, Messages> = BTreeMap::new();
+        for (user, by_device) in remote {
+            by_server
+                .entry(user.server_name().to_owned())
+                .or_default()
+                .insert(user, by_device);
+        }
+        for (server, messages) in by_server {
+            let edu = json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": sender,
+                    "type": kind,
+                    "message_id": format!("{sender_device}_{txn_id}"),
+                    "messages": messages,
+                },
+            });
+            self.remote.send_edu(&[server], edu);
+        }
+        Ok(())
+    }
+
+    /// An `m.direct_to_device` EDU from `sender`'s server, for users of ours.
+    pub async fn receive_remote(
+        &self,
+        sender: &UserId,
+        kind: &str,
+        messages: Messages,
+    ) -> Result<()> {
+        let local: Messages = messages
+            .into_iter()
+            .filter(|(user, _)| user.server_name() == self.server_name)
+            .collect();
+        let (ops, woken) = self.local_ops(sender, kind, local)?;
+        if !ops.is_empty() {
+            self.store.submit(ops).await?;
+            self.notifier.notify(woken.iter().map(|u| &**u));
+        }
+        Ok(())
+    }
+
+    /// The queue writes for messages to users of this server, and whom they wake.
+    fn local_ops(
+        &self,
+        sender: &UserId,
+        kind: &str,
+        messages: Messages,
+    ) -> Result<(Vec<WriteOp>, Vec<OwnedUserId>)> {
         let mut ops = Vec::new();
         let mut woken: Vec<OwnedUserId> = Vec::new();
         for (user, by_device) in messages {
-            if user.server_name() != self.server_name {
-                continue;
-            }
             let devices = self.store.devices(user.as_str())?;
             for (device, content) in by_device {
                 if !content.get().trim_start().starts_with('{') {
@@ -99,15 +161,7 @@ impl ToDevice {
             }
             woken.push(user);
         }
-        ops.push(WriteOp::PutTxn {
-            user_id: sender.to_string(),
-            device_id: sender_device.to_owned(),
-            txn_id: txn_key,
-            result: String::new(),
-        });
-        self.store.submit(ops).await?;
-        self.notifier.notify(woken.iter().map(|u| &**u));
-        Ok(())
+        Ok((ops, woken))
     }
 
     /// The device has everything up to `upto`: those messages go (in the background: if the

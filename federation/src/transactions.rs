@@ -1,7 +1,7 @@
 //! Incoming transactions (`PUT /_matrix/federation/v1/send/{txnId}`): PDUs are checked and
 //! appended one by one, each with its own result. Of the EDUs, typing notifications, read
-//! receipts and presence are applied (for users of the sending server only); the others are
-//! dropped for now.
+//! receipts, presence and to-device messages are applied (from users of the sending server
+//! only); the others are dropped for now.
 
 use axum::Json;
 use axum::extract::{Path, State as AxState};
@@ -128,6 +128,17 @@ async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
                         tracing::debug!(%room, %user, error = %e, "ignored a receipt EDU");
                     }
                 }
+            }
+        }
+        Some("m.direct_to_device") => {
+            let c = &edu["content"];
+            let sender = c["sender"].as_str().and_then(from_origin);
+            let messages =
+                serde_json::from_value::<hearth_core::to_device::Messages>(c["messages"].clone());
+            if let (Some(sender), Some(kind), Ok(messages)) = (sender, c["type"].as_str(), messages)
+                && let Err(e) = core.to_device.receive_remote(&sender, kind, messages).await
+            {
+                tracing::warn!(%sender, error = %e, "a to-device EDU could not be queued");
             }
         }
         Some("m.presence") => {
