@@ -483,3 +483,117 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
 
     let _ = std::fs::remove_dir_all(&tls);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hearth_user_joins_a_room_on_synapse() {
+    let synapse = Synapse::start().await;
+    let (hearth, tls) = hearth_beside(&synapse).await;
+    let (syd_id, syd_tok) = synapse_user(&synapse, "syd").await;
+    let created = synapse
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(&syd_tok),
+            json!({ "preset": "public_chat", "name": "synapse hall" }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let synapse_name = syd_id.split_once(':').unwrap().1.to_owned();
+    let path = format!("/rooms/{}/send/m.room.message/s0", enc(&room));
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            Some(&syd_tok),
+            json!({ "msgtype": "m.text", "body": "before hal came" }),
+        )
+        .await;
+
+    // Hearth runs make_join and send_join against Synapse and takes the room in.
+    let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let (status, body) = hearth
+        .post(
+            &format!("/join/{}?server_name={}", enc(&room), enc(&synapse_name)),
+            &hal_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body} {}", hearth.log_tail(30));
+    assert_eq!(body["room_id"], room.as_str());
+
+    // The room's state came along: its name, and both members.
+    let (status, name) = hearth
+        .get(
+            &format!("/rooms/{}/state/m.room.name/", enc(&room)),
+            &hal_tok,
+        )
+        .await;
+    assert_eq!(status, 200, "{name}");
+    assert_eq!(name["name"], "synapse hall");
+    let (_, members) = hearth
+        .get(&format!("/rooms/{}/joined_members", enc(&room)), &hal_tok)
+        .await;
+    assert!(members["joined"][&syd_id].is_object(), "{members}");
+    assert!(members["joined"][&hal].is_object(), "{members}");
+
+    // Synapse's user sees the join and hal's message; hal gets Synapse's next message.
+    hearth
+        .send_text(&hal_tok, &room, "h1", "hello from hearth")
+        .await;
+    let mut since: Option<String> = None;
+    let mut seen = false;
+    for _ in 0..20 {
+        let path = match &since {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let sync = synapse
+            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
+            .await;
+        if sync["rooms"]["join"][&room]["timeline"]["events"]
+            .to_string()
+            .contains("hello from hearth")
+        {
+            seen = true;
+            break;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    assert!(
+        seen,
+        "Hearth's message reached Synapse: {}",
+        hearth.log_tail(20)
+    );
+
+    let (_, first) = hearth.get("/sync?timeout=0", &hal_tok).await;
+    let mut hal_since = first["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/rooms/{}/send/m.room.message/s1", enc(&room));
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            Some(&syd_tok),
+            json!({ "msgtype": "m.text", "body": "welcome hal" }),
+        )
+        .await;
+    let mut arrived = false;
+    for _ in 0..20 {
+        let (_, sync) = hearth
+            .get(&format!("/sync?since={hal_since}&timeout=2000"), &hal_tok)
+            .await;
+        if sync["rooms"]["join"][&room]["timeline"]["events"]
+            .to_string()
+            .contains("welcome hal")
+        {
+            arrived = true;
+            break;
+        }
+        hal_since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    assert!(
+        arrived,
+        "Synapse's message reached Hearth: {}",
+        hearth.log_tail(20)
+    );
+    let _ = std::fs::remove_dir_all(&tls);
+}

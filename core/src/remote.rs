@@ -4,8 +4,9 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use ruma::{OwnedServerName, UserId};
+use ruma::{OwnedServerName, RoomId, UserId};
 
+use crate::rooms::RemoteJoin;
 use crate::rooms::create::MemberProfile;
 use crate::{Error, Result};
 
@@ -14,6 +15,17 @@ pub type RemoteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + '
 pub trait Remote: Send + Sync + 'static {
     /// The profile of a user of another server, asked of that server.
     fn profile<'a>(&'a self, user: &'a UserId) -> RemoteFuture<'a, MemberProfile>;
+
+    /// Joins `user` to a room this server is not in, through one of `servers` (`make_join`, sign,
+    /// `send_join`), with `content` as the member event's content. Returns what the core needs
+    /// to take the room in, every PDU of it checked.
+    fn join_remote<'a>(
+        &'a self,
+        room_id: &'a RoomId,
+        user: &'a UserId,
+        servers: &'a [OwnedServerName],
+        content: serde_json::Value,
+    ) -> RemoteFuture<'a, RemoteJoin>;
 
     /// Events for these servers were queued durably in the outbox (see [`crate::outbox`]): send
     /// them. Called after the commit; whatever is queued is also sent after a restart.
@@ -29,6 +41,16 @@ pub struct NoFederation;
 
 impl Remote for NoFederation {
     fn profile<'a>(&'a self, _: &'a UserId) -> RemoteFuture<'a, MemberProfile> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
+    fn join_remote<'a>(
+        &'a self,
+        _: &'a RoomId,
+        _: &'a UserId,
+        _: &'a [OwnedServerName],
+        _: serde_json::Value,
+    ) -> RemoteFuture<'a, RemoteJoin> {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 }

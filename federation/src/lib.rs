@@ -9,6 +9,7 @@ mod auth;
 pub mod client;
 mod discovery;
 mod error;
+mod joining;
 mod membership;
 pub mod pdu;
 mod query;
@@ -79,6 +80,16 @@ impl Federation {
 impl Remote for Federation {
     fn outbound_ready(&self, destinations: &[ruma::OwnedServerName]) {
         self.wake_senders(destinations);
+    }
+
+    fn join_remote<'a>(
+        &'a self,
+        room_id: &'a ruma::RoomId,
+        user: &'a UserId,
+        servers: &'a [ruma::OwnedServerName],
+        content: Value,
+    ) -> RemoteFuture<'a, hearth_core::rooms::RemoteJoin> {
+        Box::pin(self.join_remote_room(room_id, user, servers, content))
     }
 
     fn send_edu(&self, destinations: &[ruma::OwnedServerName], edu: Value) {

@@ -174,6 +174,13 @@ pub enum WriteOp {
         result: String,
     },
     AppendEvent(Box<AppendEvent>),
+    /// Stores an event that is not part of the room's timeline (state and auth events a join
+    /// brought along), at the next stream position so that it can be looked up like any other.
+    PutOutlier {
+        event_id: String,
+        json: Vec<u8>,
+        meta: EventMeta,
+    },
     PutMembership(String, String, MembershipRecord),
 }
 

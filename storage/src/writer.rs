@@ -304,6 +304,20 @@ fn apply(
                 serde_json::to_vec(&rec)?.as_slice(),
             )?;
         }
+        WriteOp::PutOutlier {
+            event_id,
+            json,
+            mut meta,
+        } => {
+            *next_pos += 1;
+            let pos = *next_pos;
+            meta.pos = pos;
+            t.event_ids.insert(event_id.as_str(), pos)?;
+            t.events.insert(pos, json.as_slice())?;
+            t.event_meta
+                .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
+            return Ok(Some(pos));
+        }
         WriteOp::AppendEvent(append) => {
             let AppendEvent {
                 event_id,

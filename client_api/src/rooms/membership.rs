@@ -14,12 +14,13 @@ async fn join(
     user: &ruma::UserId,
     room_id: &RoomId,
     reason: Option<&str>,
+    via: &[ruma::OwnedServerName],
 ) -> ApiResult<OwnedRoomId> {
     let profile = state.core.profiles.get(user)?;
     Ok(state
         .core
         .rooms
-        .join(room_id, user, &profile, reason)
+        .join(room_id, user, &profile, reason, via)
         .await?)
 }
 
@@ -28,7 +29,14 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.session().user_id.clone();
-    let room_id = join(&state, &user, &req.body.room_id, req.body.reason.as_deref()).await?;
+    let room_id = join(
+        &state,
+        &user,
+        &req.body.room_id,
+        req.body.reason.as_deref(),
+        &[],
+    )
+    .await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
@@ -41,7 +49,14 @@ pub async fn join_by_id_or_alias(
         Ok(id) => id,
         Err(_) => return Err(ApiError::not_found("Room alias not found")),
     };
-    let room_id = join(&state, &user, &room_id, req.body.reason.as_deref()).await?;
+    let room_id = join(
+        &state,
+        &user,
+        &room_id,
+        req.body.reason.as_deref(),
+        &req.body.via,
+    )
+    .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

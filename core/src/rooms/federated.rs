@@ -15,6 +15,16 @@ use super::{Batch, Rooms};
 use crate::util::now_ms;
 use crate::{Error, Result};
 
+/// What joining a room on another server brought back: our signed join event, and the room's
+/// state before it with its auth chain, all checked (signatures, hashes) by the federation crate.
+pub struct RemoteJoin {
+    pub room_version: RoomVersionId,
+    pub event_id: OwnedEventId,
+    pub event: CanonicalJsonObject,
+    pub state: Vec<(OwnedEventId, CanonicalJsonObject)>,
+    pub auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
+}
+
 /// A room's state and the auth chain behind it, as PDU JSON.
 pub struct StateAndAuthChain {
     pub state: Vec<Box<RawJsonValue>>,
@@ -22,6 +32,88 @@ pub struct StateAndAuthChain {
 }
 
 impl Rooms {
+    /// Takes a room this server has just joined over federation: stores the state and auth
+    /// events the resident server sent (outside the timeline), makes a head with that state, and
+    /// appends our join on top of it, all in one commit.
+    pub async fn ingest_remote_join(&self, room_id: &RoomId, join: RemoteJoin) -> Result<PduRef> {
+        let rules = join.room_version.rules().ok_or_else(|| {
+            Error::UnsupportedRoomVersion(format!("room version {}", join.room_version))
+        })?;
+        let room = room_id.to_string();
+        let mut batch = Batch::default();
+        let mut state = super::StateMap::new();
+        let mut members = std::collections::HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        let in_state: std::collections::HashSet<&OwnedEventId> =
+            join.state.iter().map(|(id, _)| id).collect();
+        for (id, obj) in join.auth_chain.iter().chain(join.state.iter()) {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let pdu = Arc::new(Pdu::from_canonical(id.clone(), obj)?);
+            if in_state.contains(id)
+                && let Some(key) = &pdu.state_key
+            {
+                state.insert((pdu.kind.to_string(), key.clone()), id.clone());
+                if let (Some(m), Ok(user)) = (pdu.membership(), UserId::parse(key.as_str())) {
+                    members.insert(user, m);
+                }
+            }
+            if self.pdu(id)?.is_some() {
+                continue;
+            }
+            self.pending_events.lock().insert(id.clone(), pdu.clone());
+            batch.ops.push(hearth_storage::WriteOp::PutOutlier {
+                event_id: id.to_string(),
+                json: serde_json::to_vec(obj)?,
+                meta: hearth_storage::EventMeta {
+                    room_id: room.clone(),
+                    pos: 0,
+                    state_before: 0,
+                    state_after: 0,
+                    txn: None,
+                    replaces_state: None,
+                },
+            });
+            batch.events.push(pdu);
+        }
+        let join_pdu = Arc::new(Pdu::from_canonical(join.event_id.clone(), &join.event)?);
+        let group = self.allocate_group();
+        let rec = super::state::next_group(&room, None, &state, &[]);
+        self.pending_groups.lock().insert(group, rec.clone());
+        batch
+            .ops
+            .push(hearth_storage::WriteOp::PutStateGroup(group, rec.clone()));
+        batch.groups.push((group, rec.clone()));
+        let joined = members.values().filter(|m| *m == "join").count();
+        let mut head = super::RoomHead {
+            room_id: room_id.to_owned(),
+            version: join.room_version.clone(),
+            rules: rules.clone(),
+            extremities: join_pdu.prev_events.clone(),
+            depth: join_pdu.depth.saturating_sub(1),
+            state_group: group,
+            state_group_rec: rec,
+            state: Arc::new(state),
+            members,
+            joined,
+            is_public: false,
+        };
+        let queued = {
+            self.authorize(&rules, &join_pdu, &head.state)?;
+            self.append_to_head(&mut head, join_pdu, join.event, None, &mut batch)?;
+            let head = Arc::new(parking_lot::Mutex::new(head));
+            let queued = {
+                let h = head.lock();
+                self.enqueue(&h, batch)
+            };
+            self.heads.lock().insert(room_id.to_owned(), head);
+            queued
+        };
+        let mut events = self.finish(queued).await?;
+        Ok(events.pop().expect("the join was appended"))
+    }
+
     /// The join event `user` (of another server) would send, unsigned, and the room version.
     /// Refused early when the auth rules would refuse the join.
     pub fn join_template(&self, room_id: &RoomId, user: &UserId) -> Result<(RoomVersionId, Value)> {

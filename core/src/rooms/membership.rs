@@ -47,17 +47,39 @@ impl Rooms {
         Ok(())
     }
 
+    /// Joins a room: locally when this server is in it, otherwise through one of `via` (or the
+    /// server in the room id) over federation.
     pub async fn join(
         &self,
         room_id: &RoomId,
         user: &UserId,
         profile: &MemberProfile,
         reason: Option<&str>,
+        via: &[ruma::OwnedServerName],
     ) -> Result<OwnedRoomId> {
-        if !self.exists(room_id)? {
-            return Err(Error::not_found("No known servers for this room"));
-        }
         let mut content = member_content("join", Some(profile), reason);
+        if !self.exists(room_id)? {
+            let mut servers: Vec<ruma::OwnedServerName> = via
+                .iter()
+                .filter(|s| *s != self.server_name())
+                .cloned()
+                .collect();
+            if let Some(s) = room_id.server_name()
+                && s != self.server_name()
+                && !servers.iter().any(|v| v == s)
+            {
+                servers.push(s.to_owned());
+            }
+            if servers.is_empty() || user.server_name() != self.server_name() {
+                return Err(Error::not_found("No known servers for this room"));
+            }
+            let joined = self
+                .remote
+                .join_remote(room_id, user, &servers, content)
+                .await?;
+            self.ingest_remote_join(room_id, joined).await?;
+            return Ok(room_id.to_owned());
+        }
         let (state, current) = {
             let head = self.head(room_id)?;
             let h = head.lock();

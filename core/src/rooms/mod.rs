@@ -10,7 +10,7 @@
 mod build;
 pub mod create;
 mod federated;
-pub use federated::StateAndAuthChain;
+pub use federated::{RemoteJoin, StateAndAuthChain};
 pub mod membership;
 pub mod pdu;
 pub mod state;

@@ -1,0 +1,181 @@
+//! Joining a room this server is not in yet (the joining side of `make_join`/`send_join` v2):
+//! ask a resident server for a join template, fill in our user's content, sign it, send it, and
+//! check every PDU of the state and auth chain that comes back before the core takes the room in.
+
+use hearth_core::config::SUPPORTED_ROOM_VERSIONS;
+use hearth_core::rooms::RemoteJoin;
+use http::Method;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
+};
+use serde_json::Value;
+
+use crate::Federation;
+use crate::error::FedError;
+use crate::pdu::check_signed_pdu;
+
+/// A path segment, percent-encoded.
+fn seg(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+impl Federation {
+    pub(crate) async fn join_remote_room(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        servers: &[OwnedServerName],
+        content: Value,
+    ) -> Result<RemoteJoin, hearth_core::Error> {
+        let mut last = None;
+        for server in servers {
+            match self.join_via(server, room_id, user, content.clone()).await {
+                Ok(joined) => return Ok(joined),
+                Err(e) => {
+                    tracing::warn!(%room_id, %server, error = %e.message, "joining through a server failed");
+                    last = Some(e);
+                }
+            }
+        }
+        let e = last.expect("at least one server was tried");
+        Err(match e.errcode {
+            "M_FORBIDDEN" => hearth_core::Error::Forbidden(e.message),
+            "M_NOT_FOUND" => hearth_core::Error::NotFound(e.message),
+            "M_INCOMPATIBLE_ROOM_VERSION" | "M_UNSUPPORTED_ROOM_VERSION" => {
+                hearth_core::Error::UnsupportedRoomVersion(e.message)
+            }
+            _ => hearth_core::Error::Unknown(e.message),
+        })
+    }
+
+    async fn join_via(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        content: Value,
+    ) -> Result<RemoteJoin, FedError> {
+        let versions: String = SUPPORTED_ROOM_VERSIONS
+            .iter()
+            .map(|v| format!("&ver={v}"))
+            .collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            seg(room_id.as_str()),
+            seg(user.as_str()),
+            versions.trim_start_matches('&')
+        );
+        let template = self
+            .client
+            .request(server, Method::GET, &path, None)
+            .await?;
+        let version = template["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
+            .ok_or_else(|| {
+                FedError::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "M_UNSUPPORTED_ROOM_VERSION",
+                    format!("{server} offered a room version this server does not support"),
+                )
+            })?;
+        let rules = version.rules().expect("supported versions have rules");
+
+        // The template's content may carry what the resident filled in (a restricted join's
+        // authorising user); ours adds the profile.
+        let mut event = template["event"].clone();
+        if !event.is_object()
+            || event["sender"] != user.as_str()
+            || event["state_key"] != user.as_str()
+        {
+            return Err(FedError::bad_json(
+                "make_join returned a template for someone else",
+            ));
+        }
+        if let (Some(ours), Some(theirs)) = (content.as_object(), event["content"].as_object_mut())
+        {
+            for (k, v) in ours {
+                theirs.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        event["content"]["membership"] = "join".into();
+        event["origin_server_ts"] = hearth_core::util::now_ms().into();
+        if event.get("origin").is_some() {
+            event["origin"] = self.keys.server_name.as_str().into();
+        }
+        let mut obj = match CanonicalJsonValue::try_from(event) {
+            Ok(CanonicalJsonValue::Object(o)) => o,
+            _ => {
+                return Err(FedError::bad_json(
+                    "make_join template is not canonical JSON",
+                ));
+            }
+        };
+        for k in ["event_id", "hashes", "signatures", "unsigned"] {
+            obj.remove(k);
+        }
+        ruma::signatures::hash_and_sign_event(
+            self.keys.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut obj,
+            &rules.redaction,
+        )
+        .map_err(|e| FedError::bad_json(e.to_string()))?;
+        let event_id = ruma::signatures::reference_hash(&obj, &rules)
+            .map_err(|e| FedError::bad_json(e.to_string()))
+            .and_then(|h| {
+                OwnedEventId::try_from(format!("${h}"))
+                    .map_err(|e| FedError::bad_json(e.to_string()))
+            })?;
+
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            seg(room_id.as_str()),
+            seg(event_id.as_str())
+        );
+        let body = serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))?;
+        let resp = self
+            .client
+            .request(server, Method::PUT, &path, Some(&body))
+            .await?;
+        // The resident may have countersigned our event (restricted joins): take its copy when
+        // it is still the same event.
+        if let Some(Ok(CanonicalJsonValue::Object(theirs))) =
+            resp.get("event").cloned().map(CanonicalJsonValue::try_from)
+            && ruma::signatures::reference_hash(&theirs, &rules)
+                .is_ok_and(|h| event_id.as_str() == format!("${h}"))
+        {
+            obj = theirs;
+        }
+        let state = self.checked_pdus(&version, &resp["state"]).await?;
+        let auth_chain = self.checked_pdus(&version, &resp["auth_chain"]).await?;
+        Ok(RemoteJoin {
+            room_version: version,
+            event_id,
+            event: obj,
+            state,
+            auth_chain,
+        })
+    }
+
+    /// Every PDU of a list, with its signatures and hashes checked; one bad PDU fails the join
+    /// (a room whose state cannot be trusted is not taken in).
+    async fn checked_pdus(
+        &self,
+        version: &RoomVersionId,
+        list: &Value,
+    ) -> Result<Vec<(OwnedEventId, CanonicalJsonObject)>, FedError> {
+        let mut out = Vec::new();
+        for pdu in list.as_array().into_iter().flatten() {
+            let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(pdu.clone())
+            else {
+                return Err(FedError::bad_json("a state PDU is not canonical JSON"));
+            };
+            let checked = check_signed_pdu(self, version, obj).await?;
+            out.push((checked.event_id, checked.json));
+        }
+        Ok(out)
+    }
+}
