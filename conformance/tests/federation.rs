@@ -193,3 +193,127 @@ async fn a_server_vouches_for_the_keys_of_another() {
     expected.sort();
     assert_eq!(names, expected, "{many}");
 }
+
+/// Syncs `token` on `server` from `since` until `pick` finds something; returns it and moves
+/// `since` on.
+async fn sync_until<T>(
+    server: &TestServer,
+    token: &str,
+    since: &mut String,
+    mut pick: impl FnMut(&serde_json::Value) -> Option<T>,
+) -> T {
+    for _ in 0..30 {
+        let (status, sync) = server
+            .get(&format!("/sync?since={since}&timeout=1000"), token)
+            .await;
+        assert_eq!(status, 200, "{sync}");
+        *since = sync["next_batch"].as_str().unwrap().to_owned();
+        if let Some(found) = pick(&sync) {
+            return found;
+        }
+    }
+    panic!("not seen through /sync: {}", server.log_tail(20));
+}
+
+fn bodies(sync: &serde_json::Value, room: &str) -> Vec<String> {
+    hearth_conformance::message_bodies(
+        sync["rooms"]["join"][room]["timeline"]["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_two_servers_share_a_room_and_nothing_is_lost_while_one_is_down() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (mut b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (bob, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let room = a
+        .create_room(
+            &ann_tok,
+            &json!({ "preset": "public_chat", "name": "two servers" }),
+        )
+        .await;
+
+    // Bob (on B) joins the room on A.
+    let (status, body) = b
+        .post(
+            &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
+            &bob_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+    let (_, first) = a.get("/sync?timeout=0", &ann_tok).await;
+    let mut ann_since = first["next_batch"].as_str().unwrap().to_owned();
+    let (_, first) = b.get("/sync?timeout=0", &bob_tok).await;
+    let mut bob_since = first["next_batch"].as_str().unwrap().to_owned();
+    assert!(first["rooms"]["join"][&room].is_object(), "{first}");
+
+    // Messages both ways, and typing.
+    b.send_text(&bob_tok, &room, "b1", "hi from B").await;
+    sync_until(&a, &ann_tok, &mut ann_since, |s| {
+        bodies(s, &room)
+            .contains(&"hi from B".to_owned())
+            .then_some(())
+    })
+    .await;
+    a.send_text(&ann_tok, &room, "a1", "hi from A").await;
+    sync_until(&b, &bob_tok, &mut bob_since, |s| {
+        bodies(s, &room)
+            .contains(&"hi from A".to_owned())
+            .then_some(())
+    })
+    .await;
+    let typing = format!("/rooms/{}/typing/{}", enc(&room), enc(&bob));
+    let (status, _) = b
+        .put(
+            &typing,
+            &bob_tok,
+            &json!({ "typing": true, "timeout": 10000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    sync_until(&a, &ann_tok, &mut ann_since, |s| {
+        s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .to_string()
+            .contains(&bob)
+            .then_some(())
+    })
+    .await;
+
+    // B goes down; A's messages wait in its outbox and arrive, in order and once, after B
+    // comes back.
+    b.kill9();
+    for i in 0..3 {
+        a.send_text(
+            &ann_tok,
+            &room,
+            &format!("d{i}"),
+            &format!("while down {i}"),
+        )
+        .await;
+    }
+    b.restart().await;
+    let mut got: Vec<String> = Vec::new();
+    while got.len() < 3 {
+        let more = sync_until(&b, &bob_tok, &mut bob_since, |s| {
+            let found: Vec<String> = bodies(s, &room)
+                .into_iter()
+                .filter(|t| t.starts_with("while down"))
+                .collect();
+            (!found.is_empty()).then_some(found)
+        })
+        .await;
+        got.extend(more);
+    }
+    assert_eq!(got, vec!["while down 0", "while down 1", "while down 2"]);
+    let (status, again) = b
+        .get(&format!("/sync?since={bob_since}&timeout=2000"), &bob_tok)
+        .await;
+    assert_eq!(status, 200);
+    assert!(bodies(&again, &room).is_empty(), "nothing twice: {again}");
+}
