@@ -4,7 +4,7 @@
 //! a sync response when one of its events or receipts, the user's membership, its typing set or
 //! the user's account data for it changed after the token. The wait is a per-user watch channel
 //! (see [`crate::notifier`]): an update wakes only the users it concerns. The WebSocket transport
-//! computes its frames with the same [`SyncService::sync`].
+//! computes its frames with the same [`SyncService::wait_for_changes`].
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! version's auth rules against the current state, updates the head, and queues the write batch
 //! *while still holding the lock* — so batches of one room reach the writer in graph order —
 //! then waits for durability outside the lock. Readers learn of the event only after it is
-//! durable (see [`Rooms::commit`]).
+//! durable (see `Rooms::finish`).
 
 mod build;
 pub mod create;
