@@ -1,6 +1,6 @@
 //! The room side of federation: the join template a remote user signs (`make_join`), appending
-//! a PDU made on another server (`send_join`), and the state and auth chain a joining server
-//! needs.
+//! a PDU made on another server (`send_join`, `/send`), the state and auth chain a joining server
+//! needs, and taking in a room this server joined elsewhere ([`RemoteJoin`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -236,7 +236,6 @@ impl Rooms {
         })
     }
 
-    /// The servers with joined members in a room.
     /// The other servers with members joined to the room: where its ephemeral updates go.
     pub fn other_servers(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedServerName>> {
         let ours = self.server_name();
@@ -251,6 +250,7 @@ impl Rooms {
         Ok(servers.into_iter().collect())
     }
 
+    /// The servers with joined members in a room, this one included.
     pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let head = self.head(room_id)?;
         let h = head.lock();
