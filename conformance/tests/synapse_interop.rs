@@ -142,6 +142,51 @@ async fn synapse_user(synapse: &Synapse, name: &str) -> (String, String) {
     )
 }
 
+/// Polls Synapse's `/sync` for `token`, moving `since` on, until `found` holds; false if it never
+/// does within about 40 seconds.
+async fn synapse_sees(
+    synapse: &Synapse,
+    token: &str,
+    since: &mut Option<String>,
+    mut found: impl FnMut(&serde_json::Value) -> bool,
+) -> bool {
+    for _ in 0..20 {
+        let path = match since.as_deref() {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let sync = synapse
+            .call(reqwest::Method::GET, &path, Some(token), json!({}))
+            .await;
+        if found(&sync) {
+            return true;
+        }
+        *since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    false
+}
+
+/// The same on Hearth.
+async fn hearth_sees(
+    hearth: &TestServer,
+    token: &str,
+    since: &mut Option<String>,
+    mut found: impl FnMut(&serde_json::Value) -> bool,
+) -> bool {
+    for _ in 0..20 {
+        let path = match since.as_deref() {
+            Some(s) => format!("/sync?since={s}&timeout=2000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let (_, sync) = hearth.get(&path, token).await;
+        if found(&sync) {
+            return true;
+        }
+        *since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hearth_and_synapse_query_each_others_profiles() {
     let synapse = Synapse::start().await;
@@ -232,24 +277,14 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
         .call(reqwest::Method::PUT, &path, Some(&syd_tok), msg)
         .await;
     let event_id = sent["event_id"].as_str().unwrap().to_owned();
-    let mut seen = false;
-    let mut since = since;
-    for _ in 0..10 {
-        let (_, sync) = hearth
-            .get(&format!("/sync?since={since}&timeout=3000"), &hal_tok)
-            .await;
-        let events = sync["rooms"]["join"][&room]["timeline"]["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if events.iter().any(|e| {
+    let mut hearth_since = Some(since);
+    let seen = hearth_sees(&hearth, &hal_tok, &mut hearth_since, |sync| {
+        let events = &sync["rooms"]["join"][&room]["timeline"]["events"];
+        events.as_array().into_iter().flatten().any(|e| {
             e["event_id"] == event_id.as_str() && e["content"]["body"] == "hello from synapse"
-        }) {
-            seen = true;
-            break;
-        }
-        since = sync["next_batch"].as_str().unwrap().to_owned();
-    }
+        })
+    })
+    .await;
     assert!(
         seen,
         "Synapse's message reached Hearth's user: {}",
@@ -260,29 +295,15 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
     let reply = hearth
         .send_text(&hal_tok, &room, "r1", "hello from hearth")
         .await;
-    let mut arrived = false;
     let mut since: Option<String> = None;
-    for _ in 0..20 {
-        let path = match &since {
-            Some(s) => format!("/sync?since={s}&timeout=2000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let sync = synapse
-            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
-            .await;
-        let events = sync["rooms"]["join"][&room]["timeline"]["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if events
-            .iter()
-            .any(|e| e["event_id"] == reply.as_str() && e["content"]["body"] == "hello from hearth")
-        {
-            arrived = true;
-            break;
-        }
-        since = sync["next_batch"].as_str().map(str::to_owned);
-    }
+    let arrived =
+        synapse_sees(&synapse, &syd_tok, &mut since, |sync| {
+            let events = &sync["rooms"]["join"][&room]["timeline"]["events"];
+            events.as_array().into_iter().flatten().any(|e| {
+                e["event_id"] == reply.as_str() && e["content"]["body"] == "hello from hearth"
+            })
+        })
+        .await;
     assert!(
         arrived,
         "Hearth's message reached Synapse's user: {}",
@@ -299,23 +320,12 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
             json!({ "typing": true, "timeout": 20000 }),
         )
         .await;
-    let mut hearth_since: Option<String> = None;
-    let mut seen_typing = false;
-    for _ in 0..20 {
-        let path = match &hearth_since {
-            Some(s) => format!("/sync?since={s}&timeout=2000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let (_, sync) = hearth.get(&path, &hal_tok).await;
-        if sync["rooms"]["join"][&room]["ephemeral"]["events"]
+    let seen_typing = hearth_sees(&hearth, &hal_tok, &mut hearth_since, |sync| {
+        sync["rooms"]["join"][&room]["ephemeral"]["events"]
             .to_string()
             .contains(&syd_id)
-        {
-            seen_typing = true;
-            break;
-        }
-        hearth_since = sync["next_batch"].as_str().map(str::to_owned);
-    }
+    })
+    .await;
     assert!(
         seen_typing,
         "Synapse's typing reached Hearth: {}",
@@ -335,22 +345,13 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
     let (status, _) = hearth.post(&receipt, &hal_tok, &json!({})).await;
     assert_eq!(status, 200);
     let (mut saw_typing, mut saw_receipt) = (false, false);
-    for _ in 0..20 {
-        let path = match &since {
-            Some(s) => format!("/sync?since={s}&timeout=2000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let sync = synapse
-            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
-            .await;
+    synapse_sees(&synapse, &syd_tok, &mut since, |sync| {
         let eph = sync["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
         saw_typing |= eph.contains("m.typing") && eph.contains(&hal);
         saw_receipt |= eph.contains("m.receipt") && eph.contains(&hal);
-        if saw_typing && saw_receipt {
-            break;
-        }
-        since = sync["next_batch"].as_str().map(str::to_owned);
-    }
+        saw_typing && saw_receipt
+    })
+    .await;
     assert!(
         saw_typing && saw_receipt,
         "Hearth's typing ({saw_typing}) and read receipt ({saw_receipt}) reached Synapse: {}",
@@ -376,21 +377,10 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
             json!({ "presence": "online", "status_msg": "from synapse" }),
         )
         .await;
-    let mut at_synapse = false;
-    for _ in 0..20 {
-        let path = match &since {
-            Some(s) => format!("/sync?since={s}&timeout=2000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let sync = synapse
-            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
-            .await;
-        if sync["presence"].to_string().contains("from hearth") {
-            at_synapse = true;
-            break;
-        }
-        since = sync["next_batch"].as_str().map(str::to_owned);
-    }
+    let at_synapse = synapse_sees(&synapse, &syd_tok, &mut since, |sync| {
+        sync["presence"].to_string().contains("from hearth")
+    })
+    .await;
     assert!(
         at_synapse,
         "Hearth's presence reached Synapse: {}",
@@ -430,44 +420,22 @@ async fn a_synapse_user_joins_a_room_on_hearth() {
         )
         .await;
     assert_eq!(status, 200);
-    let mut at_hearth = false;
-    for _ in 0..20 {
-        let path = match &hearth_since {
-            Some(s) => format!("/sync?since={s}&timeout=2000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let (_, sync) = hearth.get(&path, &hal_tok).await;
+    let at_hearth = hearth_sees(&hearth, &hal_tok, &mut hearth_since, |sync| {
         let td = sync["to_device"]["events"].to_string();
-        if td.contains("\"synapse\"") {
-            assert!(td.contains(&syd_id), "{td}");
-            at_hearth = true;
-            break;
-        }
-        hearth_since = sync["next_batch"].as_str().map(str::to_owned);
-    }
+        td.contains("\"synapse\"") && td.contains(&syd_id)
+    })
+    .await;
     assert!(
         at_hearth,
         "Synapse's to-device message reached Hearth: {}",
         hearth.log_tail(20)
     );
-    let mut at_synapse = false;
-    for _ in 0..20 {
-        let path = match &since {
-            Some(s) => format!("/sync?since={s}&timeout=2000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let sync = synapse
-            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
-            .await;
-        if sync["to_device"]["events"]
+    let at_synapse = synapse_sees(&synapse, &syd_tok, &mut since, |sync| {
+        sync["to_device"]["events"]
             .to_string()
             .contains("\"hearth\"")
-        {
-            at_synapse = true;
-            break;
-        }
-        since = sync["next_batch"].as_str().map(str::to_owned);
-    }
+    })
+    .await;
     assert!(
         at_synapse,
         "Hearth's to-device message reached Synapse: {}",
@@ -541,24 +509,12 @@ async fn a_hearth_user_joins_a_room_on_synapse() {
         .send_text(&hal_tok, &room, "h1", "hello from hearth")
         .await;
     let mut since: Option<String> = None;
-    let mut seen = false;
-    for _ in 0..20 {
-        let path = match &since {
-            Some(s) => format!("/sync?since={s}&timeout=2000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let sync = synapse
-            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
-            .await;
-        if sync["rooms"]["join"][&room]["timeline"]["events"]
+    let seen = synapse_sees(&synapse, &syd_tok, &mut since, |sync| {
+        sync["rooms"]["join"][&room]["timeline"]["events"]
             .to_string()
             .contains("hello from hearth")
-        {
-            seen = true;
-            break;
-        }
-        since = sync["next_batch"].as_str().map(str::to_owned);
-    }
+    })
+    .await;
     assert!(
         seen,
         "Hearth's message reached Synapse: {}",
@@ -566,7 +522,7 @@ async fn a_hearth_user_joins_a_room_on_synapse() {
     );
 
     let (_, first) = hearth.get("/sync?timeout=0", &hal_tok).await;
-    let mut hal_since = first["next_batch"].as_str().unwrap().to_owned();
+    let mut hal_since = first["next_batch"].as_str().map(str::to_owned);
     let path = format!("/rooms/{}/send/m.room.message/s1", enc(&room));
     synapse
         .call(
@@ -576,20 +532,12 @@ async fn a_hearth_user_joins_a_room_on_synapse() {
             json!({ "msgtype": "m.text", "body": "welcome hal" }),
         )
         .await;
-    let mut arrived = false;
-    for _ in 0..20 {
-        let (_, sync) = hearth
-            .get(&format!("/sync?since={hal_since}&timeout=2000"), &hal_tok)
-            .await;
-        if sync["rooms"]["join"][&room]["timeline"]["events"]
+    let arrived = hearth_sees(&hearth, &hal_tok, &mut hal_since, |sync| {
+        sync["rooms"]["join"][&room]["timeline"]["events"]
             .to_string()
             .contains("welcome hal")
-        {
-            arrived = true;
-            break;
-        }
-        hal_since = sync["next_batch"].as_str().unwrap().to_owned();
-    }
+    })
+    .await;
     assert!(
         arrived,
         "Synapse's message reached Hearth: {}",

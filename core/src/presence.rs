@@ -83,6 +83,19 @@ struct Entry {
     serial: u64,
 }
 
+impl Entry {
+    fn new(state: State) -> Self {
+        Self {
+            state,
+            status_msg: None,
+            last_active_ts: 0,
+            last_sync: Instant::now(),
+            syncing: 0,
+            serial: 0,
+        }
+    }
+}
+
 /// What `GET /presence/{user}/status` and `m.presence` events carry.
 #[derive(Clone, Debug)]
 pub struct PresenceView {
@@ -232,14 +245,7 @@ impl Presence {
             let e = users
                 .entries
                 .entry(user.to_owned())
-                .or_insert_with(|| Entry {
-                    state: State::Offline,
-                    status_msg: None,
-                    last_active_ts: 0,
-                    last_sync: Instant::now(),
-                    syncing: 0,
-                    serial: 0,
-                });
+                .or_insert_with(|| Entry::new(State::Offline));
             e.syncing += 1;
             e.last_sync = Instant::now();
             // "offline" on a sync means "do not change my presence by syncing".
@@ -289,14 +295,7 @@ impl Presence {
             let e = users
                 .entries
                 .entry(user.to_owned())
-                .or_insert_with(|| Entry {
-                    state,
-                    status_msg: None,
-                    last_active_ts: 0,
-                    last_sync: Instant::now(),
-                    syncing: 0,
-                    serial: 0,
-                });
+                .or_insert_with(|| Entry::new(state));
             e.state = state;
             e.status_msg = status_msg;
             if state == State::Online {
@@ -433,14 +432,7 @@ impl Presence {
             let e = users
                 .entries
                 .entry(user.to_owned())
-                .or_insert_with(|| Entry {
-                    state,
-                    status_msg: None,
-                    last_active_ts: 0,
-                    last_sync: Instant::now(),
-                    syncing: 0,
-                    serial: 0,
-                });
+                .or_insert_with(|| Entry::new(state));
             e.state = state;
             e.status_msg = status_msg;
             e.last_sync = Instant::now();
