@@ -317,3 +317,60 @@ async fn users_of_two_servers_share_a_room_and_nothing_is_lost_while_one_is_down
     assert_eq!(status, 200);
     assert!(bodies(&again, &room).is_empty(), "nothing twice: {again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_acl_shuts_a_server_out() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let (bea, bea_tok, _) = b.register("bea", "pw-bea-1").await;
+    let room = a
+        .create_room(&ann_tok, &json!({ "preset": "public_chat" }))
+        .await;
+    let join = format!("/join/{}?server_name={}", enc(&room), enc(&a_name));
+    let (status, body) = b.post(&join, &bob_tok, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, first) = a.get("/sync?timeout=0", &ann_tok).await;
+    let mut ann_since = first["next_batch"].as_str().unwrap().to_owned();
+    b.send_text(&bob_tok, &room, "b1", "before the acl").await;
+    sync_until(&a, &ann_tok, &mut ann_since, |s| {
+        bodies(s, &room)
+            .contains(&"before the acl".to_owned())
+            .then_some(())
+    })
+    .await;
+
+    // Both test servers are on host "localhost": the ACL denies B (A's own users are local and
+    // never checked against it).
+    let acl = format!("/rooms/{}/state/m.room.server_acl/", enc(&room));
+    let (status, body) = a
+        .put(
+            &acl,
+            &ann_tok,
+            &json!({ "allow": ["*"], "deny": ["localhost"], "allow_ip_literals": false }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    b.send_text(&bob_tok, &room, "b2", "after the acl").await;
+    for _ in 0..3 {
+        let (_, sync) = a
+            .get(&format!("/sync?since={ann_since}&timeout=1000"), &ann_tok)
+            .await;
+        assert!(
+            !bodies(&sync, &room).contains(&"after the acl".to_owned()),
+            "a denied server's event entered the room: {sync}"
+        );
+        ann_since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    // B is still in the room in its own view, so another of its users joins there; A refuses
+    // that join like any other event of B's.
+    let (status, _) = b.post(&join, &bea_tok, &json!({})).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (_, members) = a
+        .get(&format!("/rooms/{}/joined_members", enc(&room)), &ann_tok)
+        .await;
+    assert!(members["joined"][&bea].is_null(), "{members}");
+}

@@ -16,6 +16,23 @@ fn invalid(m: impl Into<String>) -> FedError {
     FedError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m)
 }
 
+/// A server the room's ACL denies may not join it.
+fn check_acl(
+    state: &State,
+    room_id: &ruma::RoomId,
+    origin: &ruma::ServerName,
+) -> Result<(), FedError> {
+    if state.core.rooms.server_allowed(room_id, origin)? {
+        Ok(())
+    } else {
+        Err(FedError::new(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "The room's server ACL denies this server",
+        ))
+    }
+}
+
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}?ver=…`
 pub async fn make_join(
     AxState(state): AxState<State>,
@@ -25,6 +42,7 @@ pub async fn make_join(
 ) -> Result<Json<Value>, FedError> {
     let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
     let user_id = OwnedUserId::try_from(user_id).map_err(|e| invalid(e.to_string()))?;
+    check_acl(&state, &room_id, &signed.origin)?;
     if user_id.server_name() != signed.origin {
         return Err(FedError::new(
             StatusCode::FORBIDDEN,
@@ -54,6 +72,7 @@ pub async fn send_join(
 ) -> Result<Json<Value>, FedError> {
     let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
     let event_id = OwnedEventId::try_from(event_id).map_err(|e| invalid(e.to_string()))?;
+    check_acl(&state, &room_id, &signed.origin)?;
     let value: Value = serde_json::from_slice(&signed.body)
         .map_err(|_| FedError::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Content not JSON."))?;
     let Ok(CanonicalJsonValue::Object(pdu)) = CanonicalJsonValue::try_from(value) else {

@@ -41,7 +41,7 @@ pub async fn send(
     }
     let mut results = Map::new();
     for pdu in pdus {
-        let (id, outcome) = handle_pdu(&state, pdu).await;
+        let (id, outcome) = handle_pdu(&state, &signed.origin, pdu).await;
         if let Some(id) = id {
             results.insert(id, outcome);
         }
@@ -50,7 +50,7 @@ pub async fn send(
 }
 
 /// One PDU of a transaction: `(event id, {} or {"error": …})`.
-async fn handle_pdu(state: &State, pdu: Value) -> (Option<String>, Value) {
+async fn handle_pdu(state: &State, origin: &ServerName, pdu: Value) -> (Option<String>, Value) {
     let room_id = pdu["room_id"]
         .as_str()
         .and_then(|r| OwnedRoomId::try_from(r).ok());
@@ -66,6 +66,14 @@ async fn handle_pdu(state: &State, pdu: Value) -> (Option<String>, Value) {
         // A room this server is not in: nothing to do with the event.
         Err(_) => return (None, json!({})),
     };
+    if !rooms.server_allowed(&room_id, origin).unwrap_or(false) {
+        let id = pdu_event_id(&obj, &version);
+        tracing::info!(%room_id, %origin, "refused a PDU: the room's server ACL denies its origin");
+        return (
+            id,
+            json!({ "error": "The room's server ACL denies this server" }),
+        );
+    }
     let checked = match check_signed_pdu(&state.federation, &version, obj).await {
         Ok(c) => c,
         Err(e) => return (None, json!({ "error": e.message })),
@@ -83,7 +91,16 @@ async fn handle_pdu(state: &State, pdu: Value) -> (Option<String>, Value) {
     }
 }
 
-/// A server may speak only for its own users, and only in rooms they are in (checked by the core).
+/// The event id of a PDU, for the per-PDU results of a transaction.
+fn pdu_event_id(obj: &ruma::CanonicalJsonObject, version: &ruma::RoomVersionId) -> Option<String> {
+    let rules = version.rules()?;
+    ruma::signatures::reference_hash(obj, &rules)
+        .ok()
+        .map(|h| format!("${h}"))
+}
+
+/// A server may speak only for its own users, and only in rooms they are in (checked by the core)
+/// that its server ACL lets it into.
 async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
     let from_origin = |user: &str| {
         UserId::parse(user)
@@ -99,6 +116,9 @@ async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
             else {
                 return;
             };
+            if !core.rooms.server_allowed(&room, origin).unwrap_or(false) {
+                return;
+            }
             let timeout = (c["typing"] == true).then_some(REMOTE_TYPING_TIMEOUT);
             if let Err(e) = core.typing.set(&room, &user, timeout) {
                 tracing::debug!(%room, %user, error = %e, "ignored a typing EDU");
@@ -109,6 +129,9 @@ async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
                 let Ok(room) = RoomId::parse(room) else {
                     continue;
                 };
+                if !core.rooms.server_allowed(&room, origin).unwrap_or(false) {
+                    continue;
+                }
                 for (user, receipt) in by_type["m.read"].as_object().into_iter().flatten() {
                     let Some(user) = from_origin(user) else {
                         continue;

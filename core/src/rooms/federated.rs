@@ -236,6 +236,21 @@ impl Rooms {
         })
     }
 
+    /// Whether the room's server ACL (`m.room.server_acl`) lets `server` take part; a room
+    /// without one lets everyone.
+    pub fn server_allowed(&self, room_id: &RoomId, server: &ruma::ServerName) -> Result<bool> {
+        let Some(acl) = self.state_event(room_id, "m.room.server_acl", "")? else {
+            return Ok(true);
+        };
+        // An ACL that does not parse lets nobody in, as Synapse treats it.
+        Ok(
+            serde_json::from_str::<ruma::events::room::server_acl::RoomServerAclEventContent>(
+                acl.content.get(),
+            )
+            .is_ok_and(|c| c.is_allowed(server)),
+        )
+    }
+
     /// The other servers with members joined to the room: where its ephemeral updates go.
     pub fn other_servers(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedServerName>> {
         let ours = self.server_name();
