@@ -38,7 +38,11 @@ impl Federation {
                 }
             }
         }
-        let e = last.expect("at least one server was tried");
+        let Some(e) = last else {
+            return Err(hearth_core::Error::not_found(
+                "No known servers for this room",
+            ));
+        };
         Err(match e.errcode {
             "M_FORBIDDEN" => hearth_core::Error::Forbidden(e.message),
             "M_NOT_FOUND" => hearth_core::Error::NotFound(e.message),
