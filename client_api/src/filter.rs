@@ -71,40 +71,43 @@ pub fn resolve(
     }
 }
 
+/// The parts every filter has (the room event filter and the plain one share them).
+fn base_filter(
+    types: &Option<Vec<String>>,
+    not_types: &[String],
+    senders: &Option<Vec<ruma::OwnedUserId>>,
+    not_senders: &[ruma::OwnedUserId],
+    limit: Option<ruma::UInt>,
+) -> EventFilter {
+    EventFilter {
+        types: types.clone(),
+        not_types: not_types.to_vec(),
+        senders: senders
+            .as_ref()
+            .map(|s| s.iter().map(|u| u.to_string()).collect()),
+        not_senders: not_senders.iter().map(|u| u.to_string()).collect(),
+        limit: limit.map(|l| u64::from(l) as usize),
+        ..Default::default()
+    }
+}
+
 pub fn event_filter(f: &RoomEventFilter) -> EventFilter {
-    let lazy = match &f.lazy_load_options {
+    let (lazy_load_members, include_redundant_members) = match &f.lazy_load_options {
         LazyLoadOptions::Enabled {
             include_redundant_members,
         } => (true, *include_redundant_members),
         _ => (false, false),
     };
     EventFilter {
-        types: f.types.clone(),
-        not_types: f.not_types.clone(),
-        senders: f
-            .senders
-            .as_ref()
-            .map(|s| s.iter().map(|u| u.to_string()).collect()),
-        not_senders: f.not_senders.iter().map(|u| u.to_string()).collect(),
-        limit: f.limit.map(|l| u64::from(l) as usize),
-        lazy_load_members: lazy.0,
-        include_redundant_members: lazy.1,
+        lazy_load_members,
+        include_redundant_members,
+        ..base_filter(&f.types, &f.not_types, &f.senders, &f.not_senders, f.limit)
     }
 }
 
 /// The non-room filter (account data, presence) as an event filter.
 fn plain_filter(f: &Filter) -> EventFilter {
-    EventFilter {
-        types: f.types.clone(),
-        not_types: f.not_types.clone(),
-        senders: f
-            .senders
-            .as_ref()
-            .map(|s| s.iter().map(|u| u.to_string()).collect()),
-        not_senders: f.not_senders.iter().map(|u| u.to_string()).collect(),
-        limit: f.limit.map(|l| u64::from(l) as usize),
-        ..Default::default()
-    }
+    base_filter(&f.types, &f.not_types, &f.senders, &f.not_senders, f.limit)
 }
 
 pub fn sync_filter(def: &FilterDefinition) -> SyncFilter {

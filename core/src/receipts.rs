@@ -82,13 +82,20 @@ impl Receipts {
                 "User {user} is not in room {room_id}"
             )));
         }
-        let meta = self
-            .store
-            .event_meta(event_id.as_str())?
-            .filter(|m| m.room_id == room_id.as_str())
+        let event = self
+            .rooms
+            .timeline_event(event_id)?
+            .filter(|e| e.meta.room_id == room_id.as_str())
             .ok_or_else(|| Error::not_found("Event not found"))?;
-        self.put(user, room_id, receipt_type, event_id, thread, meta.pos)
-            .await
+        self.put(
+            user,
+            room_id,
+            receipt_type,
+            event_id,
+            thread,
+            event.meta.pos,
+        )
+        .await
     }
 
     async fn put(
@@ -108,13 +115,14 @@ impl Receipts {
         {
             return Ok(());
         }
+        let ts = now_ms();
         let rec = ReceiptRecord {
             room_id: room_id.to_string(),
             user_id: user.to_string(),
             receipt_type: receipt_type.to_owned(),
             thread_id: thread.to_owned(),
             event_id: event_id.to_string(),
-            ts: now_ms(),
+            ts,
             pos: 0,
         };
         self.store.submit(vec![WriteOp::PutReceipt(rec)]).await?;
@@ -122,7 +130,7 @@ impl Receipts {
         if receipt_type == READ && user.server_name() == self.rooms.server_name() {
             let servers = self.rooms.other_servers(room_id)?;
             if !servers.is_empty() {
-                let mut data = json!({ "ts": now_ms() });
+                let mut data = json!({ "ts": ts });
                 if !thread.is_empty() {
                     data["thread_id"] = json!(thread);
                 }

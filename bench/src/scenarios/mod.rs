@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 use crate::api::Api;
 use crate::procfs;
 use crate::sampler::Sampler;
+use crate::stats::ms;
 use crate::stats::{round2, round3};
-use crate::syncloop::{SyncOpts, Update};
+use crate::syncloop::{self, Pollers, SyncOpts, Update};
 use crate::users::{User, UserPool};
 use crate::{Args, BoxError};
 
@@ -140,6 +141,70 @@ pub async fn pair(ctx: &Ctx, name: &str) -> Result<(User, User, String), BoxErro
         .await?;
     ctx.api.join(&receiver.auth, &room).await?;
     Ok((sender, receiver, room))
+}
+
+/// A DM pair whose receiver long-polls `/sync`: `(sender, room, its updates, the poller)`.
+pub async fn pair_with_poller(
+    ctx: &Ctx,
+    name: &str,
+) -> Result<(User, String, mpsc::UnboundedReceiver<Update>, Pollers), BoxError> {
+    let (sender, receiver, room) = pair(ctx, name).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pollers = syncloop::start(
+        &ctx.api,
+        std::slice::from_ref(&receiver),
+        &ctx.sync_opts(),
+        1,
+        tx,
+    )
+    .await?;
+    Ok((sender, room, rx, pollers))
+}
+
+/// Latencies of messages sent over HTTP one at a time, each until its arrival on `rx`.
+pub struct SendTimings {
+    /// Send start → the receiver has it.
+    pub delivery: Vec<f64>,
+    /// Send start → the send's 200.
+    pub puts: Vec<f64>,
+    pub missed: usize,
+}
+
+pub async fn send_and_time(
+    ctx: &Ctx,
+    sender: &User,
+    room: &str,
+    rx: &mut mpsc::UnboundedReceiver<Update>,
+    tag: &str,
+    n: usize,
+) -> Result<SendTimings, BoxError> {
+    let room_enc = crate::api::enc(room);
+    let mut t = SendTimings {
+        delivery: Vec::new(),
+        puts: Vec::new(),
+        missed: 0,
+    };
+    for i in 0..n {
+        let body = format!("hb {} {tag} {i}", ctx.run_id);
+        let txn = format!("{}-{tag}-{i}", ctx.run_id);
+        let t0 = Instant::now();
+        let r = ctx
+            .api
+            .send_text(&sender.auth, &room_enc, &txn, &body)
+            .await?;
+        t.puts.push(ms(r.at - t0));
+        let deadline = Instant::now() + ctx.msg_timeout();
+        match wait_for(rx, deadline, |u| {
+            u.sync.message_bodies(room).any(|b| b == body)
+        })
+        .await
+        {
+            Some(at) => t.delivery.push(ms(at.saturating_duration_since(t0))),
+            None => t.missed += 1,
+        }
+        ctx.gap().await;
+    }
+    Ok(t)
 }
 
 /// The next update, or None at the deadline.

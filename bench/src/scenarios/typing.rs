@@ -4,25 +4,14 @@
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use super::{Ctx, pair, skipped, wait_for};
+use super::{Ctx, pair_with_poller, skipped, wait_for};
 use crate::BoxError;
 use crate::stats::{Summary, ms};
-use crate::syncloop;
 
 pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
     let rounds = ctx.args.typing_rounds;
-    let (sender, receiver, room) = pair(ctx, "typing").await?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let pollers = syncloop::start(
-        &ctx.api,
-        std::slice::from_ref(&receiver),
-        &ctx.sync_opts(),
-        1,
-        tx,
-    )
-    .await?;
+    let (sender, room, mut rx, pollers) = pair_with_poller(ctx, "typing").await?;
     ctx.mark_measured();
     crate::log!("typing_latency: {rounds} rounds (typing on + off)");
     let (mut on, mut off, mut missed) = (Vec::new(), Vec::new(), 0);

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Ctx, next_update, pair, skipped, wait_for};
+use super::{Ctx, next_update, pair, send_and_time, skipped, wait_for};
 use crate::BoxError;
-use crate::api::enc;
 use crate::stats::{Summary, ms, round2};
 use crate::syncloop::{Update, initial_sync};
 use crate::users::User;
@@ -44,32 +43,12 @@ pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
     );
 
     ctx.mark_measured();
-    let room_enc = enc(&room);
-    let (mut lats, mut puts, mut missed) = (Vec::new(), Vec::new(), 0);
-    for i in 0..n {
-        let body = format!("hb {} ws {i}", ctx.run_id);
-        let txn = format!("{}-ws-{i}", ctx.run_id);
-        let t0 = Instant::now();
-        let r = ctx
-            .api
-            .send_text(&sender.auth, &room_enc, &txn, &body)
-            .await?;
-        puts.push(ms(r.at - t0));
-        let deadline = Instant::now() + ctx.msg_timeout();
-        match wait_for(&mut rx, deadline, |u| {
-            u.sync.message_bodies(&room).any(|b| b == body)
-        })
-        .await
-        {
-            Some(at) => lats.push(ms(at.saturating_duration_since(t0))),
-            None => missed += 1,
-        }
-        ctx.gap().await;
-    }
-    let latency = Summary::of(&mut lats);
+    let mut t = send_and_time(ctx, &sender, &room, &mut rx, "ws", n).await?;
+    let latency = Summary::of(&mut t.delivery);
     crate::log!(
-        "ws_latency (HTTP send): {} (missed {missed})",
-        latency.brief()
+        "ws_latency (HTTP send): {} (missed {})",
+        latency.brief(),
+        t.missed
     );
 
     let ws_send = ws_send_phase(ctx, &sender, &room, &mut rx).await?;
@@ -77,11 +56,11 @@ pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
     Ok(json!({
         "messages": n,
         "delivered": latency.n,
-        "missed": missed,
+        "missed": t.missed,
         "first_frame_ms": first_frame_ms,
         "resume_first_frame_ms": resume,
         "latency_ms": latency,
-        "send_put_ms": Summary::of(&mut puts),
+        "send_put_ms": Summary::of(&mut t.puts),
         "ws_send": ws_send,
     }))
 }

@@ -132,10 +132,8 @@ impl Rooms {
     fn queue_outbound(&self, head: &RoomHead, pdu: &PduRef, batch: &mut Batch) {
         let ours = self.server_name();
         let mut servers: std::collections::BTreeSet<ruma::OwnedServerName> = head
-            .members
-            .iter()
-            .filter(|(_, m)| *m == "join")
-            .map(|(u, _)| u.server_name())
+            .joined_servers()
+            .into_iter()
             .filter(|s| *s != ours)
             .map(ToOwned::to_owned)
             .collect();

@@ -256,25 +256,17 @@ impl Rooms {
         let ours = self.server_name();
         let head = self.head(room_id)?;
         let h = head.lock();
-        let servers: BTreeSet<ruma::OwnedServerName> = h
-            .members
-            .iter()
-            .filter(|(u, m)| *m == "join" && u.server_name() != ours)
-            .map(|(u, _)| u.server_name().to_owned())
-            .collect();
-        Ok(servers.into_iter().collect())
+        Ok(h.joined_servers()
+            .into_iter()
+            .filter(|s| *s != ours)
+            .map(ToOwned::to_owned)
+            .collect())
     }
 
     /// The servers with joined members in a room, this one included.
     pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let head = self.head(room_id)?;
         let h = head.lock();
-        let servers: BTreeSet<String> = h
-            .members
-            .iter()
-            .filter(|(_, m)| *m == "join")
-            .map(|(u, _)| u.server_name().to_string())
-            .collect();
-        Ok(servers.into_iter().collect())
+        Ok(h.joined_servers().iter().map(|s| s.to_string()).collect())
     }
 }

@@ -316,11 +316,10 @@ impl Rooms {
     /// Rooms the user is joined to.
     pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
         Ok(self
-            .store
-            .memberships_of_user(user.as_str())?
-            .into_iter()
+            .memberships_of(user)?
+            .iter()
             .filter(|(_, m)| m.membership == "join")
-            .filter_map(|(r, _)| OwnedRoomId::try_from(r).ok())
+            .filter_map(|(r, _)| OwnedRoomId::try_from(r.as_str()).ok())
             .collect())
     }
 }

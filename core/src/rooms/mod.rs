@@ -81,6 +81,15 @@ impl RoomHead {
         }
     }
 
+    /// The servers with a member joined to the room.
+    pub fn joined_servers(&self) -> std::collections::BTreeSet<&ruma::ServerName> {
+        self.members
+            .iter()
+            .filter(|(_, m)| *m == "join")
+            .map(|(u, _)| u.server_name())
+            .collect()
+    }
+
     /// Users a new event must wake: everyone joined or invited.
     pub fn interested_users(&self) -> impl Iterator<Item = &OwnedUserId> {
         self.members
@@ -280,20 +289,6 @@ impl Rooms {
             .lock()
             .put(user.to_owned(), (version, list.clone()));
         Ok(list)
-    }
-
-    /// Whether the room has durable events in `(after, upto]`. Read from the store, which is
-    /// what `persisted_pos` describes, so a reader never races the bookkeeping of a commit.
-    pub fn has_events_between(
-        &self,
-        room_id: &RoomId,
-        after: StreamPos,
-        upto: StreamPos,
-    ) -> Result<bool> {
-        Ok(!self
-            .store
-            .room_events(room_id.as_str(), after + 1, upto, false, 1)?
-            .is_empty())
     }
 
     pub fn current_state(&self, room_id: &RoomId) -> Result<SharedState> {
