@@ -93,6 +93,13 @@ impl From<CoreError> for ApiError {
             }
             CoreError::TooLarge(m) => Self::too_large(m),
             CoreError::Unrecognized(m) => Self::new(S::BAD_REQUEST, "M_UNRECOGNIZED", m),
+            CoreError::InvalidSignature(m) => Self::new(S::BAD_REQUEST, "M_INVALID_SIGNATURE", m),
+            CoreError::WrongRoomKeysVersion(current) => Self::new(
+                S::FORBIDDEN,
+                "M_WRONG_ROOM_KEYS_VERSION",
+                "Wrong backup version.",
+            )
+            .with("current_version", json!(current)),
             CoreError::Unknown(m) => Self::new(S::BAD_REQUEST, "M_UNKNOWN", m),
             CoreError::Internal(m) => {
                 // The detail goes to the log, not to the client.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 mod filter;
+mod keys;
 mod presence;
 mod profile;
 mod rate_limit;

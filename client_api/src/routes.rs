@@ -10,8 +10,8 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
-    AppState, account, account_data, filter, presence, profile, receipts, rooms, server, sync,
-    to_device, typing, websocket,
+    AppState, account, account_data, filter, keys, presence, profile, receipts, rooms, server,
+    sync, to_device, typing, websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
@@ -132,6 +132,37 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::presence::set_presence::v3::Request, _, _>(r, presence::set);
     r = add::<c::presence::get_presence::v3::Request, _, _>(r, presence::get);
     r = add::<c::to_device::send_event_to_device::v3::Request, _, _>(r, to_device::send);
+    // End-to-end encryption: keys, cross-signing, key backup
+    r = add::<c::keys::upload_keys::v3::Request, _, _>(r, keys::upload);
+    r = add::<c::keys::get_keys::v3::Request, _, _>(r, keys::query);
+    r = add::<c::keys::claim_keys::v3::Request, _, _>(r, keys::claim);
+    r = add::<c::keys::get_key_changes::v3::Request, _, _>(r, keys::changes);
+    r = add::<c::keys::upload_signing_keys::v3::Request, _, _>(
+        r,
+        keys::cross_signing::upload_signing_keys,
+    );
+    r = add::<c::keys::upload_signatures::v3::Request, _, _>(
+        r,
+        keys::cross_signing::upload_signatures,
+    );
+    {
+        use c::backup as b;
+        use keys::backup as h;
+        r = add::<b::create_backup_version::v3::Request, _, _>(r, h::create_version);
+        r = add::<b::get_latest_backup_info::v3::Request, _, _>(r, h::latest_version);
+        r = add::<b::get_backup_info::v3::Request, _, _>(r, h::get_version);
+        r = add::<b::update_backup_version::v3::Request, _, _>(r, h::update_version);
+        r = add::<b::delete_backup_version::v3::Request, _, _>(r, h::delete_version);
+        r = add::<b::add_backup_keys::v3::Request, _, _>(r, h::put_keys);
+        r = add::<b::add_backup_keys_for_room::v3::Request, _, _>(r, h::put_room_keys);
+        r = add::<b::add_backup_keys_for_session::v3::Request, _, _>(r, h::put_session_key);
+        r = add::<b::get_backup_keys::v3::Request, _, _>(r, h::get_keys);
+        r = add::<b::get_backup_keys_for_room::v3::Request, _, _>(r, h::get_room_keys);
+        r = add::<b::get_backup_keys_for_session::v3::Request, _, _>(r, h::get_session_key);
+        r = add::<b::delete_backup_keys::v3::Request, _, _>(r, h::delete_keys);
+        r = add::<b::delete_backup_keys_for_room::v3::Request, _, _>(r, h::delete_room_keys);
+        r = add::<b::delete_backup_keys_for_session::v3::Request, _, _>(r, h::delete_session_key);
+    }
     // Hearth's WebSocket transport (docs/realtime.md)
     r = r.route(websocket::PATH, get(websocket::upgrade));
 

@@ -89,6 +89,19 @@ pub(crate) fn to_response(
     resp.account_data.events = out.account_data.into_iter().map(raw).collect();
     resp.presence.events = out.presence.into_iter().map(raw).collect();
     resp.to_device.events = out.to_device.into_iter().map(raw).collect();
+    resp.device_lists.changed = out.device_lists.changed;
+    resp.device_lists.left = out.device_lists.left;
+    resp.device_one_time_keys_count = out
+        .one_time_keys_count
+        .into_iter()
+        .map(|(alg, n)| (alg.as_str().into(), UInt::new_saturating(n)))
+        .collect();
+    resp.device_unused_fallback_key_types = Some(
+        out.unused_fallback_key_types
+            .iter()
+            .map(|alg| alg.as_str().into())
+            .collect(),
+    );
     for u in &out.joined {
         let mut room = JoinedRoom::new();
         room.timeline = timeline_of(u);

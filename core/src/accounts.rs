@@ -14,6 +14,7 @@ use parking_lot::RwLock;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use tokio::sync::Mutex;
 
+use crate::e2ee::{DeviceLists, DeviceUpdate};
 use crate::util::{now_ms, random_string, sha256};
 use crate::{CoreConfig, Error, Result};
 
@@ -33,6 +34,8 @@ pub struct NewLogin {
 pub struct Accounts {
     config: Arc<CoreConfig>,
     store: Arc<dyn Store>,
+    /// Told when devices go or are renamed: other users' clients track device lists.
+    device_lists: Arc<DeviceLists>,
     /// Serialises check-then-create sequences (is the user name free? which filter id is
     /// next?), which must not interleave.
     allocation: Mutex<()>,
@@ -42,10 +45,15 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn new(config: Arc<CoreConfig>, store: Arc<dyn Store>) -> Self {
+    pub fn new(
+        config: Arc<CoreConfig>,
+        store: Arc<dyn Store>,
+        device_lists: Arc<DeviceLists>,
+    ) -> Self {
         Self {
             config,
             store,
+            device_lists,
             allocation: Mutex::new(()),
             hasher: HashPool::new(2),
             sessions: RwLock::new(HashMap::new()),
@@ -263,21 +271,24 @@ impl Accounts {
             .store
             .device(user_id.as_str(), device_id)?
             .ok_or_else(|| Error::not_found("Device not found"))?;
-        dev.display_name = name;
-        self.store
-            .submit(vec![WriteOp::PutDevice(
-                user_id.to_string(),
-                device_id.to_owned(),
-                dev,
-            )])
-            .await?;
-        Ok(())
+        dev.display_name = name.clone();
+        let op = WriteOp::PutDevice(user_id.to_string(), device_id.to_owned(), dev);
+        let update = DeviceUpdate {
+            device_id: device_id.to_owned(),
+            display_name: name,
+            deleted: false,
+            keys: None,
+        };
+        self.device_lists
+            .commit_change(user_id, vec![op], vec![update])
+            .await
     }
 
-    /// Deletes devices and revokes their access tokens.
+    /// Deletes devices with their keys and revokes their access tokens.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
         let mut ops = Vec::new();
         let mut hashes = Vec::new();
+        let mut updates = Vec::new();
         for d in device_ids {
             if let Some(dev) = self.store.device(user_id.as_str(), d)? {
                 if let Some(h) = dev.token_hash {
@@ -285,6 +296,12 @@ impl Accounts {
                     hashes.push(h);
                 }
                 ops.push(WriteOp::DeleteDevice(user_id.to_string(), d.clone()));
+                updates.push(DeviceUpdate {
+                    device_id: d.clone(),
+                    display_name: None,
+                    deleted: true,
+                    keys: None,
+                });
             }
         }
         if ops.is_empty() {
@@ -297,8 +314,7 @@ impl Accounts {
                 sessions.remove(h);
             }
         }
-        self.store.submit(ops).await?;
-        Ok(())
+        self.device_lists.commit_change(user_id, ops, updates).await
     }
 
     pub async fn delete_all_devices_except(

@@ -28,6 +28,12 @@ pub enum Error {
     TooLarge(String),
     #[error("{0}")]
     Unrecognized(String),
+    /// A key's signature does not verify.
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// A key backup write to a version that is not the current one (named, if there is one).
+    #[error("Wrong backup version.")]
+    WrongRoomKeysVersion(Option<String>),
     /// A request the server understood but refuses for a reason with no errcode of its own.
     #[error("{0}")]
     Unknown(String),

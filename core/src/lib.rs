@@ -5,15 +5,17 @@
 //! dependencies explicitly when [`Core::new`] wires them; they never reach for a global, and
 //! they depend on each other in one direction only:
 //!
-//! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread)`,
+//! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread, E2ee)`,
 //! `Unread → (Receipts, AccountData, Rooms)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
-//! `Profiles → (Accounts, Rooms)`, `Accounts → Store`, `Outbox → Store`; `Rooms` tells the
+//! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
+//! DeviceLists)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
 pub mod accounts;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod keys;
 pub mod notifier;
@@ -43,6 +45,7 @@ pub struct Core {
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
     pub accounts: Arc<accounts::Accounts>,
+    pub e2ee: Arc<e2ee::E2ee>,
     pub account_data: Arc<account_data::AccountData>,
     pub rooms: Arc<rooms::Rooms>,
     pub profiles: Arc<profiles::Profiles>,
@@ -77,7 +80,6 @@ impl Core {
     ) -> Result<Self> {
         let config = Arc::new(config);
         let notifier = Arc::new(notifier::Notifier::default());
-        let accounts = Arc::new(accounts::Accounts::new(config.clone(), store.clone()));
         let rooms = Arc::new(rooms::Rooms::new(
             config.clone(),
             store.clone(),
@@ -85,6 +87,23 @@ impl Core {
             notifier.clone(),
             remote.clone(),
         )?);
+        let device_lists = Arc::new(e2ee::DeviceLists::new(
+            config.server_name.clone(),
+            store.clone(),
+            rooms.clone(),
+            notifier.clone(),
+            remote.clone(),
+        ));
+        let accounts = Arc::new(accounts::Accounts::new(
+            config.clone(),
+            store.clone(),
+            device_lists.clone(),
+        ));
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            config.server_name.clone(),
+            store.clone(),
+            device_lists.clone(),
+        ));
         let account_data = Arc::new(account_data::AccountData::new(
             store.clone(),
             notifier.clone(),
@@ -136,6 +155,7 @@ impl Core {
             presence: presence.clone(),
             to_device: to_device.clone(),
             unread: unread.clone(),
+            e2ee: e2ee.clone(),
             ephemeral,
         }));
         Ok(Self {
@@ -144,6 +164,7 @@ impl Core {
             keys,
             notifier,
             accounts,
+            e2ee,
             account_data,
             rooms,
             profiles,

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::value::RawValue as RawJsonValue;
 
 use crate::account_data::{AccountData, to_event};
+use crate::e2ee::{DeviceListChanges, E2ee};
 use crate::notifier::Notifier;
 use crate::presence::{self, Presence};
 use crate::receipts::Receipts;
@@ -109,11 +110,18 @@ pub struct SyncResponse {
     pub joined: Vec<RoomUpdate>,
     pub invited: Vec<(OwnedRoomId, Vec<Box<RawJsonValue>>)>,
     pub left: Vec<RoomUpdate>,
+    pub device_lists: DeviceListChanges,
+    /// The device's one-time key counts by algorithm, in every response.
+    pub one_time_keys_count: std::collections::BTreeMap<String, u64>,
+    pub unused_fallback_key_types: Vec<String>,
 }
 
 impl SyncResponse {
+    /// Whether a long-poll has nothing to answer yet (key counts are always there and do not
+    /// count).
     pub fn is_empty(&self) -> bool {
-        self.joined.is_empty()
+        self.device_lists.is_empty()
+            && self.joined.is_empty()
             && self.invited.is_empty()
             && self.left.is_empty()
             && self.account_data.is_empty()
@@ -161,6 +169,7 @@ pub struct SyncSources {
     pub presence: Arc<Presence>,
     pub to_device: Arc<ToDevice>,
     pub unread: Arc<Unread>,
+    pub e2ee: Arc<E2ee>,
     pub ephemeral: Arc<EphemeralSerial>,
 }
 
@@ -174,6 +183,7 @@ pub struct SyncService {
     presence: Arc<Presence>,
     to_device: Arc<ToDevice>,
     unread: Arc<Unread>,
+    e2ee: Arc<E2ee>,
     ephemeral: Arc<EphemeralSerial>,
 }
 
@@ -200,6 +210,7 @@ impl SyncService {
             presence: src.presence,
             to_device: src.to_device,
             unread: src.unread,
+            e2ee: src.e2ee,
             ephemeral: src.ephemeral,
         }
     }
@@ -373,6 +384,15 @@ impl SyncService {
                 _ => {}
             }
         }
+        if let Some(since) = since_pos {
+            resp.device_lists = self.e2ee.device_lists().changes(&req.user_id, since, now)?;
+        }
+        resp.one_time_keys_count = self
+            .e2ee
+            .one_time_key_counts(&req.user_id, &req.device_id)?;
+        resp.unused_fallback_key_types = self
+            .e2ee
+            .unused_fallback_key_types(&req.user_id, &req.device_id)?;
         Ok(resp)
     }
 

@@ -9,6 +9,7 @@
 //! one fsync makes many requests durable, so durability does not cap throughput at one fsync per
 //! message. A PostgreSQL backend would implement the same trait.
 
+pub mod e2ee;
 mod error;
 mod model;
 mod redb_store;
@@ -34,6 +35,8 @@ pub enum ChangeKey {
     ToDevice(String, String),
     /// A user's account data (global or per room).
     AccountData(String),
+    /// Any user's device list (devices, device keys, cross-signing keys).
+    DeviceLists,
 }
 
 /// A position in the server's global stream. Every appended event gets the next one; `/sync`
@@ -45,7 +48,7 @@ pub type StreamPos = u64;
 pub type PendingCommit = Pin<Box<dyn Future<Output = StorageResult<Vec<StreamPos>>> + Send>>;
 
 /// Everything Hearth persists. Reads see only committed data.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: e2ee::E2eeStore + Send + Sync + 'static {
     /// Queues a batch; all of its operations become durable atomically, or none do.
     fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit;
     /// The highest stream position that is durable and visible to readers.

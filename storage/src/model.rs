@@ -129,6 +129,7 @@ pub struct ToDeviceMessage {
 pub enum WriteOp {
     PutUser(String, UserRecord),
     PutDevice(String, String, DeviceRecord),
+    /// Deletes a device together with its end-to-end encryption keys.
     DeleteDevice(String, String),
     PutToken(Vec<u8>, TokenRecord),
     DeleteToken(Vec<u8>),
@@ -182,6 +183,8 @@ pub enum WriteOp {
         meta: EventMeta,
     },
     PutMembership(String, String, MembershipRecord),
+    /// End-to-end encryption keys (see [`crate::e2ee`]).
+    E2ee(crate::e2ee::E2eeOp),
 }
 
 /// Appends an event to its room's timeline at the next stream position. The writer fills the

@@ -12,7 +12,7 @@ use crate::*;
 
 /// The embedded store: one redb file in the data directory.
 pub struct RedbStore {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
     tx: mpsc::Sender<Job>,
     persisted: Arc<AtomicU64>,
     /// The change index, filled by the writer as it commits.
@@ -57,6 +57,7 @@ impl RedbStore {
         txn.open_table(RECEIPT_STREAM)?;
         txn.open_table(TO_DEVICE)?;
         txn.open_table(OUTBOX)?;
+        crate::e2ee::E2eeTables::open(&txn)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
             counters.get(STREAM_POS)?.map(|v| v.value()).unwrap_or(0)

@@ -49,6 +49,33 @@ pub const TO_DEVICE: TableDefinition<(&str, &str, u64), &str> = TableDefinition:
 /// (destination server, stream position) → event id: local events waiting to be sent to a
 /// server, deleted once it accepted them
 pub const OUTBOX: TableDefinition<(&str, u64), &str> = TableDefinition::new("outbox");
+/// (user id, device id) → the device's signed keys JSON, with the signatures its owner added
+pub const DEVICE_KEYS: TableDefinition<(&str, &str), &str> = TableDefinition::new("device_keys");
+/// (user id, device id, "algorithm:key id") → one-time key JSON, deleted when claimed
+pub const ONE_TIME_KEYS: TableDefinition<(&str, &str, &str), &str> =
+    TableDefinition::new("one_time_keys");
+/// (user id, device id, algorithm) → FallbackKeyRecord
+pub const FALLBACK_KEYS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("fallback_keys");
+/// (user id, usage: master | self_signing | user_signing) → cross-signing key JSON
+pub const CROSS_SIGNING_KEYS: TableDefinition<(&str, &str), &str> =
+    TableDefinition::new("cross_signing_keys");
+/// (target user, target key id or device id, signing user) → `{signer: {key id: signature}}`:
+/// signatures a user made on another user's keys, shown only to the signer
+pub const KEY_SIGNATURES: TableDefinition<(&str, &str, &str), &str> =
+    TableDefinition::new("key_signatures");
+/// stream position → user id: device list changes in stream order; only each user's latest
+/// change is kept
+pub const DEVICE_LIST_STREAM: TableDefinition<u64, &str> = TableDefinition::new("device_lists");
+/// user id → position of the user's latest entry in DEVICE_LIST_STREAM
+pub const DEVICE_LIST_LATEST: TableDefinition<&str, u64> =
+    TableDefinition::new("device_list_latest");
+/// (user id, version) → BackupVersionRecord
+pub const BACKUP_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("backup_versions");
+/// (user id, version, room id, session id) → KeyBackupData JSON
+pub const BACKUP_KEYS: TableDefinition<(&str, u64, &str, &str), &str> =
+    TableDefinition::new("backup_keys");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

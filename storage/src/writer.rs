@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock, mpsc};
 use redb::{Database, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
+use crate::e2ee::{E2eeOp, E2eeTables};
 use crate::tables::*;
 use crate::{AppendEvent, ChangeKey, StorageError, StorageResult, StreamPos, WriteOp};
 
@@ -122,6 +123,7 @@ struct Tables<'t> {
     to_device: Table<'t, (&'static str, &'static str, u64), &'static str>,
     outbox: Table<'t, (&'static str, u64), &'static str>,
     counters: Table<'t, &'static str, u64>,
+    e2ee: E2eeTables<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -146,6 +148,7 @@ impl<'t> Tables<'t> {
             to_device: txn.open_table(TO_DEVICE)?,
             outbox: txn.open_table(OUTBOX)?,
             counters: txn.open_table(COUNTERS)?,
+            e2ee: E2eeTables::open(txn)?,
         })
     }
 }
@@ -166,6 +169,7 @@ fn change_keys(op: &WriteOp) -> Vec<ChangeKey> {
             user_id, device_id, ..
         } => vec![ChangeKey::ToDevice(user_id.clone(), device_id.clone())],
         WriteOp::PutAccountData { user_id, .. } => vec![ChangeKey::AccountData(user_id.clone())],
+        WriteOp::E2ee(E2eeOp::DeviceListChanged(_)) => vec![ChangeKey::DeviceLists],
         _ => Vec::new(),
     }
 }
@@ -188,7 +192,9 @@ fn apply(
         }
         WriteOp::DeleteDevice(user, device) => {
             t.devices.remove((user.as_str(), device.as_str()))?;
+            t.e2ee.delete_device(&user, &device)?;
         }
+        WriteOp::E2ee(op) => return t.e2ee.apply(op, next_pos),
         WriteOp::PutToken(hash, rec) => {
             t.tokens
                 .insert(hash.as_slice(), serde_json::to_vec(&rec)?.as_slice())?;

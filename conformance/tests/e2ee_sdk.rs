@@ -1,0 +1,273 @@
+//! End-to-end encryption as matrix-sdk (with its e2e-encryption feature) drives it: two users
+//! with two devices each, cross-signing, an encrypted room both sides decrypt, a late device
+//! that reads history through key backup, a deleted device leaving the other side's view, and
+//! the server's data directory holding none of the plaintexts.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{bodies, sdk_register, sync};
+use hearth_conformance::TestServer;
+use matrix_sdk::Client;
+use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoomRequest;
+use matrix_sdk::ruma::api::client::uiaa;
+use matrix_sdk::ruma::events::InitialStateEvent;
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::{OwnedRoomId, UserId};
+
+const PW: &str = "correct horse battery staple";
+const ALPHA: &str = "hearth-plaintext-alpha-7c1e";
+const BRAVO: &str = "hearth-plaintext-bravo-93fd";
+
+async fn sdk_login(server: &TestServer, user: &str) -> Client {
+    let client = Client::builder()
+        .homeserver_url(server.base_url())
+        .build()
+        .await
+        .expect("build client");
+    client
+        .matrix_auth()
+        .login_username(user, PW)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{user} logs in: {e:?}"));
+    sync(&client).await;
+    client
+}
+
+/// Syncs `client` until its timeline of `room` shows `text` decrypted.
+async fn sees_decrypted(client: &Client, room: &OwnedRoomId, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = sync(client).await;
+        if r.rooms
+            .joined
+            .get(room)
+            .is_some_and(|j| bodies(&j.timeline.events).iter().any(|b| b == text))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never decrypted {text:?}",
+            client.device_id().unwrap()
+        );
+    }
+}
+
+async fn device_ids(client: &Client, user: &UserId) -> Vec<String> {
+    let mut ids: Vec<String> = client
+        .encryption()
+        .get_user_devices(user)
+        .await
+        .expect("devices")
+        .keys()
+        .map(|d| d.to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            hits.extend(files_containing(&path, needle));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_with_two_devices_each_talk_encrypted_and_a_late_device_restores_history() {
+    let server = TestServer::start().await;
+
+    // Each user: a first device that sets up cross-signing, and a second device.
+    let alice = sdk_register(&server, "alice", PW).await;
+    sync(&alice).await;
+    alice
+        .encryption()
+        .bootstrap_cross_signing(None)
+        .await
+        .expect("the first cross-signing upload needs no password");
+    let recovery_key = alice
+        .encryption()
+        .recovery()
+        .enable()
+        .wait_for_backups_to_upload()
+        .await
+        .expect("alice enables secret storage and key backup");
+    let bob = sdk_register(&server, "bob", PW).await;
+    sync(&bob).await;
+    bob.encryption()
+        .bootstrap_cross_signing(None)
+        .await
+        .expect("bob's cross-signing");
+    let alice2 = sdk_login(&server, "alice").await;
+    let bob2 = sdk_login(&server, "bob").await;
+    let bob_id = bob.user_id().unwrap().to_owned();
+
+    // Replacing the cross-signing keys is protected by the password.
+    let err = bob2
+        .encryption()
+        .bootstrap_cross_signing(None)
+        .await
+        .expect_err("replacing cross-signing keys needs auth");
+    let uiaa_info = err.as_uiaa_response().expect("a UIA answer");
+    let mut password = uiaa::Password::new(
+        uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new("bob".to_owned())),
+        PW.to_owned(),
+    );
+    password.session = uiaa_info.session.clone();
+    bob2.encryption()
+        .bootstrap_cross_signing(Some(uiaa::AuthData::Password(password)))
+        .await
+        .expect("with the password bob2 replaces them");
+    let own = bob
+        .encryption()
+        .get_user_identity(&bob_id)
+        .await
+        .expect("identity");
+    assert!(own.is_some(), "bob's cross-signing identity is published");
+
+    // An encrypted room: every device of the other user decrypts.
+    let mut request = CreateRoomRequest::new();
+    request.invite = vec![bob_id.clone()];
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room_id = alice
+        .create_room(request)
+        .await
+        .expect("create room")
+        .room_id()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sync(&bob).await.rooms.invited.contains_key(&room_id) {
+        assert!(Instant::now() < deadline, "bob never saw the invite");
+    }
+    bob.join_room_by_id(&room_id).await.expect("bob joins");
+    sync(&bob2).await;
+    sync(&alice).await;
+    sync(&alice2).await;
+    let room = alice.get_room(&room_id).unwrap();
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted());
+    room.send(RoomMessageEventContent::text_plain(ALPHA))
+        .await
+        .expect("alice sends");
+    sees_decrypted(&bob, &room_id, ALPHA).await;
+    sees_decrypted(&bob2, &room_id, ALPHA).await;
+    bob.get_room(&room_id)
+        .unwrap()
+        .send(RoomMessageEventContent::text_plain(BRAVO))
+        .await
+        .expect("bob replies");
+    sees_decrypted(&alice, &room_id, BRAVO).await;
+    sees_decrypted(&alice2, &room_id, BRAVO).await;
+
+    // A third device of alice's, added later, restores the room keys from the backup with the
+    // recovery key and reads the history.
+    alice
+        .encryption()
+        .backups()
+        .wait_for_steady_state()
+        .await
+        .expect("alice's keys are backed up");
+    let (status, backup) = server
+        .get("/room_keys/version", &common::token(&alice))
+        .await;
+    assert_eq!(status, 200, "{backup}");
+    let version = backup["version"].as_str().expect("version").to_owned();
+    let (_, keys) = server
+        .get(
+            &format!("/room_keys/keys/{room_id}?version={version}"),
+            &common::token(&alice),
+        )
+        .await;
+    assert!(
+        keys["sessions"].as_object().is_some_and(|s| !s.is_empty()),
+        "the room's session is in the backup: {keys}"
+    );
+    let alice3 = sdk_login(&server, "alice").await;
+    alice3
+        .encryption()
+        .recovery()
+        .recover(&recovery_key)
+        .await
+        .expect("recover with the recovery key");
+    alice3
+        .encryption()
+        .backups()
+        .download_room_keys_for_room(&room_id)
+        .await
+        .expect("download the room's keys from the backup");
+    let history = alice3
+        .get_room(&room_id)
+        .expect("alice3 knows the room")
+        .messages(MessagesOptions::backward())
+        .await
+        .expect("messages");
+    let read = bodies(&history.chunk);
+    assert!(
+        read.contains(&ALPHA.to_owned()) && read.contains(&BRAVO.to_owned()),
+        "the late device decrypts history through the backup: {read:?}"
+    );
+
+    // bob2 goes away: alice's client learns it from her sync's device list changes.
+    let bob2_id = bob2.device_id().unwrap().to_string();
+    assert!(device_ids(&alice, &bob_id).await.contains(&bob2_id));
+    bob2.logout().await.expect("bob2 logs out");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        sync(&alice).await;
+        if !device_ids(&alice, &bob_id).await.contains(&bob2_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice still lists bob's deleted device"
+        );
+    }
+
+    // The server relayed ciphertext only.
+    let raw = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"),
+            &common::token(&bob),
+        )
+        .await;
+    let kinds: Vec<String> = raw.1["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "m.room.encrypted").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(!kinds.iter().any(|k| k == "m.room.message"), "{kinds:?}");
+
+    // The server stored ciphertext only.
+    drop((alice, alice2, alice3, bob));
+    for text in [ALPHA, BRAVO] {
+        let hits = files_containing(server.data_dir(), text.as_bytes());
+        assert!(hits.is_empty(), "{text} is in plain text in {hits:?}");
+    }
+}
