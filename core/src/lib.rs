@@ -9,7 +9,7 @@
 //! `Unread → (Receipts, AccountData, Rooms)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
-//! DeviceLists)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`; `Rooms` tells the
+//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
@@ -103,6 +103,7 @@ impl Core {
             config.server_name.clone(),
             store.clone(),
             device_lists.clone(),
+            remote.clone(),
         ));
         let account_data = Arc::new(account_data::AccountData::new(
             store.clone(),

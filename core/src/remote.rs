@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use ruma::{OwnedServerName, RoomId, UserId};
+use ruma::{OwnedServerName, RoomId, ServerName, UserId};
 
 use crate::rooms::RemoteJoin;
 use crate::rooms::create::MemberProfile;
@@ -34,6 +34,24 @@ pub trait Remote: Send + Sync + 'static {
     /// Sends an ephemeral update (typing, a receipt) to these servers with their next
     /// transaction. Not durable: a restart may lose it, as it may lose typing itself.
     fn send_edu(&self, _destinations: &[OwnedServerName], _edu: serde_json::Value) {}
+
+    /// `POST /user/keys/query` on `server` with `{"device_keys": …}`: its answer as JSON.
+    fn query_keys<'a>(
+        &'a self,
+        _server: &'a ServerName,
+        _body: serde_json::Value,
+    ) -> RemoteFuture<'a, serde_json::Value> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
+    /// `POST /user/keys/claim` on `server` with `{"one_time_keys": …}`: its answer as JSON.
+    fn claim_keys<'a>(
+        &'a self,
+        _server: &'a ServerName,
+        _body: serde_json::Value,
+    ) -> RemoteFuture<'a, serde_json::Value> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
 }
 
 /// A server that does not federate: every remote lookup fails with `NotFound`.

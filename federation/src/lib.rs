@@ -10,6 +10,7 @@ pub mod client;
 mod discovery;
 mod error;
 mod joining;
+mod keys;
 mod membership;
 pub mod pdu;
 mod query;
@@ -77,6 +78,20 @@ impl Federation {
     }
 }
 
+impl Federation {
+    async fn post_keys(
+        &self,
+        server: &ruma::ServerName,
+        path: &str,
+        body: Value,
+    ) -> hearth_core::Result<Value> {
+        self.client
+            .request(server, http::Method::POST, path, Some(&body))
+            .await
+            .map_err(|e| hearth_core::Error::Unknown(e.to_string()))
+    }
+}
+
 impl Remote for Federation {
     fn outbound_ready(&self, destinations: &[ruma::OwnedServerName]) {
         self.wake_senders(destinations);
@@ -104,6 +119,22 @@ impl Remote for Federation {
             }
         }
         self.wake_senders(destinations);
+    }
+
+    fn query_keys<'a>(
+        &'a self,
+        server: &'a ruma::ServerName,
+        body: Value,
+    ) -> RemoteFuture<'a, Value> {
+        Box::pin(self.post_keys(server, "/_matrix/federation/v1/user/keys/query", body))
+    }
+
+    fn claim_keys<'a>(
+        &'a self,
+        server: &'a ruma::ServerName,
+        body: Value,
+    ) -> RemoteFuture<'a, Value> {
+        Box::pin(self.post_keys(server, "/_matrix/federation/v1/user/keys/claim", body))
     }
 
     fn profile<'a>(&'a self, user: &'a UserId) -> RemoteFuture<'a, MemberProfile> {
@@ -158,6 +189,18 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v1/send/{txn_id}",
             axum::routing::put(transactions::send),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            axum::routing::post(keys::query),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            axum::routing::post(keys::claim),
+        )
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(keys::devices),
         )
         .with_state(State { core, federation })
 }

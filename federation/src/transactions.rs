@@ -181,6 +181,15 @@ async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
                 }
             }
         }
+        Some("m.device_list_update" | "m.signing_key_update") => {
+            // The keys themselves are fetched again when a local client queries them; the
+            // update only has to reach the local users who share a room.
+            if let Some(user) = edu["content"]["user_id"].as_str().and_then(from_origin)
+                && let Err(e) = core.e2ee.device_lists().remote_changed(&user).await
+            {
+                tracing::warn!(%user, error = %e, "a device list update could not be recorded");
+            }
+        }
         _ => {}
     }
 }

@@ -88,10 +88,16 @@ impl E2ee {
                 json: key.to_string(),
             }));
         }
-        if !ops.is_empty() {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.device_lists
+            .commit_change(user, ops, Vec::new())
+            .await?;
+        // Only the keys others may see travel: the user-signing key stays home.
+        if keys.master.is_some() || keys.self_signing.is_some() {
             self.device_lists
-                .commit_change(user, ops, Vec::new())
-                .await?;
+                .announce_signing_keys(user, keys.master, keys.self_signing)?;
         }
         Ok(())
     }

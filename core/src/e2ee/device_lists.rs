@@ -86,14 +86,11 @@ impl DeviceLists {
                 .filter(|u| u.server_name() == self.server_name)
                 .map(|u| &**u),
         );
-        let servers: Vec<OwnedServerName> = sharing
-            .iter()
-            .map(|u| u.server_name().to_owned())
-            .filter(|s| *s != self.server_name)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !servers.is_empty() && user.server_name() == self.server_name {
+        if user.server_name() != self.server_name {
+            return Ok(());
+        }
+        let servers = self.other_servers(user)?;
+        if !servers.is_empty() {
             for d in devices {
                 let mut content = json!({
                     "user_id": user,
@@ -115,6 +112,49 @@ impl DeviceLists {
             }
         }
         Ok(())
+    }
+
+    /// Another server says one of its users' devices or cross-signing keys changed: the local
+    /// users who share a room with them must query their keys again.
+    pub async fn remote_changed(&self, user: &UserId) -> Result<()> {
+        self.commit_change(user, Vec::new(), Vec::new()).await
+    }
+
+    /// Tells the servers that share a room with a local user that their cross-signing keys
+    /// changed (`m.signing_key_update`).
+    pub fn announce_signing_keys(
+        &self,
+        user: &UserId,
+        master: Option<serde_json::Value>,
+        self_signing: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let servers = self.other_servers(user)?;
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut content = json!({ "user_id": user });
+        if let Some(m) = master {
+            content["master_key"] = m;
+        }
+        if let Some(s) = self_signing {
+            content["self_signing_key"] = s;
+        }
+        self.remote.send_edu(
+            &servers,
+            json!({ "edu_type": "m.signing_key_update", "content": content }),
+        );
+        Ok(())
+    }
+
+    fn other_servers(&self, user: &UserId) -> Result<Vec<OwnedServerName>> {
+        Ok(self
+            .sharing_users(user)?
+            .iter()
+            .map(|u| u.server_name().to_owned())
+            .filter(|s| *s != self.server_name)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect())
     }
 
     fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use hearth_storage::WriteOp;
 use hearth_storage::e2ee::{E2eeOp, FallbackKeyRecord};
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::json;
 
 use super::signing::{merge_signatures, signed_part, single_key};
@@ -42,6 +42,10 @@ pub struct ClaimedKeys {
     pub one_time_keys: BTreeMap<OwnedUserId, BTreeMap<String, BTreeMap<String, Json>>>,
     pub failures: BTreeMap<String, Json>,
 }
+
+/// How long a key query or claim waits for another server; past it, that server is listed in
+/// `failures` and the rest of the answer goes out.
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The algorithm every client counts; reported even at zero, as Synapse does, so that clients
 /// top it up.
@@ -236,7 +240,64 @@ impl E2ee {
                 }
             }
         }
+        if let Some(requester) = query.requester {
+            self.query_remote_keys(requester, &query.users, &mut out)
+                .await?;
+        }
         Ok(out)
+    }
+
+    /// The keys of other servers' users, asked of their servers (a local user's query only:
+    /// a server never relays another server's).
+    async fn query_remote_keys(
+        &self,
+        requester: &UserId,
+        users: &BTreeMap<OwnedUserId, Vec<String>>,
+        out: &mut QueriedKeys,
+    ) -> Result<()> {
+        let mut by_server: BTreeMap<OwnedServerName, serde_json::Map<String, Json>> =
+            BTreeMap::new();
+        for (user, wanted) in users {
+            if user.server_name() != self.server_name {
+                by_server
+                    .entry(user.server_name().to_owned())
+                    .or_default()
+                    .insert(user.to_string(), json!(wanted));
+            }
+        }
+        for (server, users) in by_server {
+            let body = json!({ "device_keys": users });
+            let answer =
+                tokio::time::timeout(REMOTE_TIMEOUT, self.remote.query_keys(&server, body));
+            let Ok(Ok(answer)) = answer.await else {
+                out.failures.insert(server.to_string(), json!({}));
+                continue;
+            };
+            let of_server = |field: &str| -> Vec<(OwnedUserId, Json)> {
+                answer[field]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(u, v)| Some((UserId::parse(u).ok()?, v.clone())))
+                    .filter(|(u, _)| u.server_name() == server)
+                    .collect()
+            };
+            for (user, devices) in of_server("device_keys") {
+                let devices = devices
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(d, k)| (d.clone(), k.clone()))
+                    .collect();
+                out.device_keys.insert(user, devices);
+            }
+            for (user, mut key) in of_server("master_keys") {
+                self.add_signatures_of(requester, &user, &mut key)?;
+                out.master_keys.insert(user, key);
+            }
+            out.self_signing_keys.extend(of_server("self_signing_keys"));
+        }
+        Ok(())
     }
 
     /// Adds the signatures `signer` made on `target`'s key (visible to the signer only).
@@ -316,7 +377,47 @@ impl E2ee {
         if !ops.is_empty() {
             self.store.submit(ops).await?;
         }
+        drop(_one_at_a_time);
+        self.claim_remote_keys(requests, &mut out).await;
         Ok(out)
+    }
+
+    async fn claim_remote_keys(
+        &self,
+        requests: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+        out: &mut ClaimedKeys,
+    ) {
+        let mut by_server: BTreeMap<OwnedServerName, serde_json::Map<String, Json>> =
+            BTreeMap::new();
+        for (user, devices) in requests {
+            if user.server_name() != self.server_name {
+                by_server
+                    .entry(user.server_name().to_owned())
+                    .or_default()
+                    .insert(user.to_string(), json!(devices));
+            }
+        }
+        for (server, users) in by_server {
+            let body = json!({ "one_time_keys": users });
+            let answer =
+                tokio::time::timeout(REMOTE_TIMEOUT, self.remote.claim_keys(&server, body));
+            let Ok(Ok(answer)) = answer.await else {
+                out.failures.insert(server.to_string(), json!({}));
+                continue;
+            };
+            for (user, devices) in answer["one_time_keys"].as_object().into_iter().flatten() {
+                let Ok(user) = UserId::parse(user) else {
+                    continue;
+                };
+                if user.server_name() != server {
+                    continue;
+                }
+                let Ok(devices) = serde_json::from_value(devices.clone()) else {
+                    continue;
+                };
+                out.one_time_keys.insert(user, devices);
+            }
+        }
     }
 }
 

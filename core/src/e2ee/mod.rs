@@ -16,6 +16,8 @@ use std::sync::Arc;
 use hearth_storage::Store;
 use ruma::OwnedServerName;
 
+use crate::remote::Remote;
+
 pub use backup::{BackupVersion, RoomKeyUpdate};
 pub use cross_signing::{SignatureFailures, SigningKeys};
 pub use device_lists::{DeviceListChanges, DeviceLists, DeviceUpdate};
@@ -28,6 +30,8 @@ pub struct E2ee {
     server_name: OwnedServerName,
     store: Arc<dyn Store>,
     device_lists: Arc<DeviceLists>,
+    /// Other servers answer for their users' keys.
+    remote: Arc<dyn Remote>,
     /// Claims and backup updates read, decide and write; one at a time, so that a one-time key
     /// is handed out once even to concurrent claims.
     claim_lock: tokio::sync::Mutex<()>,
@@ -39,11 +43,13 @@ impl E2ee {
         server_name: OwnedServerName,
         store: Arc<dyn Store>,
         device_lists: Arc<DeviceLists>,
+        remote: Arc<dyn Remote>,
     ) -> Self {
         Self {
             server_name,
             store,
             device_lists,
+            remote,
             claim_lock: Default::default(),
             backup_lock: Default::default(),
         }
