@@ -89,7 +89,7 @@ impl DeviceLists {
         if user.server_name() != self.server_name {
             return Ok(());
         }
-        let servers = self.other_servers(user)?;
+        let servers = self.servers_of(&sharing);
         if !servers.is_empty() {
             for d in devices {
                 let mut content = json!({
@@ -128,7 +128,7 @@ impl DeviceLists {
         master: Option<serde_json::Value>,
         self_signing: Option<serde_json::Value>,
     ) -> Result<()> {
-        let servers = self.other_servers(user)?;
+        let servers = self.servers_of(&self.sharing_users(user)?);
         if servers.is_empty() {
             return Ok(());
         }
@@ -146,15 +146,15 @@ impl DeviceLists {
         Ok(())
     }
 
-    fn other_servers(&self, user: &UserId) -> Result<Vec<OwnedServerName>> {
-        Ok(self
-            .sharing_users(user)?
+    /// The other servers among `users`'.
+    fn servers_of(&self, users: &BTreeSet<OwnedUserId>) -> Vec<OwnedServerName> {
+        users
             .iter()
             .map(|u| u.server_name().to_owned())
             .filter(|s| *s != self.server_name)
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .collect())
+            .collect()
     }
 
     fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
