@@ -47,6 +47,8 @@ pub struct Config {
     pub delivery_receipts_max_members: usize,
     /// Seconds between WebSocket pings; a connection that answers none in two intervals is closed.
     pub websocket_ping_secs: f64,
+    /// Largest accepted media upload, in bytes.
+    pub max_upload_size: usize,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             presence_offline_secs: 300.0,
             delivery_receipts_max_members: 50,
             websocket_ping_secs: 30.0,
+            max_upload_size: hearth_core::media::DEFAULT_MAX_UPLOAD_BYTES as usize,
         }
     }
 }
@@ -112,6 +115,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("presence_offline_secs", Kind::Float),
     ("delivery_receipts_max_members", Kind::Int),
     ("websocket_ping_secs", Kind::Float),
+    ("max_upload_size", Kind::Int),
 ];
 
 impl Config {

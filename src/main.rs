@@ -148,6 +148,10 @@ async fn serve(config: Config) -> Result<(), String> {
         offline_after: secs("presence_offline_secs", config.presence_offline_secs)?,
     };
     core_config.delivery_receipts_max_members = config.delivery_receipts_max_members;
+    core_config.media = hearth_core::media::MediaConfig {
+        dir: Some(config.data_dir.join("media")),
+        max_upload_bytes: config.max_upload_size as u64,
+    };
     let core = Arc::new(
         Core::new(core_config, Arc::new(store), keys, federation.clone())
             .map_err(|e| e.to_string())?,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 mod filter;
 mod keys;
+mod media;
 mod presence;
 mod profile;
 mod rate_limit;

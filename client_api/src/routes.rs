@@ -4,14 +4,14 @@ use std::future::Future;
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::{MethodFilter, get, on, put};
+use axum::routing::{MethodFilter, get, on, post, put};
 use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
-    AppState, account, account_data, filter, keys, presence, profile, receipts, rooms, server,
-    sync, to_device, typing, websocket,
+    AppState, account, account_data, filter, keys, media, presence, profile, receipts, rooms,
+    server, sync, to_device, typing, websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
@@ -163,6 +163,22 @@ pub fn router(state: AppState) -> Router {
         r = add::<b::delete_backup_keys_for_room::v3::Request, _, _>(r, h::delete_room_keys);
         r = add::<b::delete_backup_keys_for_session::v3::Request, _, _>(r, h::delete_session_key);
     }
+    // Content repository: plain axum handlers, so that bodies stream instead of buffering.
+    for v in ["r0", "v3"] {
+        r = r
+            .route(&format!("/_matrix/media/{v}/upload"), post(media::upload))
+            .route(&format!("/_matrix/media/{v}/config"), get(media::config));
+    }
+    r = r
+        .route("/_matrix/client/v1/media/config", get(media::config))
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
+            get(media::download_named),
+        );
     // Hearth's WebSocket transport (docs/realtime.md)
     r = r.route(websocket::PATH, get(websocket::upgrade));
 

@@ -1,5 +1,6 @@
 use ruma::{OwnedServerName, RoomVersionId};
 
+use crate::media::MediaConfig;
 use crate::presence::PresenceConfig;
 
 /// The domain settings the core needs; the binary fills them from its configuration.
@@ -11,6 +12,7 @@ pub struct CoreConfig {
     pub presence: PresenceConfig,
     /// Rooms with more joined members than this get no delivery receipts.
     pub delivery_receipts_max_members: usize,
+    pub media: MediaConfig,
 }
 
 impl CoreConfig {
@@ -20,6 +22,7 @@ impl CoreConfig {
             default_room_version: RoomVersionId::V11,
             presence: PresenceConfig::default(),
             delivery_receipts_max_members: 50,
+            media: MediaConfig::default(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! `Unread → (Receipts, AccountData, Rooms)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
-//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`; `Rooms` tells the
+//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → Store`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
@@ -18,6 +18,7 @@ pub mod config;
 pub mod e2ee;
 pub mod error;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 pub mod outbox;
 pub mod presence;
@@ -55,6 +56,7 @@ pub struct Core {
     pub to_device: Arc<to_device::ToDevice>,
     pub unread: Arc<unread::Unread>,
     pub outbox: Arc<outbox::Outbox>,
+    pub media: Arc<media::Media>,
     pub sync: Arc<sync::SyncService>,
 }
 
@@ -146,6 +148,11 @@ impl Core {
             account_data.clone(),
         ));
         let outbox = Arc::new(outbox::Outbox::new(store.clone()));
+        let media = Arc::new(media::Media::new(
+            config.server_name.clone(),
+            store.clone(),
+            &config.media,
+        )?);
         let sync = Arc::new(sync::SyncService::new(sync::SyncSources {
             store: store.clone(),
             rooms: rooms.clone(),
@@ -175,6 +182,7 @@ impl Core {
             to_device,
             unread,
             outbox,
+            media,
             sync,
         })
     }

@@ -131,6 +131,7 @@ pub trait Store: e2ee::E2eeStore + Send + Sync + 'static {
         receipt_type: &str,
         thread_id: &str,
     ) -> StorageResult<Option<ReceiptRecord>>;
+    fn media(&self, server_name: &str, media_id: &str) -> StorageResult<Option<MediaRecord>>;
     /// Events queued for a server, oldest first, at most `limit`: `(position, event id)`.
     fn outbound(&self, destination: &str, limit: usize) -> StorageResult<Vec<(StreamPos, String)>>;
     /// Servers with queued events.

@@ -124,6 +124,21 @@ pub struct ToDeviceMessage {
     pub json: String,
 }
 
+/// A piece of uploaded media. The bytes live in the media directory under their SHA-256, so the
+/// same file uploaded twice is stored once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub uploader: String,
+    pub created_ts: u64,
+    #[serde(default)]
+    pub quarantined: bool,
+}
+
 /// One operation of a write batch. A batch is applied atomically.
 #[derive(Clone, Debug)]
 pub enum WriteOp {
@@ -183,6 +198,8 @@ pub enum WriteOp {
         meta: EventMeta,
     },
     PutMembership(String, String, MembershipRecord),
+    /// `(server name, media id, record)`.
+    PutMedia(String, String, MediaRecord),
     /// End-to-end encryption keys (see [`crate::e2ee`]).
     E2ee(crate::e2ee::E2eeOp),
 }

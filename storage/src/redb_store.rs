@@ -57,6 +57,7 @@ impl RedbStore {
         txn.open_table(RECEIPT_STREAM)?;
         txn.open_table(TO_DEVICE)?;
         txn.open_table(OUTBOX)?;
+        txn.open_table(MEDIA)?;
         crate::e2ee::E2eeTables::open(&txn)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
@@ -427,6 +428,10 @@ impl Store for RedbStore {
                     pos,
                 }
             }))
+    }
+
+    fn media(&self, server_name: &str, media_id: &str) -> StorageResult<Option<MediaRecord>> {
+        self.get_json(MEDIA, (server_name, media_id))
     }
 
     fn outbound(&self, destination: &str, limit: usize) -> StorageResult<Vec<(StreamPos, String)>> {

@@ -76,6 +76,8 @@ pub const BACKUP_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
 /// (user id, version, room id, session id) → KeyBackupData JSON
 pub const BACKUP_KEYS: TableDefinition<(&str, u64, &str, &str), &str> =
     TableDefinition::new("backup_keys");
+/// (origin server, media id) → MediaRecord
+pub const MEDIA: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("media");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -123,6 +123,7 @@ struct Tables<'t> {
     to_device: Table<'t, (&'static str, &'static str, u64), &'static str>,
     outbox: Table<'t, (&'static str, u64), &'static str>,
     counters: Table<'t, &'static str, u64>,
+    media: Table<'t, (&'static str, &'static str), &'static [u8]>,
     e2ee: E2eeTables<'t>,
 }
 
@@ -148,6 +149,7 @@ impl<'t> Tables<'t> {
             to_device: txn.open_table(TO_DEVICE)?,
             outbox: txn.open_table(OUTBOX)?,
             counters: txn.open_table(COUNTERS)?,
+            media: txn.open_table(MEDIA)?,
             e2ee: E2eeTables::open(txn)?,
         })
     }
@@ -195,6 +197,12 @@ fn apply(
             t.e2ee.delete_device(&user, &device)?;
         }
         WriteOp::E2ee(op) => return t.e2ee.apply(op, next_pos),
+        WriteOp::PutMedia(server, id, rec) => {
+            t.media.insert(
+                (server.as_str(), id.as_str()),
+                serde_json::to_vec(&rec)?.as_slice(),
+            )?;
+        }
         WriteOp::PutToken(hash, rec) => {
             t.tokens
                 .insert(hash.as_slice(), serde_json::to_vec(&rec)?.as_slice())?;

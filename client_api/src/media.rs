@@ -1,0 +1,275 @@
+//! Content repository (spec: "Content repository"): uploads stream to disk, authenticated
+//! downloads stream from it, with `Range` support.
+//!
+//! These handlers take axum's body and headers directly instead of ruma's request types, which
+//! would buffer a whole upload in memory.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Auth;
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    filename: Option<String>,
+}
+
+/// `POST /_matrix/media/v3/upload`
+pub async fn upload(
+    State(state): State<AppState>,
+    Auth(session): Auth,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let media = &state.core.media;
+    // A declared size past the limit is refused before a byte is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > media.max_upload_bytes()) {
+        return Err(hearth_core::Error::TooLarge("Upload too large".into()).into());
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let reader =
+        tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let media_id = media
+        .upload(&session.user_id, content_type, q.filename, reader)
+        .await?;
+    let uri = format!("mxc://{}/{media_id}", state.core.config.server_name);
+    Ok(axum::Json(json!({ "content_uri": uri })).into_response())
+}
+
+/// `GET /_matrix/client/v1/media/config` (and the older `/_matrix/media/v3/config`)
+pub async fn config(State(state): State<AppState>, Auth(_): Auth) -> impl IntoResponse {
+    axum::Json(json!({ "m.upload.size": state.core.media.max_upload_bytes() }))
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}`
+pub async fn download(
+    State(state): State<AppState>,
+    Auth(_): Auth,
+    Path((server_name, media_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    serve(&state, &server_name, &media_id, None, &headers).await
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
+pub async fn download_named(
+    State(state): State<AppState>,
+    Auth(_): Auth,
+    Path((server_name, media_id, file_name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    serve(&state, &server_name, &media_id, Some(file_name), &headers).await
+}
+
+/// Types a browser may show inline: they cannot run script in the server's origin (the rest are
+/// served as attachments), the list Synapse uses.
+const INLINE_TYPES: &[&str] = &[
+    "text/css",
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/ld+json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wave",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/x-pn-wav",
+    "audio/flac",
+    "audio/x-flac",
+];
+
+fn disposition(content_type: &str, filename: Option<&str>) -> String {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let kind = if INLINE_TYPES.contains(&essence.as_str()) {
+        "inline"
+    } else {
+        "attachment"
+    };
+    match filename {
+        // RFC 6266 / 8187: percent-encoded UTF-8, so no quote or newline can break the header.
+        Some(name) => {
+            let encoded: String = name
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!("{kind}; filename*=utf-8''{encoded}")
+        }
+        None => kind.to_owned(),
+    }
+}
+
+/// A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`: `(start, len)`.
+/// `Err` for a range past the end; `Ok(None)` for no (or an unsupported multi-) range.
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (start, end) = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(s), Some(e)) if s <= e => (s, e.min(size.saturating_sub(1))),
+        (Some(s), None) if b.is_empty() => (s, size.saturating_sub(1)),
+        (None, Some(n)) if a.is_empty() && n > 0 => {
+            (size.saturating_sub(n), size.saturating_sub(1))
+        }
+        _ => return Ok(None),
+    };
+    if start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end - start + 1)))
+}
+
+async fn serve(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+    file_name: Option<String>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let (record, path) = state.core.media.get(server_name, media_id)?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::from(hearth_core::Error::internal(format!("media file: {e}"))))?;
+    let size = record.size;
+    let content_type = record
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let filename = file_name.or(record.filename.clone());
+
+    let range = match parse_range(headers, size) {
+        Ok(r) => r,
+        Err(()) => {
+            let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+    };
+    let (status, start, len) = match range {
+        Some((start, len)) => (StatusCode::PARTIAL_CONTENT, start, len),
+        None => (StatusCode::OK, 0, size),
+    };
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| ApiError::from(hearth_core::Error::internal(e)))?;
+    }
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file.take(len),
+        64 * 1024,
+    ));
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    let mut set = |name: header::HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set(header::CONTENT_TYPE, &content_type);
+    set(header::CONTENT_LENGTH, &len.to_string());
+    set(
+        header::CONTENT_DISPOSITION,
+        &disposition(&content_type, filename.as_deref()),
+    );
+    set(header::ACCEPT_RANGES, "bytes");
+    set(
+        header::CONTENT_SECURITY_POLICY,
+        "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';",
+    );
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(
+        header::CACHE_CONTROL,
+        "private, max-age=31536000, immutable",
+    );
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{}/{size}", start + len - 1),
+        );
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
+        parse_range(&h, size)
+    }
+
+    #[test]
+    fn ranges_are_read_as_rfc_9110_says() {
+        assert_eq!(range("bytes=0-99", 1000), Ok(Some((0, 100))));
+        assert_eq!(range("bytes=900-", 1000), Ok(Some((900, 100))));
+        assert_eq!(range("bytes=-10", 1000), Ok(Some((990, 10))));
+        assert_eq!(range("bytes=990-5000", 1000), Ok(Some((990, 10))));
+        assert_eq!(range("bytes=1000-", 1000), Err(()));
+        assert_eq!(range("bytes=5-1", 1000), Ok(None));
+        assert_eq!(range("bytes=0-1,5-6", 1000), Ok(None));
+    }
+
+    #[test]
+    fn only_safe_types_are_inline_and_names_cannot_break_the_header() {
+        assert_eq!(disposition("image/png", None), "inline");
+        assert_eq!(disposition("text/html", None), "attachment");
+        assert_eq!(
+            disposition("text/plain; charset=utf-8", Some("a \"b\"\r\n.txt")),
+            "inline; filename*=utf-8''a%20%22b%22%0D%0A.txt"
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The content repository over raw HTTP: upload, authenticated download byte for byte, ranges,
+//! safe headers, one stored copy per content, and the size limit enforced while streaming.
+
+use std::path::Path;
+
+use hearth_conformance::{Method, TestServer, Value, assert_matrix_error, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PW: &str = "correct horse battery staple";
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn media_id(uri: &str) -> String {
+    uri.rsplit('/').next().unwrap().to_owned()
+}
+
+/// Files under the media directory, the temporary ones apart.
+fn stored_files(media: &Path) -> (usize, usize) {
+    let mut stored = 0;
+    let mut temporary = 0;
+    let Ok(entries) = std::fs::read_dir(media) else {
+        return (0, 0);
+    };
+    for dir in entries.flatten() {
+        let is_tmp = dir.file_name() == "tmp";
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.path().is_file() {
+                if is_tmp {
+                    temporary += 1;
+                } else {
+                    stored += 1;
+                }
+            }
+        }
+    }
+    (stored, temporary)
+}
+
+async fn upload(
+    server: &TestServer,
+    token: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    server
+        .request_raw(
+            Method::POST,
+            "/_matrix/media/v3/upload?filename=report%20one.bin",
+            Some(token),
+            content_type,
+            body,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_come_back_byte_identical_with_auth_ranges_and_safe_headers() {
+    let server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", PW).await;
+    let data = pattern(3 * 1024 * 1024 + 17);
+    let (status, body) = upload(&server, &token, "application/octet-stream", data.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let uri = body["content_uri"]
+        .as_str()
+        .expect("content_uri")
+        .to_owned();
+    assert!(
+        uri.starts_with(&format!("mxc://{}/", server.server_name())),
+        "{uri}"
+    );
+    let id = media_id(&uri);
+    let url = format!(
+        "{}/_matrix/client/v1/media/download/{}/{id}",
+        server.base_url(),
+        server.server_name()
+    );
+    let http = reqwest::Client::new();
+
+    let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-type"], "application/octet-stream");
+    assert_eq!(
+        h["content-disposition"],
+        "attachment; filename*=utf-8''report%20one.bin"
+    );
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("sandbox;")
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let got = resp.bytes().await.unwrap();
+    assert!(got[..] == data[..], "the download is byte-identical");
+
+    // Authenticated media: no token, no bytes.
+    let resp = server.get_anon(&url).await;
+    assert_matrix_error(&resp, 401, "M_MISSING_TOKEN");
+
+    // A range, as a video player seeks.
+    let resp = http
+        .get(&url)
+        .bearer_auth(&token)
+        .header("range", "bytes=1000000-1000099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(
+        resp.headers()["content-range"],
+        format!("bytes 1000000-1000099/{}", data.len()).as_str()
+    );
+    assert!(resp.bytes().await.unwrap()[..] == data[1_000_000..1_000_100]);
+    let resp = http
+        .get(&url)
+        .bearer_auth(&token)
+        .header("range", format!("bytes={}-", data.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 416);
+
+    // A filename in the path wins; an image may show inline.
+    let (_, png) = upload(&server, &token, "image/png", b"\x89PNG not really".to_vec()).await;
+    let png_id = media_id(png["content_uri"].as_str().unwrap());
+    let resp = http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{}/{png_id}/cat.png",
+            server.base_url(),
+            server.server_name()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-disposition"],
+        "inline; filename*=utf-8''cat.png"
+    );
+
+    // The same bytes again: a new id, the same stored file.
+    let (status, again) = upload(&server, &token, "application/octet-stream", data.clone()).await;
+    assert_eq!(status, 200);
+    assert_ne!(again["content_uri"], body["content_uri"]);
+    assert_eq!(stored_files(&server.data_dir().join("media")), (2, 0));
+
+    let resp = server
+        .get(
+            &format!(
+                "/_matrix/client/v1/media/download/{}/nosuchmedia",
+                server.server_name()
+            ),
+            &token,
+        )
+        .await;
+    assert_matrix_error(&resp, 404, "M_NOT_FOUND");
+    let (status, config) = server.get("/_matrix/client/v1/media/config", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(config["m.upload.size"], json!(100 * 1024 * 1024));
+}
+
+/// A chunked upload (no Content-Length, so the limit can only be enforced while streaming):
+/// the status and JSON body of the answer.
+async fn chunked_upload(server: &TestServer, token: &str, len: usize) -> (u16, Value) {
+    let addr = server.base_url().trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let data = pattern(len);
+    for chunk in data.chunks(4096) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        // The server may answer and close before the whole body is sent.
+        if tcp.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // The JSON may itself be chunk-framed: take what lies between the outer braces.
+    let json_text = body
+        .find('{')
+        .zip(body.rfind('}'))
+        .map(|(a, b)| &body[a..=b])
+        .unwrap_or("null");
+    (
+        status,
+        serde_json::from_str(json_text).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_limit_holds_while_streaming_and_leaves_nothing_behind() {
+    let limit = 200_000;
+    let server = TestServer::builder()
+        .env("HEARTH_MAX_UPLOAD_SIZE", limit.to_string())
+        .start()
+        .await;
+    let (_, token, _) = server.register("alice", PW).await;
+    let media = server.data_dir().join("media");
+
+    let (status, body) = chunked_upload(&server, &token, limit + 1).await;
+    assert_eq!(
+        (status, &body["errcode"]),
+        (413, &json!("M_TOO_LARGE")),
+        "{body}"
+    );
+    // A declared length past the limit is refused before any byte is read.
+    let resp = upload(
+        &server,
+        &token,
+        "application/octet-stream",
+        pattern(limit + 1),
+    )
+    .await;
+    assert_matrix_error(&resp, 413, "M_TOO_LARGE");
+    assert_eq!(stored_files(&media), (0, 0), "no partial file is left");
+
+    // Exactly the limit is fine, streamed or not, and the server goes on serving.
+    let (status, body) = chunked_upload(&server, &token, limit).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = upload(&server, &token, "text/plain", b"small".to_vec()).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored_files(&media), (2, 0));
+}

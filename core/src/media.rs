@@ -1,0 +1,186 @@
+//! The media repository: uploads streamed to disk, stored once per content, served by id.
+//!
+//! A body streams into a temporary file while its size is checked and its SHA-256 computed; past
+//! the limit the file is removed and the upload refused, so no partial file stays behind. The
+//! finished file is fsynced and renamed to `<dir>/<first two hex digits>/<sha256>` (an atomic
+//! rename: readers see a whole file or none), and only then is the media id recorded, so an
+//! acknowledged upload survives a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hearth_storage::{MediaRecord, Store, WriteOp};
+use ruma::UserId;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::util::{now_ms, random_string};
+use crate::{Error, Result};
+
+/// 100 MiB, the size the seeds ask for.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct MediaConfig {
+    /// Where files live; `None` for a throwaway directory (tests of the layers above).
+    pub dir: Option<PathBuf>,
+    pub max_upload_bytes: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+        }
+    }
+}
+
+pub struct Media {
+    server_name: ruma::OwnedServerName,
+    store: Arc<dyn Store>,
+    dir: PathBuf,
+    max_upload_bytes: u64,
+}
+
+/// Removes a temporary file unless the upload got through.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::internal(format!("media store: {e}"))
+}
+
+impl Media {
+    pub fn new(
+        server_name: ruma::OwnedServerName,
+        store: Arc<dyn Store>,
+        config: &MediaConfig,
+    ) -> Result<Self> {
+        let dir = match &config.dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!("hearth-media-{}", random_string(12))),
+        };
+        std::fs::create_dir_all(dir.join("tmp")).map_err(io)?;
+        Ok(Self {
+            server_name,
+            store,
+            dir,
+            max_upload_bytes: config.max_upload_bytes,
+        })
+    }
+
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_bytes
+    }
+
+    fn too_large(&self) -> Error {
+        Error::TooLarge(format!(
+            "Media larger than {} bytes is not accepted",
+            self.max_upload_bytes
+        ))
+    }
+
+    /// Streams `body` into the store; answers the new media id (of `mxc://<server>/<id>`).
+    pub async fn upload(
+        &self,
+        uploader: &UserId,
+        content_type: Option<String>,
+        filename: Option<String>,
+        mut body: impl AsyncRead + Unpin,
+    ) -> Result<String> {
+        let tmp = TempFile(Some(self.dir.join("tmp").join(random_string(24))));
+        let tmp_path = tmp.0.clone().expect("set above");
+        let mut file = tokio::fs::File::create(&tmp_path).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = body
+                .read(&mut buf)
+                .await
+                .map_err(|e| Error::Unknown(format!("The upload was interrupted: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            if size > self.max_upload_bytes {
+                return Err(self.too_large());
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+
+        let sha256: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dest = self.path_of(&sha256);
+        let parent = dest.parent().expect("content paths have a parent");
+        tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        if tokio::fs::try_exists(&dest).await.map_err(io)? {
+            // Stored already: the temporary copy goes (dropping `tmp`).
+        } else {
+            tokio::fs::rename(&tmp_path, &dest).await.map_err(io)?;
+            let mut tmp = tmp;
+            tmp.0 = None;
+            sync_dir(parent).await?;
+        }
+
+        let media_id = random_string(24);
+        let record = MediaRecord {
+            sha256,
+            size,
+            content_type,
+            filename,
+            uploader: uploader.to_string(),
+            created_ts: now_ms(),
+            quarantined: false,
+        };
+        self.store
+            .submit(vec![WriteOp::PutMedia(
+                self.server_name.to_string(),
+                media_id.clone(),
+                record,
+            )])
+            .await?;
+        Ok(media_id)
+    }
+
+    /// A piece of media of this server, with the file that holds it.
+    pub fn get(&self, server_name: &str, media_id: &str) -> Result<(MediaRecord, PathBuf)> {
+        if server_name != self.server_name.as_str() {
+            return Err(Error::not_found("Remote media is not available yet"));
+        }
+        let record = self
+            .store
+            .media(server_name, media_id)?
+            .filter(|r| !r.quarantined)
+            .ok_or_else(|| Error::not_found("Media not found"))?;
+        let path = self.path_of(&record.sha256);
+        Ok((record, path))
+    }
+
+    fn path_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join(&sha256[..2]).join(sha256)
+    }
+}
+
+/// Makes a rename into `dir` durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir).and_then(|d| d.sync_all()))
+        .await
+        .map_err(Error::internal)?
+        .map_err(io)
+}
