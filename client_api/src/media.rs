@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
+use hearth_core::media::Method;
 
 #[derive(Deserialize)]
 pub struct UploadQuery {
@@ -177,16 +178,67 @@ async fn serve(
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let (record, path) = state.core.media.get(server_name, media_id)?;
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::from(hearth_core::Error::internal(format!("media file: {e}"))))?;
-    let size = record.size;
     let content_type = record
         .content_type
         .clone()
         .unwrap_or_else(|| "application/octet-stream".to_owned());
     let filename = file_name.or(record.filename.clone());
+    serve_file(
+        &path,
+        record.size,
+        &content_type,
+        filename.as_deref(),
+        headers,
+    )
+    .await
+}
 
+#[derive(Deserialize)]
+pub struct ThumbnailQuery {
+    width: Option<u32>,
+    height: Option<u32>,
+    method: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`
+pub async fn thumbnail(
+    State(state): State<AppState>,
+    Auth(_): Auth,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(q): Query<ThumbnailQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (Some(width), Some(height)) = (q.width, q.height) else {
+        return Err(
+            hearth_core::Error::MissingParam("width and height are required".into()).into(),
+        );
+    };
+    if width == 0 || height == 0 {
+        return Err(ApiError::invalid_param("width and height must be positive"));
+    }
+    let method = match q.method.as_deref() {
+        None => Method::Scale,
+        Some(m) => Method::parse(m)
+            .ok_or_else(|| ApiError::invalid_param("method must be crop or scale"))?,
+    };
+    let thumb = state
+        .core
+        .media
+        .thumbnail(&server_name, &media_id, width, height, method)
+        .await?;
+    serve_file(&thumb.path, thumb.size, thumb.content_type, None, &headers).await
+}
+
+async fn serve_file(
+    path: &std::path::Path,
+    size: u64,
+    content_type: &str,
+    filename: Option<&str>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| ApiError::from(hearth_core::Error::internal(format!("media file: {e}"))))?;
     let range = match parse_range(headers, size) {
         Ok(r) => r,
         Err(()) => {
@@ -217,11 +269,11 @@ async fn serve(
             h.insert(name, v);
         }
     };
-    set(header::CONTENT_TYPE, &content_type);
+    set(header::CONTENT_TYPE, content_type);
     set(header::CONTENT_LENGTH, &len.to_string());
     set(
         header::CONTENT_DISPOSITION,
-        &disposition(&content_type, filename.as_deref()),
+        &disposition(content_type, filename),
     );
     set(header::ACCEPT_RANGES, "bytes");
     set(

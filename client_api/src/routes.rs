@@ -178,6 +178,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
             get(media::download_named),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
+            get(media::thumbnail),
         );
     // Hearth's WebSocket transport (docs/realtime.md)
     r = r.route(websocket::PATH, get(websocket::upgrade));

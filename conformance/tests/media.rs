@@ -236,3 +236,89 @@ async fn the_size_limit_holds_while_streaming_and_leaves_nothing_behind() {
     assert_eq!(status, 200);
     assert_eq!(stored_files(&media), (2, 0));
 }
+
+fn encoded(width: u32, height: u32, format: image::ImageFormat) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, format)
+        .unwrap();
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_have_the_requested_size_and_bad_images_get_an_error() {
+    let server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", PW).await;
+    let http = reqwest::Client::new();
+    let up = |content_type: &'static str, bytes: Vec<u8>| {
+        let (server, token) = (&server, &token);
+        async move {
+            let (status, body) = upload(server, token, content_type, bytes).await;
+            assert_eq!(status, 200, "{body}");
+            media_id(body["content_uri"].as_str().unwrap())
+        }
+    };
+    let thumb_url = |id: &str, query: &str| {
+        format!(
+            "{}/_matrix/client/v1/media/thumbnail/{}/{id}?{query}",
+            server.base_url(),
+            server.server_name()
+        )
+    };
+    let fetch = |id: String, query: &'static str| {
+        let (http, token, url) = (&http, &token, thumb_url(&id, query));
+        async move { http.get(url).bearer_auth(token).send().await.unwrap() }
+    };
+
+    let png = up("image/png", encoded(1000, 600, image::ImageFormat::Png)).await;
+    let resp = fetch(png.clone(), "width=96&height=96&method=crop").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let img = image::load_from_memory(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (96, 96));
+    let resp = fetch(png.clone(), "width=300&height=200&method=scale").await;
+    let img = image::load_from_memory(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (320, 192),
+        "scaled into 320x240, aspect kept"
+    );
+    // Served again from the stored copy.
+    let resp = fetch(png.clone(), "width=300&height=200&method=scale").await;
+    assert_eq!(resp.status(), 200);
+
+    let jpeg = up("image/jpeg", encoded(400, 400, image::ImageFormat::Jpeg)).await;
+    let resp = fetch(jpeg, "width=32&height=32&method=crop").await;
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    let img = image::load_from_memory(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 32));
+
+    // Not an image, or a broken one: a Matrix error, and the server goes on.
+    let text = up("text/plain", b"just words".to_vec()).await;
+    let resp = fetch(text, "width=32&height=32").await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNKNOWN", "{body}");
+    let mut broken = encoded(500, 500, image::ImageFormat::Png);
+    broken.truncate(broken.len() / 3);
+    broken.extend_from_slice(&[0xde; 4000]);
+    let broken = up("image/png", broken).await;
+    let resp = fetch(broken, "width=96&height=96&method=crop").await;
+    assert_eq!(resp.status(), 400);
+    let resp = fetch(png.clone(), "width=32&height=32&method=crop").await;
+    assert_eq!(resp.status(), 200, "the server still serves thumbnails");
+
+    let resp = fetch(png.clone(), "height=32").await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_MISSING_PARAM");
+    let resp = http
+        .get(thumb_url(&png, "width=32&height=32"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}

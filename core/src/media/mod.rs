@@ -6,6 +6,8 @@
 //! rename: readers see a whole file or none), and only then is the media id recorded, so an
 //! acknowledged upload survives a crash.
 
+mod thumbnail;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::util::{now_ms, random_string};
 use crate::{Error, Result};
+
+pub use thumbnail::{Method, Thumbnail};
 
 /// 100 MiB, the size the seeds ask for.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
@@ -41,6 +45,8 @@ pub struct Media {
     store: Arc<dyn Store>,
     dir: PathBuf,
     max_upload_bytes: u64,
+    /// Thumbnailing is CPU-bound: a few at a time, so that it cannot take every core.
+    thumbnailers: tokio::sync::Semaphore,
 }
 
 /// Removes a temporary file unless the upload got through.
@@ -74,6 +80,7 @@ impl Media {
             store,
             dir,
             max_upload_bytes: config.max_upload_bytes,
+            thumbnailers: tokio::sync::Semaphore::new(2),
         })
     }
 
