@@ -53,11 +53,11 @@ const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
 fn pick_size(width: u32, height: u32, method: Method) -> (u32, u32, Method) {
     let fits = |(w, h, _): &&(u32, u32, Method)| *w >= width && *h >= height;
-    let same_method = SIZES.iter().filter(|(_, _, m)| *m == method);
+    let mut same_method = SIZES.iter().filter(|(_, _, m)| *m == method);
     same_method
         .clone()
         .find(fits)
-        .or_else(|| same_method.last())
+        .or_else(|| same_method.next_back())
         .copied()
         .unwrap_or(SIZES[SIZES.len() - 1])
 }
