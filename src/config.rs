@@ -49,6 +49,13 @@ pub struct Config {
     pub websocket_ping_secs: f64,
     /// Largest accepted media upload, in bytes.
     pub max_upload_size: usize,
+    /// Bytes of media each user may store in all; 0 for no quota.
+    pub media_quota_bytes: usize,
+    /// Serve the unauthenticated `/_matrix/media/v3/download` and `/thumbnail` (frozen by the spec
+    /// since v1.11).
+    pub legacy_unauthenticated_media: bool,
+    /// Comma-separated user IDs allowed to use the admin API.
+    pub admin_users: String,
 }
 
 impl Default for Config {
@@ -78,6 +85,9 @@ impl Default for Config {
             delivery_receipts_max_members: 50,
             websocket_ping_secs: 30.0,
             max_upload_size: hearth_core::media::DEFAULT_MAX_UPLOAD_BYTES as usize,
+            media_quota_bytes: 0,
+            legacy_unauthenticated_media: false,
+            admin_users: String::new(),
         }
     }
 }
@@ -116,6 +126,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("delivery_receipts_max_members", Kind::Int),
     ("websocket_ping_secs", Kind::Float),
     ("max_upload_size", Kind::Int),
+    ("media_quota_bytes", Kind::Int),
+    ("legacy_unauthenticated_media", Kind::Bool),
+    ("admin_users", Kind::Str),
 ];
 
 impl Config {

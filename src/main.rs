@@ -151,6 +151,7 @@ async fn serve(config: Config) -> Result<(), String> {
     core_config.media = hearth_core::media::MediaConfig {
         dir: Some(config.data_dir.join("media")),
         max_upload_bytes: config.max_upload_size as u64,
+        quota_bytes: config.media_quota_bytes as u64,
     };
     let core = Arc::new(
         Core::new(core_config, Arc::new(store), keys, federation.clone())
@@ -173,6 +174,14 @@ async fn serve(config: Config) -> Result<(), String> {
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.listen)),
         websocket_ping: secs("websocket_ping_secs", config.websocket_ping_secs)?,
+        legacy_unauthenticated_media: config.legacy_unauthenticated_media,
+        admin_users: config
+            .admin_users
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect(),
     };
     let app = hearth_client_api::router(AppState::new(core.clone(), api))
         .merge(hearth_federation::routes(core.clone(), federation.clone()))

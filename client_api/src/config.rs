@@ -24,4 +24,8 @@ pub struct ApiConfig {
     pub public_base_url: String,
     /// Interval of WebSocket pings; two silent intervals close the connection.
     pub websocket_ping: std::time::Duration,
+    /// Serve the pre-v1.11 unauthenticated media endpoints (the spec froze them: off by default).
+    pub legacy_unauthenticated_media: bool,
+    /// Users who may call the admin API, besides those whose account is marked admin.
+    pub admin_users: Vec<String>,
 }

@@ -93,6 +93,18 @@ impl From<CoreError> for ApiError {
             }
             CoreError::TooLarge(m) => Self::too_large(m),
             CoreError::Unrecognized(m) => Self::new(S::BAD_REQUEST, "M_UNRECOGNIZED", m),
+            CoreError::QuotaExceeded(m) => Self::new(S::FORBIDDEN, "M_RESOURCE_LIMIT_EXCEEDED", m)
+                .with("limit_type", json!("media_quota")),
+            CoreError::CannotOverwriteMedia => Self::new(
+                S::CONFLICT,
+                "M_CANNOT_OVERWRITE_MEDIA",
+                "Media ID already has content",
+            ),
+            CoreError::NotYetUploaded => Self::new(
+                S::GATEWAY_TIMEOUT,
+                "M_NOT_YET_UPLOADED",
+                "Media has not been uploaded yet",
+            ),
             CoreError::InvalidSignature(m) => Self::new(S::BAD_REQUEST, "M_INVALID_SIGNATURE", m),
             CoreError::WrongRoomKeysVersion(current) => Self::new(
                 S::FORBIDDEN,

@@ -7,6 +7,7 @@
 
 pub mod account;
 mod account_data;
+mod admin;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
+use crate::rate_limit::Key;
 use hearth_core::media::Method;
 
 #[derive(Deserialize)]
@@ -31,26 +32,80 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let media = &state.core.media;
-    // A declared size past the limit is refused before a byte is read.
+    check_declared_size(&state, &headers)?;
+    state
+        .limiter
+        .check(Key::User(session.user_id.to_string()))?;
+    let media_id = state
+        .core
+        .media
+        .upload(
+            &session.user_id,
+            content_type_of(&headers),
+            q.filename,
+            reader(body),
+        )
+        .await?;
+    let uri = format!("mxc://{}/{media_id}", state.core.config.server_name);
+    Ok(axum::Json(json!({ "content_uri": uri })).into_response())
+}
+
+/// A declared size past the limit is refused before a byte is read.
+fn check_declared_size(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > media.max_upload_bytes()) {
+    if declared.is_some_and(|n| n > state.core.media.max_upload_bytes()) {
         return Err(hearth_core::Error::TooLarge("Upload too large".into()).into());
     }
-    let content_type = headers
+    Ok(())
+}
+
+fn content_type_of(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let reader =
-        tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let media_id = media
-        .upload(&session.user_id, content_type, q.filename, reader)
-        .await?;
+        .map(str::to_owned)
+}
+
+fn reader(body: Body) -> impl tokio::io::AsyncRead + Unpin {
+    tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+/// `POST /_matrix/media/v1/create`
+pub async fn create(State(state): State<AppState>, Auth(session): Auth) -> ApiResult<Response> {
+    state
+        .limiter
+        .check(Key::User(session.user_id.to_string()))?;
+    let (media_id, expires) = state.core.media.create_pending(&session.user_id).await?;
     let uri = format!("mxc://{}/{media_id}", state.core.config.server_name);
-    Ok(axum::Json(json!({ "content_uri": uri })).into_response())
+    Ok(axum::Json(json!({ "content_uri": uri, "unused_expires_at": expires })).into_response())
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`
+pub async fn upload_created(
+    State(state): State<AppState>,
+    Auth(session): Auth,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    check_declared_size(&state, &headers)?;
+    state
+        .core
+        .media
+        .upload_pending(
+            &session.user_id,
+            &server_name,
+            &media_id,
+            content_type_of(&headers),
+            q.filename,
+            reader(body),
+        )
+        .await?;
+    Ok(axum::Json(json!({})).into_response())
 }
 
 /// `GET /_matrix/client/v1/media/config` (and the older `/_matrix/media/v3/config`)
@@ -58,24 +113,86 @@ pub async fn config(State(state): State<AppState>, Auth(_): Auth) -> impl IntoRe
     axum::Json(json!({ "m.upload.size": state.core.media.max_upload_bytes() }))
 }
 
-/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}`
+#[derive(Deserialize)]
+pub struct DownloadQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// How long a download waits for the bytes of a created media id, at most (the spec's default).
+const MAX_WAIT_MS: u64 = 20_000;
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]`
 pub async fn download(
     State(state): State<AppState>,
     Auth(_): Auth,
-    Path((server_name, media_id)): Path<(String, String)>,
+    Path(path): Path<Vec<String>>,
+    Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    serve(&state, &server_name, &media_id, None, &headers).await
+    download_path(&state, path, q, &headers).await
 }
 
-/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
-pub async fn download_named(
+async fn download_path(
+    state: &AppState,
+    path: Vec<String>,
+    q: DownloadQuery,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let mut parts = path.into_iter();
+    let (Some(server_name), Some(media_id)) = (parts.next(), parts.next()) else {
+        return Err(ApiError::unrecognized());
+    };
+    let wait =
+        std::time::Duration::from_millis(q.timeout_ms.unwrap_or(MAX_WAIT_MS).min(MAX_WAIT_MS));
+    let (record, file) = state
+        .core
+        .media
+        .get_waiting(&server_name, &media_id, wait)
+        .await?;
+    let content_type = record
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let filename = parts.next().or(record.filename.clone());
+    serve_file(
+        &file,
+        record.size,
+        &content_type,
+        filename.as_deref(),
+        headers,
+    )
+    .await
+}
+
+/// The unauthenticated `GET /_matrix/media/v3/download/...`: frozen by spec v1.11, so it serves
+/// nothing unless the operator turned it back on.
+pub async fn legacy_download(
     State(state): State<AppState>,
-    Auth(_): Auth,
-    Path((server_name, media_id, file_name)): Path<(String, String, String)>,
+    Path(path): Path<Vec<String>>,
+    Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    serve(&state, &server_name, &media_id, Some(file_name), &headers).await
+    if !state.config.legacy_unauthenticated_media {
+        return Err(ApiError::not_found(
+            "Media is served by /_matrix/client/v1/media",
+        ));
+    }
+    download_path(&state, path, q, &headers).await
+}
+
+/// The unauthenticated `GET /_matrix/media/v3/thumbnail/...`, under the same freeze.
+pub async fn legacy_thumbnail(
+    State(state): State<AppState>,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(q): Query<ThumbnailQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if !state.config.legacy_unauthenticated_media {
+        return Err(ApiError::not_found(
+            "Media is served by /_matrix/client/v1/media",
+        ));
+    }
+    thumbnail_of(&state, &server_name, &media_id, q, &headers).await
 }
 
 /// Types a browser may show inline: they cannot run script in the server's origin (the rest are
@@ -170,29 +287,6 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()>
     Ok(Some((start, end - start + 1)))
 }
 
-async fn serve(
-    state: &AppState,
-    server_name: &str,
-    media_id: &str,
-    file_name: Option<String>,
-    headers: &HeaderMap,
-) -> ApiResult<Response> {
-    let (record, path) = state.core.media.get(server_name, media_id)?;
-    let content_type = record
-        .content_type
-        .clone()
-        .unwrap_or_else(|| "application/octet-stream".to_owned());
-    let filename = file_name.or(record.filename.clone());
-    serve_file(
-        &path,
-        record.size,
-        &content_type,
-        filename.as_deref(),
-        headers,
-    )
-    .await
-}
-
 #[derive(Deserialize)]
 pub struct ThumbnailQuery {
     width: Option<u32>,
@@ -207,6 +301,16 @@ pub async fn thumbnail(
     Path((server_name, media_id)): Path<(String, String)>,
     Query(q): Query<ThumbnailQuery>,
     headers: HeaderMap,
+) -> ApiResult<Response> {
+    thumbnail_of(&state, &server_name, &media_id, q, &headers).await
+}
+
+async fn thumbnail_of(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+    q: ThumbnailQuery,
+    headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let (Some(width), Some(height)) = (q.width, q.height) else {
         return Err(
@@ -224,9 +328,9 @@ pub async fn thumbnail(
     let thumb = state
         .core
         .media
-        .thumbnail(&server_name, &media_id, width, height, method)
+        .thumbnail(server_name, media_id, width, height, method)
         .await?;
-    serve_file(&thumb.path, thumb.size, thumb.content_type, None, &headers).await
+    serve_file(&thumb.path, thumb.size, thumb.content_type, None, headers).await
 }
 
 async fn serve_file(

@@ -10,8 +10,8 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
-    AppState, account, account_data, filter, keys, media, presence, profile, receipts, rooms,
-    server, sync, to_device, typing, websocket,
+    AppState, account, account_data, admin, filter, keys, media, presence, profile, receipts,
+    rooms, server, sync, to_device, typing, websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
@@ -167,7 +167,23 @@ pub fn router(state: AppState) -> Router {
     for v in ["r0", "v3"] {
         r = r
             .route(&format!("/_matrix/media/{v}/upload"), post(media::upload))
-            .route(&format!("/_matrix/media/{v}/config"), get(media::config));
+            .route(&format!("/_matrix/media/{v}/config"), get(media::config))
+            .route(
+                &format!("/_matrix/media/{v}/upload/{{server_name}}/{{media_id}}"),
+                put(media::upload_created),
+            )
+            .route(
+                &format!("/_matrix/media/{v}/download/{{server_name}}/{{media_id}}"),
+                get(media::legacy_download),
+            )
+            .route(
+                &format!("/_matrix/media/{v}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
+                get(media::legacy_download),
+            )
+            .route(
+                &format!("/_matrix/media/{v}/thumbnail/{{server_name}}/{{media_id}}"),
+                get(media::legacy_thumbnail),
+            );
     }
     r = r
         .route("/_matrix/client/v1/media/config", get(media::config))
@@ -177,11 +193,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
-            get(media::download_named),
+            get(media::download),
         )
+        .route("/_matrix/media/v1/create", post(media::create))
         .route(
             "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
             get(media::thumbnail),
+        );
+    // Admin API (Synapse's paths)
+    r = r
+        .route(
+            "/_synapse/admin/v1/media/quarantine/{server_name}/{media_id}",
+            post(admin::quarantine_media),
+        )
+        .route(
+            "/_synapse/admin/v1/user/{user_id}/media/quarantine",
+            post(admin::quarantine_user_media),
         );
     // Hearth's WebSocket transport (docs/realtime.md)
     r = r.route(websocket::PATH, get(websocket::upgrade));

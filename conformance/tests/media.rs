@@ -322,3 +322,164 @@ async fn thumbnails_have_the_requested_size_and_bad_images_get_an_error() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+fn download_url(server: &TestServer, uri: &str) -> String {
+    format!(
+        "/_matrix/client/v1/media/download/{}/{}",
+        server.server_name(),
+        media_id(uri)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_upload_reserves_an_id_its_creator_fills_once() {
+    let server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", PW).await;
+    let (_, bob_token, _) = server.register("bob", PW).await;
+    let (status, created) = server
+        .post("/_matrix/media/v1/create", &token, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let uri = created["content_uri"].as_str().unwrap().to_owned();
+    assert!(created["unused_expires_at"].as_u64().is_some());
+    let put_path = format!(
+        "/_matrix/media/v3/upload/{}/{}",
+        server.server_name(),
+        media_id(&uri)
+    );
+
+    // Not there yet: a download says so once its wait is over.
+    let resp = server
+        .get(
+            &format!("{}?timeout_ms=0", download_url(&server, &uri)),
+            &token,
+        )
+        .await;
+    assert_matrix_error(&resp, 504, "M_NOT_YET_UPLOADED");
+    let resp = server
+        .request_raw(
+            Method::PUT,
+            &put_path,
+            Some(&bob_token),
+            "text/plain",
+            b"mine".to_vec(),
+        )
+        .await;
+    assert_matrix_error(&resp, 403, "M_FORBIDDEN");
+    let (status, body) = server
+        .request_raw(
+            Method::PUT,
+            &put_path,
+            Some(&token),
+            "text/plain",
+            b"late bytes".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let resp = server
+        .request_raw(
+            Method::PUT,
+            &put_path,
+            Some(&token),
+            "text/plain",
+            b"again".to_vec(),
+        )
+        .await;
+    assert_matrix_error(&resp, 409, "M_CANNOT_OVERWRITE_MEDIA");
+    let got = reqwest::Client::new()
+        .get(format!(
+            "{}{}",
+            server.base_url(),
+            download_url(&server, &uri)
+        ))
+        .bearer_auth(&bob_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"late bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_endpoints_quotas_and_takedowns() {
+    let server = TestServer::builder()
+        .env("HEARTH_MEDIA_QUOTA_BYTES", "1000")
+        .env("HEARTH_ADMIN_USERS", "@root:localhost")
+        .start()
+        .await;
+    let (_, token, _) = server.register("alice", PW).await;
+    let (_, root_token, _) = server.register("root", PW).await;
+    let (status, body) = upload(&server, &token, "text/plain", pattern(600)).await;
+    assert_eq!(status, 200, "{body}");
+    let uri = body["content_uri"].as_str().unwrap().to_owned();
+
+    // The pre-v1.11 unauthenticated download is frozen.
+    let legacy = format!(
+        "/_matrix/media/v3/download/{}/{}",
+        server.server_name(),
+        media_id(&uri)
+    );
+    let resp = server.get_anon(&legacy).await;
+    assert_matrix_error(&resp, 404, "M_NOT_FOUND");
+
+    // 600 of 1000 bytes used: 500 more would pass the quota.
+    let resp = upload(&server, &token, "text/plain", pattern(500)).await;
+    assert_matrix_error(&resp, 403, "M_RESOURCE_LIMIT_EXCEEDED");
+    let (status, _) = upload(&server, &token, "text/plain", pattern(300)).await;
+    assert_eq!(status, 200);
+
+    // Only an admin takes media down; then it is gone for everyone.
+    let path = format!(
+        "{}/_synapse/admin/v1/media/quarantine/{}/{}",
+        server.base_url(),
+        server.server_name(),
+        media_id(&uri)
+    );
+    let resp = server.post(&path, &token, &json!({})).await;
+    assert_matrix_error(&resp, 403, "M_FORBIDDEN");
+    let (status, _) = server.post(&path, &root_token, &json!({})).await;
+    assert_eq!(status, 200);
+    let resp = server.get(&download_url(&server, &uri), &token).await;
+    assert_matrix_error(&resp, 404, "M_NOT_FOUND");
+    let (status, body) = server
+        .post(
+            &format!(
+                "{}/_synapse/admin/v1/user/{}/media/quarantine",
+                server.base_url(),
+                hearth_conformance::enc("@alice:localhost")
+            ),
+            &root_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["num_quarantined"]),
+        (200, &json!(2)),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frozen_endpoints_can_be_turned_back_on() {
+    let server = TestServer::builder()
+        .env("HEARTH_LEGACY_UNAUTHENTICATED_MEDIA", "true")
+        .start()
+        .await;
+    let (_, token, _) = server.register("alice", PW).await;
+    let (_, body) = upload(&server, &token, "text/plain", b"old style".to_vec()).await;
+    let uri = body["content_uri"].as_str().unwrap();
+    let got = reqwest::Client::new()
+        .get(format!(
+            "{}/_matrix/media/v3/download/{}/{}",
+            server.base_url(),
+            server.server_name(),
+            media_id(uri)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(&got.bytes().await.unwrap()[..], b"old style");
+}

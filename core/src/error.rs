@@ -31,6 +31,15 @@ pub enum Error {
     /// A key's signature does not verify.
     #[error("{0}")]
     InvalidSignature(String),
+    /// A user's media would pass their storage quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Asynchronous upload: the media id already has its bytes.
+    #[error("Media ID already has content")]
+    CannotOverwriteMedia,
+    /// Asynchronous upload: the media id has no bytes yet.
+    #[error("Media has not been uploaded yet")]
+    NotYetUploaded,
     /// A key backup write to a version that is not the current one (named, if there is one).
     #[error("Wrong backup version.")]
     WrongRoomKeysVersion(Option<String>),

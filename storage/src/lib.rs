@@ -132,6 +132,8 @@ pub trait Store: e2ee::E2eeStore + Send + Sync + 'static {
         thread_id: &str,
     ) -> StorageResult<Option<ReceiptRecord>>;
     fn media(&self, server_name: &str, media_id: &str) -> StorageResult<Option<MediaRecord>>;
+    /// A user's uploads: `(server name, media id, size)`.
+    fn media_of_user(&self, user_id: &str) -> StorageResult<Vec<(String, String, u64)>>;
     /// Events queued for a server, oldest first, at most `limit`: `(position, event id)`.
     fn outbound(&self, destination: &str, limit: usize) -> StorageResult<Vec<(StreamPos, String)>>;
     /// Servers with queued events.

@@ -137,6 +137,9 @@ pub struct MediaRecord {
     pub created_ts: u64,
     #[serde(default)]
     pub quarantined: bool,
+    /// Created by `/media/v1/create`, its bytes not uploaded yet (`sha256` is empty).
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// One operation of a write batch. A batch is applied atomically.

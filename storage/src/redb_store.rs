@@ -58,6 +58,7 @@ impl RedbStore {
         txn.open_table(TO_DEVICE)?;
         txn.open_table(OUTBOX)?;
         txn.open_table(MEDIA)?;
+        txn.open_table(MEDIA_BY_USER)?;
         crate::e2ee::E2eeTables::open(&txn)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
@@ -432,6 +433,20 @@ impl Store for RedbStore {
 
     fn media(&self, server_name: &str, media_id: &str) -> StorageResult<Option<MediaRecord>> {
         self.get_json(MEDIA, (server_name, media_id))
+    }
+
+    fn media_of_user(&self, user_id: &str) -> StorageResult<Vec<(String, String, u64)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MEDIA_BY_USER)?;
+        let end = format!("{user_id}\0");
+        table
+            .range((user_id, "", "")..(end.as_str(), "", ""))?
+            .map(|row| {
+                let (k, v) = row?;
+                let (_, server, id) = k.value();
+                Ok((server.to_owned(), id.to_owned(), v.value()))
+            })
+            .collect()
     }
 
     fn outbound(&self, destination: &str, limit: usize) -> StorageResult<Vec<(StreamPos, String)>> {

@@ -78,6 +78,9 @@ pub const BACKUP_KEYS: TableDefinition<(&str, u64, &str, &str), &str> =
     TableDefinition::new("backup_keys");
 /// (origin server, media id) → MediaRecord
 pub const MEDIA: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("media");
+/// (uploader, origin server, media id) → size: each user's uploads, for quotas and takedowns
+pub const MEDIA_BY_USER: TableDefinition<(&str, &str, &str), u64> =
+    TableDefinition::new("media_by_user");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

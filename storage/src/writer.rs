@@ -124,6 +124,7 @@ struct Tables<'t> {
     outbox: Table<'t, (&'static str, u64), &'static str>,
     counters: Table<'t, &'static str, u64>,
     media: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    media_by_user: Table<'t, (&'static str, &'static str, &'static str), u64>,
     e2ee: E2eeTables<'t>,
 }
 
@@ -150,6 +151,7 @@ impl<'t> Tables<'t> {
             outbox: txn.open_table(OUTBOX)?,
             counters: txn.open_table(COUNTERS)?,
             media: txn.open_table(MEDIA)?,
+            media_by_user: txn.open_table(MEDIA_BY_USER)?,
             e2ee: E2eeTables::open(txn)?,
         })
     }
@@ -201,6 +203,10 @@ fn apply(
             t.media.insert(
                 (server.as_str(), id.as_str()),
                 serde_json::to_vec(&rec)?.as_slice(),
+            )?;
+            t.media_by_user.insert(
+                (rec.uploader.as_str(), server.as_str(), id.as_str()),
+                rec.size,
             )?;
         }
         WriteOp::PutToken(hash, rec) => {

@@ -29,6 +29,8 @@ pub struct MediaConfig {
     /// Where files live; `None` for a throwaway directory (tests of the layers above).
     pub dir: Option<PathBuf>,
     pub max_upload_bytes: u64,
+    /// Bytes each user may store in all; 0 for no quota.
+    pub quota_bytes: u64,
 }
 
 impl Default for MediaConfig {
@@ -36,15 +38,20 @@ impl Default for MediaConfig {
         Self {
             dir: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            quota_bytes: 0,
         }
     }
 }
+
+/// How long a media id from `/media/v1/create` waits for its bytes.
+pub const PENDING_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 pub struct Media {
     server_name: ruma::OwnedServerName,
     store: Arc<dyn Store>,
     dir: PathBuf,
     max_upload_bytes: u64,
+    quota_bytes: u64,
     /// Thumbnailing is CPU-bound: a few at a time, so that it cannot take every core.
     thumbnailers: tokio::sync::Semaphore,
 }
@@ -80,6 +87,7 @@ impl Media {
             store,
             dir,
             max_upload_bytes: config.max_upload_bytes,
+            quota_bytes: config.quota_bytes,
             thumbnailers: tokio::sync::Semaphore::new(2),
         })
     }
@@ -101,8 +109,109 @@ impl Media {
         uploader: &UserId,
         content_type: Option<String>,
         filename: Option<String>,
-        mut body: impl AsyncRead + Unpin,
+        body: impl AsyncRead + Unpin,
     ) -> Result<String> {
+        let media_id = random_string(24);
+        self.store_upload(uploader, &media_id, content_type, filename, body)
+            .await?;
+        Ok(media_id)
+    }
+
+    /// `POST /media/v1/create`: a media id whose bytes come later; answers it and when it
+    /// expires (ms since the epoch).
+    pub async fn create_pending(&self, uploader: &UserId) -> Result<(String, u64)> {
+        let media_id = random_string(24);
+        let now = now_ms();
+        let record = MediaRecord {
+            sha256: String::new(),
+            size: 0,
+            content_type: None,
+            filename: None,
+            uploader: uploader.to_string(),
+            created_ts: now,
+            quarantined: false,
+            pending: true,
+        };
+        self.put(&media_id, record).await?;
+        Ok((media_id, now + PENDING_TTL_MS))
+    }
+
+    /// `PUT /media/v3/upload/{serverName}/{mediaId}`: the bytes of a created media id, by its
+    /// creator, once.
+    pub async fn upload_pending(
+        &self,
+        uploader: &UserId,
+        server_name: &str,
+        media_id: &str,
+        content_type: Option<String>,
+        filename: Option<String>,
+        body: impl AsyncRead + Unpin,
+    ) -> Result<()> {
+        let record = (server_name == self.server_name.as_str())
+            .then(|| self.store.media(server_name, media_id))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| Error::not_found("Unknown media ID"))?;
+        if record.uploader != uploader.as_str() {
+            return Err(Error::forbidden(
+                "This media ID was created by another user",
+            ));
+        }
+        if !record.pending {
+            return Err(Error::CannotOverwriteMedia);
+        }
+        if now_ms() > record.created_ts + PENDING_TTL_MS {
+            return Err(Error::not_found("The media ID expired"));
+        }
+        self.store_upload(uploader, media_id, content_type, filename, body)
+            .await
+    }
+
+    /// How many more bytes `user` may upload now.
+    fn allowance(&self, user: &UserId) -> Result<u64> {
+        if self.quota_bytes == 0 {
+            return Ok(self.max_upload_bytes);
+        }
+        let used: u64 = self
+            .store
+            .media_of_user(user.as_str())?
+            .iter()
+            .map(|(_, _, size)| size)
+            .sum();
+        let left = self.quota_bytes.saturating_sub(used);
+        if left == 0 {
+            return Err(self.over_quota());
+        }
+        Ok(left.min(self.max_upload_bytes))
+    }
+
+    fn over_quota(&self) -> Error {
+        Error::QuotaExceeded(format!(
+            "This upload would pass your media storage quota of {} bytes",
+            self.quota_bytes
+        ))
+    }
+
+    async fn put(&self, media_id: &str, record: MediaRecord) -> Result<()> {
+        self.store
+            .submit(vec![WriteOp::PutMedia(
+                self.server_name.to_string(),
+                media_id.to_owned(),
+                record,
+            )])
+            .await?;
+        Ok(())
+    }
+
+    async fn store_upload(
+        &self,
+        uploader: &UserId,
+        media_id: &str,
+        content_type: Option<String>,
+        filename: Option<String>,
+        mut body: impl AsyncRead + Unpin,
+    ) -> Result<()> {
+        let allowance = self.allowance(uploader)?;
         let tmp = TempFile(Some(self.dir.join("tmp").join(random_string(24))));
         let tmp_path = tmp.0.clone().expect("set above");
         let mut file = tokio::fs::File::create(&tmp_path).await.map_err(io)?;
@@ -120,6 +229,9 @@ impl Media {
             size += n as u64;
             if size > self.max_upload_bytes {
                 return Err(self.too_large());
+            }
+            if size > allowance {
+                return Err(self.over_quota());
             }
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n]).await.map_err(io)?;
@@ -143,8 +255,6 @@ impl Media {
             tmp.0 = None;
             sync_dir(parent).await?;
         }
-
-        let media_id = random_string(24);
         let record = MediaRecord {
             sha256,
             size,
@@ -153,15 +263,55 @@ impl Media {
             uploader: uploader.to_string(),
             created_ts: now_ms(),
             quarantined: false,
+            pending: false,
         };
+        self.put(media_id, record).await
+    }
+
+    /// Takes media down: it is no longer served (the bytes stay for other ids with the same
+    /// content). Answers whether it existed.
+    pub async fn quarantine(&self, server_name: &str, media_id: &str) -> Result<bool> {
+        let Some(mut record) = self.store.media(server_name, media_id)? else {
+            return Ok(false);
+        };
+        record.quarantined = true;
         self.store
             .submit(vec![WriteOp::PutMedia(
-                self.server_name.to_string(),
-                media_id.clone(),
+                server_name.to_owned(),
+                media_id.to_owned(),
                 record,
             )])
             .await?;
-        Ok(media_id)
+        Ok(true)
+    }
+
+    /// Takes down everything a user uploaded; answers how many items.
+    pub async fn quarantine_user(&self, user: &UserId) -> Result<usize> {
+        let mut n = 0;
+        for (server, id, _) in self.store.media_of_user(user.as_str())? {
+            if self.quarantine(&server, &id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Like [`Self::get`], but waits up to `wait` for the bytes of a created media id.
+    pub async fn get_waiting(
+        &self,
+        server_name: &str,
+        media_id: &str,
+        wait: std::time::Duration,
+    ) -> Result<(MediaRecord, PathBuf)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.get(server_name, media_id) {
+                Err(Error::NotYetUploaded) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A piece of media of this server, with the file that holds it.
@@ -174,6 +324,9 @@ impl Media {
             .media(server_name, media_id)?
             .filter(|r| !r.quarantined)
             .ok_or_else(|| Error::not_found("Media not found"))?;
+        if record.pending {
+            return Err(Error::NotYetUploaded);
+        }
         let path = self.path_of(&record.sha256);
         Ok((record, path))
     }
