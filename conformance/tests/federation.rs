@@ -511,3 +511,62 @@ async fn an_encrypted_room_works_across_two_servers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_of_one_server_reaches_users_of_the_other() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i ^ (i >> 9)) as u8)
+        .collect();
+    let (status, up) = a
+        .request_raw(
+            hearth_conformance::Method::POST,
+            "/_matrix/media/v3/upload?filename=notes.bin",
+            Some(&ann_tok),
+            "application/octet-stream",
+            data.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{up}");
+    let id = up["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // Bob asks his own server, which fetches the file from A over federation and keeps it.
+    let url = format!(
+        "{}/_matrix/client/v1/media/download/{a_name}/{id}",
+        b.base_url()
+    );
+    let http = reqwest::Client::new();
+    for round in 0..2 {
+        let resp = http.get(&url).bearer_auth(&bob_tok).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "round {round}: {}", b.log_tail(10));
+        assert_eq!(
+            resp.headers()["content-disposition"],
+            "attachment; filename*=utf-8''notes.bin"
+        );
+        let got = resp.bytes().await.unwrap();
+        assert!(
+            got[..] == data[..],
+            "round {round}: the bytes arrive intact"
+        );
+    }
+    let resp = http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{a_name}/nosuchmedia",
+            b.base_url()
+        ))
+        .bearer_auth(&bob_tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}

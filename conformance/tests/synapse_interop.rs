@@ -659,3 +659,79 @@ async fn an_encrypted_room_between_hearth_and_synapse() {
     sdk_sees(&hal, &room_id, "synapse to hearth, sealed").await;
     let _ = std::fs::remove_dir_all(tls);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_travels_between_hearth_and_synapse() {
+    let synapse = Synapse::start().await;
+    let (hearth, tls) = hearth_beside(&synapse).await;
+    let (hal_id, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let hearth_name = hal_id.split_once(':').unwrap().1.to_owned();
+    let (_, syd_tok) = synapse_user(&synapse, "syd").await;
+    let http = reqwest::Client::new();
+    let data: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+
+    // Hearth's media, downloaded by a Synapse user through Synapse (federation v1 media).
+    let (status, up) = hearth
+        .request_raw(
+            hearth_conformance::Method::POST,
+            "/_matrix/media/v3/upload",
+            Some(&hal_tok),
+            "application/octet-stream",
+            data.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{up}");
+    let id = up["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let resp = http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{hearth_name}/{id}",
+            synapse.client_url
+        ))
+        .bearer_auth(&syd_tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", hearth.log_tail(20));
+    assert!(
+        resp.bytes().await.unwrap()[..] == data[..],
+        "Synapse relays Hearth's bytes"
+    );
+
+    // Synapse's media, downloaded by a Hearth user through Hearth.
+    let resp = http
+        .post(format!("{}/_matrix/media/v3/upload", synapse.client_url))
+        .bearer_auth(&syd_tok)
+        .header("content-type", "image/png")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let up: serde_json::Value = resp.json().await.unwrap();
+    let uri = up["content_uri"]
+        .as_str()
+        .expect("Synapse content_uri")
+        .to_owned();
+    let (server, id) = uri.trim_start_matches("mxc://").split_once('/').unwrap();
+    let resp = http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{server}/{id}",
+            hearth.base_url()
+        ))
+        .bearer_auth(&hal_tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", hearth.log_tail(20));
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert!(
+        resp.bytes().await.unwrap()[..] == data[..],
+        "Hearth fetches Synapse's bytes"
+    );
+    let _ = std::fs::remove_dir_all(tls);
+}

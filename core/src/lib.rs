@@ -9,7 +9,7 @@
 //! `Unread → (Receipts, AccountData, Rooms)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
-//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → Store`; `Rooms` tells the
+//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
@@ -151,6 +151,7 @@ impl Core {
         let media = Arc::new(media::Media::new(
             config.server_name.clone(),
             store.clone(),
+            remote.clone(),
             &config.media,
         )?);
         let sync = Arc::new(sync::SyncService::new(sync::SyncSources {

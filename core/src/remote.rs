@@ -10,6 +10,13 @@ use crate::rooms::RemoteJoin;
 use crate::rooms::create::MemberProfile;
 use crate::{Error, Result};
 
+/// Media of another server as it streams in.
+pub struct RemoteMedia {
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub body: Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+}
+
 pub type RemoteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 pub trait Remote: Send + Sync + 'static {
@@ -41,6 +48,15 @@ pub trait Remote: Send + Sync + 'static {
         _server: &'a ServerName,
         _body: serde_json::Value,
     ) -> RemoteFuture<'a, serde_json::Value> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
+    /// `GET /media/download/{mediaId}` on the media's origin server.
+    fn fetch_media<'a>(
+        &'a self,
+        _server: &'a ServerName,
+        _media_id: &'a str,
+    ) -> RemoteFuture<'a, RemoteMedia> {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 

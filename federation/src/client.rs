@@ -72,6 +72,60 @@ impl Client {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value, FedError> {
+        let resp = self
+            .signed(destination, method, path_and_query, body, None)
+            .await?;
+        Self::json(destination, resp).await
+    }
+
+    /// A signed GET whose answer is read as it arrives (media): the response itself, once its
+    /// status says success.
+    pub async fn get_streaming(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, FedError> {
+        let resp = self
+            .signed(
+                destination,
+                Method::GET,
+                path_and_query,
+                None,
+                Some(timeout),
+            )
+            .await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Self::json(destination, resp)
+            .await
+            .map(|_| unreachable!("an error status"))
+    }
+
+    /// An unsigned GET of any URL (a media redirect's `Location`).
+    pub async fn get_url(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, FedError> {
+        self.http
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| FedError::peer(format!("{url}: {e}")))
+    }
+
+    async fn signed(
+        &self,
+        destination: &ServerName,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, FedError> {
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| FedError::bad_json(e.to_string()))?,
             None => Vec::new(),
@@ -102,14 +156,15 @@ impl Client {
                 http::HeaderValue::from_static("application/json"),
             );
         }
-        let request = reqwest::Request::try_from(http::Request::from_parts(parts, bytes))
+        let mut request = reqwest::Request::try_from(http::Request::from_parts(parts, bytes))
             .map_err(|e| FedError::peer(e.to_string()))?;
-        let resp = self
-            .http
+        if let Some(t) = timeout {
+            *request.timeout_mut() = Some(t);
+        }
+        self.http
             .execute(request)
             .await
-            .map_err(|e| FedError::peer(format!("{destination}: {e}")))?;
-        Self::json(destination, resp).await
+            .map_err(|e| FedError::peer(format!("{destination}: {e}")))
     }
 
     async fn json(destination: &ServerName, resp: reqwest::Response) -> Result<Value, FedError> {

@@ -11,6 +11,7 @@ mod discovery;
 mod error;
 mod joining;
 mod keys;
+mod media;
 mod membership;
 pub mod pdu;
 mod query;
@@ -129,6 +130,14 @@ impl Remote for Federation {
         Box::pin(self.post_keys(server, "/_matrix/federation/v1/user/keys/query", body))
     }
 
+    fn fetch_media<'a>(
+        &'a self,
+        server: &'a ruma::ServerName,
+        media_id: &'a str,
+    ) -> RemoteFuture<'a, hearth_core::remote::RemoteMedia> {
+        Box::pin(media::fetch(self, server, media_id))
+    }
+
     fn claim_keys<'a>(
         &'a self,
         server: &'a ruma::ServerName,
@@ -201,6 +210,14 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v1/user/devices/{user_id}",
             get(keys::devices),
+        )
+        .route(
+            "/_matrix/federation/v1/media/download/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}",
+            get(media::thumbnail),
         )
         .with_state(State { core, federation })
 }

@@ -16,6 +16,7 @@ use ruma::UserId;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::remote::Remote;
 use crate::util::{now_ms, random_string};
 use crate::{Error, Result};
 
@@ -49,6 +50,8 @@ pub const PENDING_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 pub struct Media {
     server_name: ruma::OwnedServerName,
     store: Arc<dyn Store>,
+    /// Other servers' media is fetched from them once and kept.
+    remote: Arc<dyn Remote>,
     dir: PathBuf,
     max_upload_bytes: u64,
     quota_bytes: u64,
@@ -75,6 +78,7 @@ impl Media {
     pub fn new(
         server_name: ruma::OwnedServerName,
         store: Arc<dyn Store>,
+        remote: Arc<dyn Remote>,
         config: &MediaConfig,
     ) -> Result<Self> {
         let dir = match &config.dir {
@@ -85,6 +89,7 @@ impl Media {
         Ok(Self {
             server_name,
             store,
+            remote,
             dir,
             max_upload_bytes: config.max_upload_bytes,
             quota_bytes: config.quota_bytes,
@@ -209,9 +214,24 @@ impl Media {
         media_id: &str,
         content_type: Option<String>,
         filename: Option<String>,
-        mut body: impl AsyncRead + Unpin,
+        body: impl AsyncRead + Unpin,
     ) -> Result<()> {
         let allowance = self.allowance(uploader)?;
+        let record = self
+            .store_bytes(allowance, content_type, filename, uploader.as_str(), body)
+            .await?;
+        self.put(media_id, record).await
+    }
+
+    /// Streams `body` into the content store; answers the record for it (to be put under an id).
+    async fn store_bytes(
+        &self,
+        allowance: u64,
+        content_type: Option<String>,
+        filename: Option<String>,
+        uploader: &str,
+        mut body: impl AsyncRead + Unpin,
+    ) -> Result<MediaRecord> {
         let tmp = TempFile(Some(self.dir.join("tmp").join(random_string(24))));
         let tmp_path = tmp.0.clone().expect("set above");
         let mut file = tokio::fs::File::create(&tmp_path).await.map_err(io)?;
@@ -255,17 +275,53 @@ impl Media {
             tmp.0 = None;
             sync_dir(parent).await?;
         }
-        let record = MediaRecord {
+        Ok(MediaRecord {
             sha256,
             size,
             content_type,
             filename,
-            uploader: uploader.to_string(),
+            uploader: uploader.to_owned(),
             created_ts: now_ms(),
             quarantined: false,
             pending: false,
-        };
-        self.put(media_id, record).await
+        })
+    }
+
+    /// Media of another server: from the local copy, or fetched from its origin and kept.
+    async fn remote_media(
+        &self,
+        server_name: &str,
+        media_id: &str,
+    ) -> Result<(MediaRecord, PathBuf)> {
+        if let Some(record) = self.store.media(server_name, media_id)? {
+            if record.quarantined {
+                return Err(Error::not_found("Media not found"));
+            }
+            let path = self.path_of(&record.sha256);
+            return Ok((record, path));
+        }
+        let server = ruma::ServerName::parse(server_name)
+            .map_err(|_| Error::not_found("Media not found"))?;
+        let fetched = self.remote.fetch_media(&server, media_id).await?;
+        // Remote media counts against no local user's quota, only against the size limit.
+        let record = self
+            .store_bytes(
+                self.max_upload_bytes,
+                fetched.content_type,
+                fetched.filename,
+                "",
+                fetched.body,
+            )
+            .await?;
+        self.store
+            .submit(vec![WriteOp::PutMedia(
+                server_name.to_owned(),
+                media_id.to_owned(),
+                record.clone(),
+            )])
+            .await?;
+        let path = self.path_of(&record.sha256);
+        Ok((record, path))
     }
 
     /// Takes media down: it is no longer served (the bytes stay for other ids with the same
@@ -303,6 +359,9 @@ impl Media {
         media_id: &str,
         wait: std::time::Duration,
     ) -> Result<(MediaRecord, PathBuf)> {
+        if server_name != self.server_name.as_str() {
+            return self.remote_media(server_name, media_id).await;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match self.get(server_name, media_id) {

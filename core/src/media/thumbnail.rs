@@ -78,7 +78,9 @@ impl Media {
         height: u32,
         method: Method,
     ) -> Result<Thumbnail> {
-        let (record, source) = self.get(server_name, media_id)?;
+        let (record, source) = self
+            .get_waiting(server_name, media_id, std::time::Duration::ZERO)
+            .await?;
         let (w, h, method) = pick_size(width, height, method);
         let dir = self.dir.join("thumbnails").join(&record.sha256);
         let base = format!("{w}x{h}-{}", method.name());
