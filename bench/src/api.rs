@@ -141,6 +141,35 @@ impl Resp {
     }
 }
 
+/// A response body that was counted, not kept.
+pub struct Counted {
+    pub bytes: u64,
+    /// When the last byte arrived.
+    pub at: Instant,
+}
+
+/// Content's `mxc://<serverName>/<mediaId>`, which names it in the download and thumbnail paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mxc {
+    pub server_name: String,
+    pub media_id: String,
+}
+
+impl Mxc {
+    pub fn parse(uri: &str) -> Option<Mxc> {
+        let (server_name, media_id) = uri.strip_prefix("mxc://")?.split_once('/')?;
+        (!server_name.is_empty() && !media_id.is_empty() && !media_id.contains('/')).then(|| Mxc {
+            server_name: server_name.to_owned(),
+            media_id: media_id.to_owned(),
+        })
+    }
+
+    /// `{serverName}/{mediaId}`, encoded for a path: a server name may carry a port.
+    pub fn path(&self) -> String {
+        format!("{}/{}", enc(&self.server_name), enc(&self.media_id))
+    }
+}
+
 pub struct Api {
     http: reqwest::Client,
     base: String,
@@ -182,6 +211,15 @@ impl Api {
 
     /// `path` is either absolute (`/_matrix/...`) or relative to the v3 prefix, and carries its
     /// query string already encoded.
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("/_matrix") {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{V3}{path}", self.base)
+        }
+    }
+
+    /// A JSON request; see [`Api::call_typed`].
     pub async fn call(
         &self,
         method: Method,
@@ -191,15 +229,24 @@ impl Api {
         timeout: Option<Duration>,
         expect: &[u16],
     ) -> Result<Resp, ApiError> {
-        let url = if path.starts_with("/_matrix") {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}{V3}{path}", self.base)
-        };
-        let what = || {
-            let p = path.split('?').next().unwrap_or(path);
-            format!("{method} {p}")
-        };
+        let body = body.map(|b| ("application/json", b));
+        self.call_typed(method, path, auth, body, timeout, expect)
+            .await
+    }
+
+    /// A request with a body of any content type. A 429 is retried with the same `Bytes`, which
+    /// is a reference count, not a copy: a media upload is never duplicated in memory.
+    pub async fn call_typed(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&HeaderValue>,
+        body: Option<(&'static str, Bytes)>,
+        timeout: Option<Duration>,
+        expect: &[u16],
+    ) -> Result<Resp, ApiError> {
+        let url = self.url(path);
+        let what = || what(&method, path);
         let mut attempt = 0;
         loop {
             let mut rb = self
@@ -209,8 +256,8 @@ impl Api {
             if let Some(a) = auth {
                 rb = rb.header(AUTHORIZATION, a.clone());
             }
-            if let Some(b) = &body {
-                rb = rb.header(CONTENT_TYPE, "application/json").body(b.clone());
+            if let Some((content_type, b)) = &body {
+                rb = rb.header(CONTENT_TYPE, *content_type).body(b.clone());
             }
             self.counters.requests.fetch_add(1, Relaxed);
             let answer = async {
@@ -221,15 +268,7 @@ impl Api {
             .await;
             let (status, bytes) = match answer {
                 Ok(x) => x,
-                Err(e) => {
-                    self.counters.transport_errors.fetch_add(1, Relaxed);
-                    let err = ApiError::Transport {
-                        what: what(),
-                        msg: error_chain(&e),
-                    };
-                    self.counters.sample(&err.to_string());
-                    return Err(err);
-                }
+                Err(e) => return Err(self.transport_error(what(), &e)),
             };
             let at = Instant::now();
             self.counters.status(status);
@@ -250,19 +289,106 @@ impl Api {
                     at,
                 });
             }
-            self.counters.http_errors.fetch_add(1, Relaxed);
-            let errcode = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("errcode").and_then(Value::as_str).map(str::to_owned));
-            let err = ApiError::Status {
-                what: what(),
-                status,
-                errcode,
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-            };
-            self.counters.sample(&err.to_string());
-            return Err(err);
+            return Err(self.status_error(what(), status, &bytes));
         }
+    }
+
+    fn transport_error(&self, what: String, e: &reqwest::Error) -> ApiError {
+        self.counters.transport_errors.fetch_add(1, Relaxed);
+        let err = ApiError::Transport {
+            what,
+            msg: error_chain(e),
+        };
+        self.counters.sample(&err.to_string());
+        err
+    }
+
+    fn status_error(&self, what: String, status: u16, bytes: &[u8]) -> ApiError {
+        self.counters.http_errors.fetch_add(1, Relaxed);
+        let errcode = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("errcode").and_then(Value::as_str).map(str::to_owned));
+        let err = ApiError::Status {
+            what,
+            status,
+            errcode,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+        };
+        self.counters.sample(&err.to_string());
+        err
+    }
+
+    /// A GET that expects a 200 and counts its body as it arrives instead of keeping it, so that
+    /// a 100 MiB download costs the generator no memory. No 429 retry: a retried download would
+    /// be timed twice.
+    pub async fn get_counted(
+        &self,
+        path: &str,
+        auth: &HeaderValue,
+        timeout: Duration,
+    ) -> Result<Counted, ApiError> {
+        let url = self.url(path);
+        self.counters.requests.fetch_add(1, Relaxed);
+        let answer = async {
+            let mut resp = self
+                .http
+                .get(&url)
+                .timeout(timeout)
+                .header(AUTHORIZATION, auth.clone())
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                return Ok((status, 0, resp.bytes().await?));
+            }
+            let mut n = 0u64;
+            while let Some(chunk) = resp.chunk().await? {
+                n += chunk.len() as u64;
+            }
+            Ok::<_, reqwest::Error>((status, n, Bytes::new()))
+        }
+        .await;
+        let (status, bytes, error_body) = match answer {
+            Ok(x) => x,
+            Err(e) => return Err(self.transport_error(what(&Method::GET, path), &e)),
+        };
+        let at = Instant::now();
+        self.counters.status(status);
+        if status != 200 {
+            return Err(self.status_error(what(&Method::GET, path), status, &error_body));
+        }
+        Ok(Counted { bytes, at })
+    }
+
+    /// `POST /_matrix/media/v3/upload`: the `mxc://` URI of the stored content, and when the
+    /// answer arrived.
+    pub async fn upload(
+        &self,
+        auth: &HeaderValue,
+        content_type: &'static str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(Mxc, Instant), ApiError> {
+        let r = self
+            .call_typed(
+                Method::POST,
+                "/_matrix/media/v3/upload",
+                Some(auth),
+                Some((content_type, body)),
+                Some(timeout),
+                &[200],
+            )
+            .await?;
+        let v: Value = r.json("POST /upload")?;
+        let mxc = v
+            .get("content_uri")
+            .and_then(Value::as_str)
+            .and_then(Mxc::parse)
+            .ok_or_else(|| ApiError::Decode {
+                what: "POST /upload".into(),
+                msg: format!("no mxc:// content_uri in {v}"),
+            })?;
+        Ok((mxc, r.at))
     }
 
     pub async fn get(&self, path: &str, auth: Option<&HeaderValue>) -> Result<Resp, ApiError> {
@@ -396,6 +522,12 @@ fn room_id_of(v: &Value, what: &str) -> Result<String, ApiError> {
         })
 }
 
+/// "GET /path" for error messages: the query string may hold a token.
+fn what(method: &Method, path: &str) -> String {
+    let p = path.split('?').next().unwrap_or(path);
+    format!("{method} {p}")
+}
+
 /// reqwest's Display stops at "error sending request"; the cause is further down the chain.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -445,5 +577,16 @@ mod tests {
         assert!(e(400, Some("M_UNRECOGNIZED")).is_unsupported());
         assert!(!e(400, Some("M_BAD_JSON")).is_unsupported());
         assert!(!e(403, None).is_unsupported());
+    }
+
+    #[test]
+    fn parses_content_uris() {
+        let m = Mxc::parse("mxc://localhost:8028/AbC_1").unwrap();
+        assert_eq!(m.server_name, "localhost:8028");
+        assert_eq!(m.media_id, "AbC_1");
+        assert_eq!(m.path(), "localhost%3A8028/AbC_1");
+        assert!(Mxc::parse("https://h/x").is_none());
+        assert!(Mxc::parse("mxc://h/").is_none());
+        assert!(Mxc::parse("mxc://h/a/b").is_none());
     }
 }

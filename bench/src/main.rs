@@ -47,7 +47,7 @@ pub fn log_line(args: std::fmt::Arguments<'_>) {
     name = "hearth-bench",
     about = "Client-Server API load generator for Matrix homeservers (Hearth, Synapse, ...)",
     after_help = "Scenarios: dm_latency, ws_latency, typing_latency, group_fanout, throughput, \
-                  history, idle_connections. See docs/benchmark.md."
+                  history, idle_connections, media. See docs/benchmark.md."
 )]
 pub struct Args {
     /// Homeserver base URL.
@@ -168,6 +168,15 @@ pub struct Args {
     /// idle_connections: seconds to wait after opening, before RSS must hold still for 3 s.
     #[arg(long, default_value_t = 1.0)]
     pub idle_settle_s: f64,
+    /// media: uploads, then downloads, of the large file.
+    #[arg(long, default_value_t = 3)]
+    pub media_rounds: usize,
+    /// media: size of the large file in MiB.
+    #[arg(long, default_value_t = 100)]
+    pub media_mib: u64,
+    /// media: distinct 1600x1200 PNGs, each thumbnailed once first-time and once cached.
+    #[arg(long, default_value_t = 20)]
+    pub thumbnail_images: usize,
 }
 
 impl Args {
@@ -408,8 +417,11 @@ async fn run(
             res["cpu"] = mark.report(ctx.args.pid);
         }
         if let Some(s) = &ctx.sampler {
+            // A scenario that splits its run into phases of its own reports its peak over all.
             for (k, v) in s.phase_report(name).as_object().into_iter().flatten() {
-                res[k] = v.clone();
+                if res.get(k).is_none_or(Value::is_null) {
+                    res[k] = v.clone();
+                }
             }
         }
         if let Some(s) = result.lock().unwrap().get_mut("scenarios") {

@@ -53,7 +53,7 @@ pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
 /// scenarios leave freed memory that an allocator returns to the system only when it next does
 /// some work, which would otherwise land in the middle of the measurement and swamp a few KiB per
 /// connection: so the server gets a trickle of cheap requests while we wait.
-async fn settled_rss(ctx: &Ctx) -> Option<u64> {
+pub(super) async fn settled_rss(ctx: &Ctx) -> Option<u64> {
     let s = ctx.sampler.as_ref().filter(|s| s.has_rss())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut window: Vec<u64> = Vec::new();

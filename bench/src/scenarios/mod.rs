@@ -5,6 +5,7 @@ mod dm;
 mod fanout;
 mod history;
 mod idle;
+mod media;
 mod throughput;
 mod typing;
 mod ws_latency;
@@ -24,7 +25,7 @@ use crate::syncloop::{self, Pollers, SyncOpts, Update};
 use crate::users::{User, UserPool};
 use crate::{Args, BoxError};
 
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "dm_latency",
     "ws_latency",
     "typing_latency",
@@ -32,9 +33,10 @@ pub const ALL: [&str; 7] = [
     "throughput",
     "history",
     "idle_connections",
+    "media",
 ];
 pub const ALL_CSV: &str =
-    "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,idle_connections";
+    "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,idle_connections,media";
 
 pub struct Ctx {
     pub api: Arc<Api>,
@@ -114,6 +116,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<Value, BoxError> {
         "throughput" => throughput::run(ctx).await,
         "history" => history::run(ctx).await,
         "idle_connections" => idle::run(ctx).await,
+        "media" => media::run(ctx).await,
         _ => Err(format!("unknown scenario {name}").into()),
     }
 }
