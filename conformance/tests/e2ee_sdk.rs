@@ -8,56 +8,17 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{bodies, sdk_register, sync};
+use common::{bodies, encrypted_room, sdk_login, sdk_register, sees_text, sync};
 use hearth_conformance::TestServer;
 use matrix_sdk::Client;
 use matrix_sdk::room::MessagesOptions;
-use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoomRequest;
+use matrix_sdk::ruma::UserId;
 use matrix_sdk::ruma::api::client::uiaa;
-use matrix_sdk::ruma::events::InitialStateEvent;
-use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use matrix_sdk::ruma::{OwnedRoomId, UserId};
 
 const PW: &str = "correct horse battery staple";
 const ALPHA: &str = "hearth-plaintext-alpha-7c1e";
 const BRAVO: &str = "hearth-plaintext-bravo-93fd";
-
-async fn sdk_login(server: &TestServer, user: &str) -> Client {
-    let client = Client::builder()
-        .homeserver_url(server.base_url())
-        .build()
-        .await
-        .expect("build client");
-    client
-        .matrix_auth()
-        .login_username(user, PW)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{user} logs in: {e:?}"));
-    sync(&client).await;
-    client
-}
-
-/// Syncs `client` until its timeline of `room` shows `text` decrypted.
-async fn sees_decrypted(client: &Client, room: &OwnedRoomId, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = sync(client).await;
-        if r.rooms
-            .joined
-            .get(room)
-            .is_some_and(|j| bodies(&j.timeline.events).iter().any(|b| b == text))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never decrypted {text:?}",
-            client.device_id().unwrap()
-        );
-    }
-}
 
 async fn device_ids(client: &Client, user: &UserId) -> Vec<String> {
     let mut ids: Vec<String> = client
@@ -115,8 +76,8 @@ async fn two_users_with_two_devices_each_talk_encrypted_and_a_late_device_restor
         .bootstrap_cross_signing(None)
         .await
         .expect("bob's cross-signing");
-    let alice2 = sdk_login(&server, "alice").await;
-    let bob2 = sdk_login(&server, "bob").await;
+    let alice2 = sdk_login(&server.base_url(), "alice", PW).await;
+    let bob2 = sdk_login(&server.base_url(), "bob", PW).await;
     let bob_id = bob.user_id().unwrap().to_owned();
 
     // Replacing the cross-signing keys is protected by the password.
@@ -143,14 +104,8 @@ async fn two_users_with_two_devices_each_talk_encrypted_and_a_late_device_restor
     assert!(own.is_some(), "bob's cross-signing identity is published");
 
     // An encrypted room: every device of the other user decrypts.
-    let mut request = CreateRoomRequest::new();
+    let mut request = encrypted_room();
     request.invite = vec![bob_id.clone()];
-    request.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
     let room_id = alice
         .create_room(request)
         .await
@@ -170,15 +125,15 @@ async fn two_users_with_two_devices_each_talk_encrypted_and_a_late_device_restor
     room.send(RoomMessageEventContent::text_plain(ALPHA))
         .await
         .expect("alice sends");
-    sees_decrypted(&bob, &room_id, ALPHA).await;
-    sees_decrypted(&bob2, &room_id, ALPHA).await;
+    sees_text(&bob, &room_id, ALPHA, Duration::from_secs(30)).await;
+    sees_text(&bob2, &room_id, ALPHA, Duration::from_secs(30)).await;
     bob.get_room(&room_id)
         .unwrap()
         .send(RoomMessageEventContent::text_plain(BRAVO))
         .await
         .expect("bob replies");
-    sees_decrypted(&alice, &room_id, BRAVO).await;
-    sees_decrypted(&alice2, &room_id, BRAVO).await;
+    sees_text(&alice, &room_id, BRAVO, Duration::from_secs(30)).await;
+    sees_text(&alice2, &room_id, BRAVO, Duration::from_secs(30)).await;
 
     // A third device of alice's, added later, restores the room keys from the backup with the
     // recovery key and reads the history.
@@ -203,7 +158,7 @@ async fn two_users_with_two_devices_each_talk_encrypted_and_a_late_device_restor
         keys["sessions"].as_object().is_some_and(|s| !s.is_empty()),
         "the room's session is in the backup: {keys}"
     );
-    let alice3 = sdk_login(&server, "alice").await;
+    let alice3 = sdk_login(&server.base_url(), "alice", PW).await;
     alice3
         .encryption()
         .recovery()

@@ -1,8 +1,11 @@
 //! Federation between two Hearth servers on loopback, over TLS with a test CA: discovery of
 //! `localhost:PORT` names, signed (X-Matrix) requests both ways, key fetching, and queries.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::{encrypted_room, sdk_login, sees_text};
 use hearth_conformance::{TestServer, enc, free_port, json};
 
 struct TestCa {
@@ -375,53 +378,9 @@ async fn a_server_acl_shuts_a_server_out() {
     assert!(members["joined"][&bea].is_null(), "{members}");
 }
 
-async fn sdk_login(server: &TestServer, user: &str, password: &str) -> matrix_sdk::Client {
-    let client = matrix_sdk::Client::builder()
-        .homeserver_url(server.base_url())
-        .build()
-        .await
-        .expect("build client");
-    client
-        .matrix_auth()
-        .login_username(user, password)
-        .send()
-        .await
-        .expect("login");
-    client
-}
-
-async fn sdk_sync(client: &matrix_sdk::Client) -> matrix_sdk::sync::SyncResponse {
-    client
-        .sync_once(
-            matrix_sdk::config::SyncSettings::default()
-                .timeout(std::time::Duration::from_millis(500)),
-        )
-        .await
-        .expect("sync")
-}
-
-/// Syncs until `client` shows `text` decrypted in `room`.
-async fn sdk_sees(client: &matrix_sdk::Client, room: &matrix_sdk::ruma::RoomId, text: &str) {
-    for _ in 0..60 {
-        let r = sdk_sync(client).await;
-        let seen = r.rooms.joined.get(room).is_some_and(|j| {
-            j.timeline.events.iter().any(|e| {
-                serde_json::from_str::<serde_json::Value>(e.raw().json().get())
-                    .is_ok_and(|v| v["content"]["body"] == text)
-            })
-        });
-        if seen {
-            return;
-        }
-    }
-    panic!("{text:?} was never decrypted");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_room_works_across_two_servers() {
-    use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
-    use matrix_sdk::ruma::events::InitialStateEvent;
-    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset;
     use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 
     let ca = TestCa::new();
@@ -429,20 +388,11 @@ async fn an_encrypted_room_works_across_two_servers() {
     let (b, _, _) = federating_server(&ca).await;
     let (ann_id, _, _) = a.register("ann", "pw-ann-1").await;
     let (bob_id, _, _) = b.register("bob", "pw-bob-1").await;
-    let ann = sdk_login(&a, "ann", "pw-ann-1").await;
-    let bob = sdk_login(&b, "bob", "pw-bob-1").await;
-    sdk_sync(&ann).await;
-    sdk_sync(&bob).await;
+    let ann = sdk_login(&a.base_url(), "ann", "pw-ann-1").await;
+    let bob = sdk_login(&b.base_url(), "bob", "pw-bob-1").await;
 
-    let mut request = CreateRoom::new();
-    request.preset =
-        Some(matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset::PublicChat);
-    request.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
+    let mut request = encrypted_room();
+    request.preset = Some(RoomPreset::PublicChat);
     let room_id = ann
         .create_room(request)
         .await
@@ -456,7 +406,7 @@ async fn an_encrypted_room_works_across_two_servers() {
     )
     .await
     .expect("bob joins over federation");
-    sdk_sync(&bob).await;
+    common::sync(&bob).await;
 
     // Each server answers for its own users' keys, through the other.
     let (_, q) = b
@@ -474,7 +424,7 @@ async fn an_encrypted_room_works_across_two_servers() {
     let bob_user = matrix_sdk::ruma::OwnedUserId::try_from(bob_id.as_str()).unwrap();
     let mut ann_seen_bob = false;
     for _ in 0..30 {
-        let r = sdk_sync(&ann).await;
+        let r = common::sync(&ann).await;
         let _ = r;
         let devices = ann.encryption().get_user_devices(&bob_user).await.unwrap();
         if devices.devices().count() > 0 {
@@ -490,19 +440,31 @@ async fn an_encrypted_room_works_across_two_servers() {
         ))
         .await
         .expect("ann sends");
-    sdk_sees(&bob, &room_id, "across servers, encrypted").await;
+    sees_text(
+        &bob,
+        &room_id,
+        "across servers, encrypted",
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     bob.get_room(&room_id)
         .unwrap()
         .send(RoomMessageEventContent::text_plain("and back again"))
         .await
         .expect("bob replies");
-    sdk_sees(&ann, &room_id, "and back again").await;
+    sees_text(
+        &ann,
+        &room_id,
+        "and back again",
+        std::time::Duration::from_secs(30),
+    )
+    .await;
 
     // A new device of bob's shows up in ann's device list changes through B's EDU.
     let (_, ann_first) = a.get("/sync?timeout=0", &ann.access_token().unwrap()).await;
     let mut since = ann_first["next_batch"].as_str().unwrap().to_owned();
-    let bob2 = sdk_login(&b, "bob", "pw-bob-1").await;
-    sdk_sync(&bob2).await;
+    let bob2 = sdk_login(&b.base_url(), "bob", "pw-bob-1").await;
+    common::sync(&bob2).await;
     sync_until(&a, &ann.access_token().unwrap(), &mut since, |s| {
         s["device_lists"]["changed"]
             .as_array()

@@ -2,9 +2,12 @@
 //! `shared/bench/start-synapse.sh` as a TLS federation peer on loopback) and Hearth query each
 //! other's users' profiles over signed requests.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::{encrypted_room, sdk_login, sees_text};
 use hearth_conformance::{TestServer, enc, free_port, json, unique};
 
 /// A Synapse federation peer; killed when dropped.
@@ -546,54 +549,9 @@ async fn a_hearth_user_joins_a_room_on_synapse() {
     let _ = std::fs::remove_dir_all(&tls);
 }
 
-async fn sdk_client(url: &str, user: &str, password: &str) -> matrix_sdk::Client {
-    let client = matrix_sdk::Client::builder()
-        .homeserver_url(url)
-        .build()
-        .await
-        .expect("build client");
-    client
-        .matrix_auth()
-        .login_username(user, password)
-        .send()
-        .await
-        .expect("login");
-    sdk_sync(&client).await;
-    client
-}
-
-async fn sdk_sync(client: &matrix_sdk::Client) -> matrix_sdk::sync::SyncResponse {
-    client
-        .sync_once(
-            matrix_sdk::config::SyncSettings::default()
-                .timeout(std::time::Duration::from_millis(1000)),
-        )
-        .await
-        .expect("sync")
-}
-
-/// Syncs until `client` shows `text` decrypted in `room`.
-async fn sdk_sees(client: &matrix_sdk::Client, room: &matrix_sdk::ruma::RoomId, text: &str) {
-    for _ in 0..40 {
-        let r = sdk_sync(client).await;
-        let seen = r.rooms.joined.get(room).is_some_and(|j| {
-            j.timeline.events.iter().any(|e| {
-                serde_json::from_str::<serde_json::Value>(e.raw().json().get())
-                    .is_ok_and(|v| v["content"]["body"] == text)
-            })
-        });
-        if seen {
-            return;
-        }
-    }
-    panic!("{text:?} was never decrypted");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_room_between_hearth_and_synapse() {
-    use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
-    use matrix_sdk::ruma::events::InitialStateEvent;
-    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset;
     use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 
     let synapse = Synapse::start().await;
@@ -607,17 +565,11 @@ async fn an_encrypted_room_between_hearth_and_synapse() {
         .next()
         .unwrap()
         .to_owned();
-    let hal = sdk_client(&hearth.base_url(), "hal", "pw-hal-1").await;
-    let syd = sdk_client(&synapse.client_url, &syd_local, "pw-syd-12345").await;
+    let hal = sdk_login(&hearth.base_url(), "hal", "pw-hal-1").await;
+    let syd = sdk_login(&synapse.client_url, &syd_local, "pw-syd-12345").await;
 
-    let mut request = CreateRoom::new();
+    let mut request = encrypted_room();
     request.preset = Some(RoomPreset::PublicChat);
-    request.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
     let room_id = hal
         .create_room(request)
         .await
@@ -628,11 +580,11 @@ async fn an_encrypted_room_between_hearth_and_synapse() {
     syd.join_room_by_id_or_alias(<&matrix_sdk::ruma::RoomOrAliasId>::from(&*room_id), &[via])
         .await
         .expect("syd joins the room on Hearth");
-    sdk_sync(&syd).await;
+    common::sync(&syd).await;
     let syd_user = matrix_sdk::ruma::OwnedUserId::try_from(syd_id.as_str()).unwrap();
     let mut known = false;
     for _ in 0..20 {
-        sdk_sync(&hal).await;
+        common::sync(&hal).await;
         let devices = hal.encryption().get_user_devices(&syd_user).await.unwrap();
         if devices.devices().count() > 0 {
             known = true;
@@ -648,7 +600,13 @@ async fn an_encrypted_room_between_hearth_and_synapse() {
         ))
         .await
         .expect("hal sends");
-    sdk_sees(&syd, &room_id, "hearth to synapse, sealed").await;
+    sees_text(
+        &syd,
+        &room_id,
+        "hearth to synapse, sealed",
+        std::time::Duration::from_secs(40),
+    )
+    .await;
     syd.get_room(&room_id)
         .unwrap()
         .send(RoomMessageEventContent::text_plain(
@@ -656,7 +614,13 @@ async fn an_encrypted_room_between_hearth_and_synapse() {
         ))
         .await
         .expect("syd replies");
-    sdk_sees(&hal, &room_id, "synapse to hearth, sealed").await;
+    sees_text(
+        &hal,
+        &room_id,
+        "synapse to hearth, sealed",
+        std::time::Duration::from_secs(40),
+    )
+    .await;
     let _ = std::fs::remove_dir_all(tls);
 }
 

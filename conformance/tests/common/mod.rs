@@ -97,3 +97,61 @@ pub fn bodies(events: &[TimelineEvent]) -> Vec<String> {
 pub fn token(client: &Client) -> String {
     client.access_token().expect("client has an access token")
 }
+
+/// Logs `user` in on the homeserver at `url` (Hearth or Synapse) as a new device, and syncs once
+/// so that its encryption keys are uploaded.
+pub async fn sdk_login(url: &str, user: &str, password: &str) -> Client {
+    let client = Client::builder()
+        .homeserver_url(url)
+        .build()
+        .await
+        .expect("build matrix-sdk client");
+    client
+        .matrix_auth()
+        .login_username(user, password)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{user} logs in: {e:?}"));
+    sync(&client).await;
+    client
+}
+
+/// Syncs `client` until its timeline of `room` shows a message with body `text` (decrypted, in
+/// an encrypted room), or panics after `limit`.
+pub async fn sees_text(
+    client: &Client,
+    room: &matrix_sdk::ruma::RoomId,
+    text: &str,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = sync(client).await;
+        if r.rooms
+            .joined
+            .get(room)
+            .is_some_and(|j| bodies(&j.timeline.events).iter().any(|b| b == text))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?} never showed {text:?}",
+            client.device_id()
+        );
+    }
+}
+
+/// A `createRoom` request for an encrypted room (Megolm with the recommended rotation).
+pub fn encrypted_room() -> matrix_sdk::ruma::api::client::room::create_room::v3::Request {
+    use matrix_sdk::ruma::events::InitialStateEvent;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    let mut request = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    request
+}
