@@ -222,3 +222,21 @@ impl FromRequest<AppState> for JsonBody {
             .map_err(|_| ApiError::not_json())
     }
 }
+
+/// Query parameters for handlers that do not use a ruma request type: a value that does not
+/// parse is `M_INVALID_PARAM`, not axum's plain-text rejection.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::invalid_param(e.body_text()))
+    }
+}

@@ -5,7 +5,7 @@
 //! would buffer a whole upload in memory.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
@@ -15,9 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Auth;
+use crate::extract::{Auth, QueryParams};
 use crate::rate_limit::Key;
-use hearth_core::media::Method;
+use hearth_core::media::{Method, content_disposition};
 
 #[derive(Deserialize)]
 pub struct UploadQuery {
@@ -28,7 +28,7 @@ pub struct UploadQuery {
 pub async fn upload(
     State(state): State<AppState>,
     Auth(session): Auth,
-    Query(q): Query<UploadQuery>,
+    QueryParams(q): QueryParams<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -88,7 +88,7 @@ pub async fn upload_created(
     State(state): State<AppState>,
     Auth(session): Auth,
     Path((server_name, media_id)): Path<(String, String)>,
-    Query(q): Query<UploadQuery>,
+    QueryParams(q): QueryParams<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -126,7 +126,7 @@ pub async fn download(
     State(state): State<AppState>,
     Auth(_): Auth,
     Path(path): Path<Vec<String>>,
-    Query(q): Query<DownloadQuery>,
+    QueryParams(q): QueryParams<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     download_path(&state, path, q, &headers).await
@@ -169,7 +169,7 @@ async fn download_path(
 pub async fn legacy_download(
     State(state): State<AppState>,
     Path(path): Path<Vec<String>>,
-    Query(q): Query<DownloadQuery>,
+    QueryParams(q): QueryParams<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     if !state.config.legacy_unauthenticated_media {
@@ -184,7 +184,7 @@ pub async fn legacy_download(
 pub async fn legacy_thumbnail(
     State(state): State<AppState>,
     Path((server_name, media_id)): Path<(String, String)>,
-    Query(q): Query<ThumbnailQuery>,
+    QueryParams(q): QueryParams<ThumbnailQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     if !state.config.legacy_unauthenticated_media {
@@ -193,68 +193,6 @@ pub async fn legacy_thumbnail(
         ));
     }
     thumbnail_of(&state, &server_name, &media_id, q, &headers).await
-}
-
-/// Types a browser may show inline: they cannot run script in the server's origin (the rest are
-/// served as attachments), the list Synapse uses.
-const INLINE_TYPES: &[&str] = &[
-    "text/css",
-    "text/plain",
-    "text/csv",
-    "application/json",
-    "application/ld+json",
-    "image/jpeg",
-    "image/gif",
-    "image/png",
-    "image/apng",
-    "image/webp",
-    "image/avif",
-    "video/mp4",
-    "video/webm",
-    "video/ogg",
-    "video/quicktime",
-    "audio/mp4",
-    "audio/webm",
-    "audio/aac",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/wave",
-    "audio/wav",
-    "audio/x-wav",
-    "audio/x-pn-wav",
-    "audio/flac",
-    "audio/x-flac",
-];
-
-fn disposition(content_type: &str, filename: Option<&str>) -> String {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    let kind = if INLINE_TYPES.contains(&essence.as_str()) {
-        "inline"
-    } else {
-        "attachment"
-    };
-    match filename {
-        // RFC 6266 / 8187: percent-encoded UTF-8, so no quote or newline can break the header.
-        Some(name) => {
-            let encoded: String = name
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            format!("{kind}; filename*=utf-8''{encoded}")
-        }
-        None => kind.to_owned(),
-    }
 }
 
 /// A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`: `(start, len)`.
@@ -299,7 +237,7 @@ pub async fn thumbnail(
     State(state): State<AppState>,
     Auth(_): Auth,
     Path((server_name, media_id)): Path<(String, String)>,
-    Query(q): Query<ThumbnailQuery>,
+    QueryParams(q): QueryParams<ThumbnailQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     thumbnail_of(&state, &server_name, &media_id, q, &headers).await
@@ -377,7 +315,7 @@ async fn serve_file(
     set(header::CONTENT_LENGTH, &len.to_string());
     set(
         header::CONTENT_DISPOSITION,
-        &disposition(content_type, filename),
+        &content_disposition(content_type, filename),
     );
     set(header::ACCEPT_RANGES, "bytes");
     set(
@@ -417,15 +355,5 @@ mod tests {
         assert_eq!(range("bytes=1000-", 1000), Err(()));
         assert_eq!(range("bytes=5-1", 1000), Ok(None));
         assert_eq!(range("bytes=0-1,5-6", 1000), Ok(None));
-    }
-
-    #[test]
-    fn only_safe_types_are_inline_and_names_cannot_break_the_header() {
-        assert_eq!(disposition("image/png", None), "inline");
-        assert_eq!(disposition("text/html", None), "attachment");
-        assert_eq!(
-            disposition("text/plain; charset=utf-8", Some("a \"b\"\r\n.txt")),
-            "inline; filename*=utf-8''a%20%22b%22%0D%0A.txt"
-        );
     }
 }

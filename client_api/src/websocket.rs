@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::Response;
 use hearth_core::accounts::Session;
@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::QueryParams;
 use crate::rate_limit::Key;
 use crate::{filter, sync};
 
@@ -59,7 +60,7 @@ impl FromRequestParts<AppState> for Authed {
 pub async fn upgrade(
     State(state): State<AppState>,
     Authed(session): Authed,
-    Query(params): Query<Params>,
+    QueryParams(params): QueryParams<Params>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let definition = filter::resolve(&state, &session.user_id, params.filter.as_deref())?;

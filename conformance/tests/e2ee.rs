@@ -71,6 +71,14 @@ fn device_keys(user: &str, device: &str, key: &SigningKey, public: &str) -> Valu
     keys
 }
 
+/// `POST /keys/query` for all of `user`'s devices; the answer must be 200.
+async fn query_keys(server: &TestServer, token: &str, user: &str) -> Value {
+    let body = json!({ "device_keys": { user: [] } });
+    let (status, answer) = server.post("/keys/query", token, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
 async fn sync(server: &TestServer, token: &str, since: Option<&str>, timeout_ms: u64) -> Value {
     let path = match since {
         Some(s) => format!("/sync?since={}&timeout={timeout_ms}", enc(s)),
@@ -152,14 +160,7 @@ async fn one_time_keys_go_once_each_then_the_fallback_key() {
     );
 
     // Anyone can query them; the display name rides in `unsigned`.
-    let (status, q) = server
-        .post(
-            "/keys/query",
-            &bob_token,
-            &json!({ "device_keys": { &alice: [] } }),
-        )
-        .await;
-    assert_eq!(status, 200, "{q}");
+    let q = query_keys(&server, &bob_token, &alice).await;
     let dk = &q["device_keys"][&alice][&alice_device];
     assert_eq!(dk["keys"][format!("ed25519:{alice_device}")], json!(public));
     assert!(dk["signatures"][&alice][format!("ed25519:{alice_device}")].is_string());
@@ -255,13 +256,7 @@ async fn device_list_changes_reach_room_members_and_departures_show_as_left() {
     assert_eq!(status, 200, "{body}");
     let s3 = sync(&server, &bob_token, Some(&t2), 5_000).await;
     assert!(changed(&s3).contains(&alice), "{s3}");
-    let (_, q) = server
-        .post(
-            "/keys/query",
-            &bob_token,
-            &json!({ "device_keys": { &alice: [] } }),
-        )
-        .await;
+    let q = query_keys(&server, &bob_token, &alice).await;
     assert!(
         q["device_keys"][&alice].get(&alice2_device).is_none(),
         "{q}"
@@ -373,13 +368,7 @@ async fn cross_signing_uploads_and_signatures_are_verified() {
         "{body}"
     );
 
-    let (_, q) = server
-        .post(
-            "/keys/query",
-            &bob_token,
-            &json!({ "device_keys": { &alice: [] } }),
-        )
-        .await;
+    let q = query_keys(&server, &bob_token, &alice).await;
     assert!(
         q["device_keys"][&alice][&device]["signatures"][&alice][format!("ed25519:{ssk_pub}")]
             .is_string(),
@@ -389,13 +378,7 @@ async fn cross_signing_uploads_and_signatures_are_verified() {
     assert!(q["self_signing_keys"][&alice].is_object());
     // The user-signing key is for its owner's eyes only.
     assert!(q["user_signing_keys"].get(&alice).is_none(), "{q}");
-    let (_, own) = server
-        .post(
-            "/keys/query",
-            &token,
-            &json!({ "device_keys": { &alice: [] } }),
-        )
-        .await;
+    let own = query_keys(&server, &token, &alice).await;
     assert!(own["user_signing_keys"][&alice].is_object(), "{own}");
 
     // Alice signs bob's master key with her user-signing key: only alice sees that signature.
@@ -425,24 +408,12 @@ async fn cross_signing_uploads_and_signatures_are_verified() {
         "{body}"
     );
     let usk_sig = format!("ed25519:{usk_pub}");
-    let (_, by_alice) = server
-        .post(
-            "/keys/query",
-            &token,
-            &json!({ "device_keys": { &bob: [] } }),
-        )
-        .await;
+    let by_alice = query_keys(&server, &token, &bob).await;
     assert!(
         by_alice["master_keys"][&bob]["signatures"][&alice][&usk_sig].is_string(),
         "{by_alice}"
     );
-    let (_, by_bob) = server
-        .post(
-            "/keys/query",
-            &bob_token,
-            &json!({ "device_keys": { &bob: [] } }),
-        )
-        .await;
+    let by_bob = query_keys(&server, &bob_token, &bob).await;
     assert!(
         by_bob["master_keys"][&bob]["signatures"]
             .get(&alice)

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{bodies, encrypted_room, sdk_login, sdk_register, sees_text, sync};
+use common::{bodies, create_and_join, encrypted_room, sdk_login, sdk_register, sees_text, sync};
 use hearth_conformance::TestServer;
 use matrix_sdk::Client;
 use matrix_sdk::room::MessagesOptions;
@@ -104,21 +104,8 @@ async fn two_users_with_two_devices_each_talk_encrypted_and_a_late_device_restor
     assert!(own.is_some(), "bob's cross-signing identity is published");
 
     // An encrypted room: every device of the other user decrypts.
-    let mut request = encrypted_room();
-    request.invite = vec![bob_id.clone()];
-    let room_id = alice
-        .create_room(request)
-        .await
-        .expect("create room")
-        .room_id()
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sync(&bob).await.rooms.invited.contains_key(&room_id) {
-        assert!(Instant::now() < deadline, "bob never saw the invite");
-    }
-    bob.join_room_by_id(&room_id).await.expect("bob joins");
+    let room_id = create_and_join(&alice, &bob, encrypted_room()).await;
     sync(&bob2).await;
-    sync(&alice).await;
     sync(&alice2).await;
     let room = alice.get_room(&room_id).unwrap();
     assert!(room.latest_encryption_state().await.unwrap().is_encrypted());

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{encrypted_room, sdk_login, sees_text};
+use common::{encrypted_room, learns_devices_of, sdk_login, sees_text};
 use hearth_conformance::{TestServer, enc, free_port, json};
 
 struct TestCa {
@@ -422,17 +422,7 @@ async fn an_encrypted_room_works_across_two_servers() {
     // Bob's device news reaches ann's sync by an EDU; then messages decrypt both ways
     // (one-time keys claimed and room keys sent to-device across servers).
     let bob_user = matrix_sdk::ruma::OwnedUserId::try_from(bob_id.as_str()).unwrap();
-    let mut ann_seen_bob = false;
-    for _ in 0..30 {
-        let r = common::sync(&ann).await;
-        let _ = r;
-        let devices = ann.encryption().get_user_devices(&bob_user).await.unwrap();
-        if devices.devices().count() > 0 {
-            ann_seen_bob = true;
-            break;
-        }
-    }
-    assert!(ann_seen_bob, "ann never learned bob's devices");
+    learns_devices_of(&ann, &bob_user, 30).await;
     ann.get_room(&room_id)
         .unwrap()
         .send(RoomMessageEventContent::text_plain(

@@ -357,6 +357,13 @@ async fn asynchronous_upload_reserves_an_id_its_creator_fills_once() {
         .await;
     assert_matrix_error(&resp, 504, "M_NOT_YET_UPLOADED");
     let resp = server
+        .get(
+            &format!("{}?timeout_ms=soon", download_url(&server, &uri)),
+            &token,
+        )
+        .await;
+    assert_matrix_error(&resp, 400, "M_INVALID_PARAM");
+    let resp = server
         .request_raw(
             Method::PUT,
             &put_path,
@@ -366,16 +373,31 @@ async fn asynchronous_upload_reserves_an_id_its_creator_fills_once() {
         )
         .await;
     assert_matrix_error(&resp, 403, "M_FORBIDDEN");
-    let (status, body) = server
+    // While one upload to the id is under way, a second one is refused, not raced.
+    let addr = server.base_url().trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT {put_path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         5\r\nlate \r\n"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let resp = server
         .request_raw(
             Method::PUT,
             &put_path,
             Some(&token),
             "text/plain",
-            b"late bytes".to_vec(),
+            b"racer".to_vec(),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_matrix_error(&resp, 409, "M_CANNOT_OVERWRITE_MEDIA");
+    slow.write_all(b"5\r\nbytes\r\n0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let resp = server
         .request_raw(
             Method::PUT,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{event_json, sdk_register, sync};
+use common::{create_and_join, event_json, sdk_register, sync};
 use hearth_conformance::{TestServer, Value};
 use matrix_sdk::attachment::AttachmentConfig;
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters, MediaThumbnailSettings};
@@ -31,20 +31,7 @@ async fn an_image_and_a_100_mb_file_travel_through_matrix_sdk() {
     let server = TestServer::start().await;
     let alice = sdk_register(&server, "alice", PW).await;
     let bob = sdk_register(&server, "bob", PW).await;
-    let mut request = CreateRoomRequest::new();
-    request.invite = vec![bob.user_id().unwrap().to_owned()];
-    let room_id = alice
-        .create_room(request)
-        .await
-        .expect("create room")
-        .room_id()
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sync(&bob).await.rooms.invited.contains_key(&room_id) {
-        assert!(Instant::now() < deadline, "no invite");
-    }
-    bob.join_room_by_id(&room_id).await.expect("join");
-    sync(&alice).await;
+    let room_id = create_and_join(&alice, &bob, CreateRoomRequest::new()).await;
     let room = alice.get_room(&room_id).unwrap();
 
     let image = png(640, 480);

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{sdk_register, sync, sync_until};
+use common::{create_and_join, sdk_register, sync, sync_until};
 use hearth_conformance::TestServer;
 use matrix_sdk::ruma::{
     api::client::{
@@ -26,20 +26,8 @@ async fn typing_receipts_unread_counts_and_tags_through_matrix_sdk() {
     let server = TestServer::start().await;
     let alice = sdk_register(&server, "alice", PW).await;
     let bob = sdk_register(&server, "bob", PW).await;
-    let mut request = CreateRoomRequest::new();
-    request.invite = vec![bob.user_id().unwrap().to_owned()];
-    let room_id = alice
-        .create_room(request)
-        .await
-        .expect("createRoom")
-        .room_id()
-        .to_owned();
-    sync_until(&bob, Duration::from_secs(10), |r| {
-        r.rooms.invited.contains_key(&room_id)
-    })
-    .await;
-    let bob_room = bob.join_room_by_id(&room_id).await.expect("bob joins");
-    sync(&alice).await;
+    let room_id = create_and_join(&alice, &bob, CreateRoomRequest::new()).await;
+    let bob_room = bob.get_room(&room_id).expect("bob is in the room");
     let alice_room = alice.get_room(&room_id).unwrap();
 
     // Typing appears for bob, then goes when alice stops.

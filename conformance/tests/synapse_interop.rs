@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{encrypted_room, sdk_login, sees_text};
+use common::{encrypted_room, learns_devices_of, sdk_login, sees_text};
 use hearth_conformance::{TestServer, enc, free_port, json, unique};
 
 /// A Synapse federation peer; killed when dropped.
@@ -582,16 +582,7 @@ async fn an_encrypted_room_between_hearth_and_synapse() {
         .expect("syd joins the room on Hearth");
     common::sync(&syd).await;
     let syd_user = matrix_sdk::ruma::OwnedUserId::try_from(syd_id.as_str()).unwrap();
-    let mut known = false;
-    for _ in 0..20 {
-        common::sync(&hal).await;
-        let devices = hal.encryption().get_user_devices(&syd_user).await.unwrap();
-        if devices.devices().count() > 0 {
-            known = true;
-            break;
-        }
-    }
-    assert!(known, "hal never got syd's devices from Synapse");
+    learns_devices_of(&hal, &syd_user, 20).await;
 
     hal.get_room(&room_id)
         .unwrap()

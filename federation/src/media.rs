@@ -43,16 +43,10 @@ async fn multipart(
         .await
         .map_err(|e| FedError::from(hearth_core::Error::internal(format!("media file: {e}"))))?;
     let boundary = boundary();
-    let disposition = match filename {
-        Some(name) => format!(
-            "\r\nContent-Disposition: attachment; filename*=utf-8''{}",
-            form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-        ),
-        None => String::new(),
-    };
+    let disposition = hearth_core::media::content_disposition(content_type, filename);
     let head = format!(
         "\r\n--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\n\
-         Content-Type: {content_type}{disposition}\r\n\r\n"
+         Content-Type: {content_type}\r\nContent-Disposition: {disposition}\r\n\r\n"
     );
     let tail = format!("\r\n--{boundary}--\r\n");
     let stream = futures_util::stream::once(async move { Ok(Bytes::from(head)) })
@@ -83,7 +77,7 @@ pub async fn download(
 }
 
 #[derive(serde::Deserialize)]
-pub struct ThumbnailQuery {
+struct ThumbnailQuery {
     width: u32,
     height: u32,
     method: Option<String>,
@@ -93,9 +87,16 @@ pub struct ThumbnailQuery {
 pub async fn thumbnail(
     AxState(state): AxState<State>,
     Path(media_id): Path<String>,
-    Query(q): Query<ThumbnailQuery>,
+    uri: http::Uri,
     _signed: Signed,
 ) -> Result<Response, FedError> {
+    let Query(q) = Query::<ThumbnailQuery>::try_from_uri(&uri).map_err(|e| {
+        FedError::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            e.body_text(),
+        )
+    })?;
     let own = state.core.config.server_name.to_string();
     let method = q
         .method
@@ -233,8 +234,10 @@ fn filename_of(disposition: &str) -> Option<String> {
     for param in disposition.split(';').map(str::trim) {
         if let Some(v) = param.strip_prefix("filename*=") {
             let encoded = v.split("''").nth(1).unwrap_or(v);
-            let bytes: Vec<u8> = percent_decode(encoded);
-            return String::from_utf8(bytes).ok();
+            return percent_encoding::percent_decode_str(encoded)
+                .decode_utf8()
+                .ok()
+                .map(|c| c.into_owned());
         }
     }
     disposition
@@ -242,26 +245,6 @@ fn filename_of(disposition: &str) -> Option<String> {
         .map(str::trim)
         .find_map(|p| p.strip_prefix("filename="))
         .map(|v| v.trim_matches('"').to_owned())
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 /// The last part's content: everything up to the closing delimiter. The last bytes stay held

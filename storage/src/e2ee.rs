@@ -139,10 +139,15 @@ fn successor(s: &str) -> String {
     format!("{s}\0")
 }
 
-impl E2eeStore for RedbStore {
-    fn device_keys(&self, user_id: &str) -> StorageResult<Vec<(String, String)>> {
+impl RedbStore {
+    /// Every `(user, key) → JSON` row of one user, as `(key, JSON)`.
+    fn rows_of_user(
+        &self,
+        table: redb::TableDefinition<(&str, &str), &str>,
+        user_id: &str,
+    ) -> StorageResult<Vec<(String, String)>> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(DEVICE_KEYS)?;
+        let t = txn.open_table(table)?;
         let end = successor(user_id);
         t.range((user_id, "")..(end.as_str(), ""))?
             .map(|row| {
@@ -150,6 +155,12 @@ impl E2eeStore for RedbStore {
                 Ok((k.value().1.to_owned(), v.value().to_owned()))
             })
             .collect()
+    }
+}
+
+impl E2eeStore for RedbStore {
+    fn device_keys(&self, user_id: &str) -> StorageResult<Vec<(String, String)>> {
+        self.rows_of_user(DEVICE_KEYS, user_id)
     }
 
     fn one_time_keys(
@@ -185,15 +196,7 @@ impl E2eeStore for RedbStore {
     }
 
     fn cross_signing_keys(&self, user_id: &str) -> StorageResult<Vec<(String, String)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(CROSS_SIGNING_KEYS)?;
-        let end = successor(user_id);
-        t.range((user_id, "")..(end.as_str(), ""))?
-            .map(|row| {
-                let (k, v) = row?;
-                Ok((k.value().1.to_owned(), v.value().to_owned()))
-            })
-            .collect()
+        self.rows_of_user(CROSS_SIGNING_KEYS, user_id)
     }
 
     fn key_signatures(&self, target_user: &str) -> StorageResult<Vec<(String, String, String)>> {

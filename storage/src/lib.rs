@@ -31,6 +31,8 @@ pub enum ChangeKey {
     Room(String),
     /// A user's memberships (any room).
     Memberships(String),
+    /// A room's member list (someone's membership in it changed).
+    RoomMembers(String),
     /// A device's to-device queue.
     ToDevice(String, String),
     /// A user's account data (global or per room).

@@ -164,6 +164,7 @@ fn change_keys(op: &WriteOp) -> Vec<ChangeKey> {
             let mut keys = vec![ChangeKey::Room(a.meta.room_id.clone())];
             if let Some((user, _)) = &a.membership {
                 keys.push(ChangeKey::Memberships(user.clone()));
+                keys.push(ChangeKey::RoomMembers(a.meta.room_id.clone()));
             }
             keys
         }

@@ -116,10 +116,11 @@ pub async fn claim(
         let mut by_device = BTreeMap::new();
         for (device, keys) in devices {
             let mut map = BTreeMap::new();
+            // A peer's malformed key id costs that one key, not the whole claim.
             for (id, key) in keys {
-                let id = OwnedOneTimeKeyId::try_from(id.as_str())
-                    .map_err(|e| ApiError::from(hearth_core::Error::internal(e)))?;
-                map.insert(id, to_raw(&key));
+                if let Ok(id) = OwnedOneTimeKeyId::try_from(id.as_str()) {
+                    map.insert(id, to_raw(&key));
+                }
             }
             by_device.insert(OwnedDeviceId::from(device), map);
         }

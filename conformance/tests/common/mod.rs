@@ -155,3 +155,43 @@ pub fn encrypted_room() -> matrix_sdk::ruma::api::client::room::create_room::v3:
     ];
     request
 }
+
+/// `owner` creates a room with `request`, inviting `guest`, who sees the invite and joins; both
+/// have synced the join. Answers the room id.
+pub async fn create_and_join(
+    owner: &Client,
+    guest: &Client,
+    mut request: matrix_sdk::ruma::api::client::room::create_room::v3::Request,
+) -> matrix_sdk::ruma::OwnedRoomId {
+    request.invite = vec![guest.user_id().expect("logged in").to_owned()];
+    let room_id = owner
+        .create_room(request)
+        .await
+        .expect("createRoom")
+        .room_id()
+        .to_owned();
+    sync_until(guest, Duration::from_secs(10), |r| {
+        r.rooms.invited.contains_key(&room_id)
+    })
+    .await;
+    guest.join_room_by_id(&room_id).await.expect("join");
+    sync(owner).await;
+    room_id
+}
+
+/// Syncs `client` until its crypto store knows at least one device of `user` (fetched through
+/// the key query its sync triggers), or panics after `rounds` syncs.
+pub async fn learns_devices_of(client: &Client, user: &matrix_sdk::ruma::UserId, rounds: usize) {
+    for _ in 0..rounds {
+        sync(client).await;
+        let devices = client
+            .encryption()
+            .get_user_devices(user)
+            .await
+            .expect("devices");
+        if devices.devices().count() > 0 {
+            return;
+        }
+    }
+    panic!("{:?} never learned {user}'s devices", client.user_id());
+}

@@ -183,10 +183,8 @@ impl E2ee {
         }
         // Signed by a device: find which, and check the signature with its ed25519 key.
         let signatures = object
-            .pointer(&format!(
-                "/signatures/{}",
-                u.replace('~', "~0").replace('/', "~1")
-            ))
+            .get("signatures")
+            .and_then(|s| s.get(u))
             .and_then(Json::as_object)
             .cloned()
             .unwrap_or_default();

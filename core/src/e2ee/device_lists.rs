@@ -217,10 +217,11 @@ impl DeviceLists {
                 }
                 continue;
             }
+            // Only rooms whose member list moved are walked: a message alone changes nothing.
             if m.membership == "join"
                 && self
                     .store
-                    .changed_after(&ChangeKey::Room(room.clone()), since)
+                    .changed_after(&ChangeKey::RoomMembers(room.clone()), since)
             {
                 self.membership_changes(&room_id, since, upto, &mut changed, &mut maybe_left)?;
             }

@@ -87,7 +87,7 @@ impl E2ee {
                 .and_then(|(_, j)| serde_json::from_str::<Json>(&j).ok());
             // Clients upload their device keys again and again; only a real change is news.
             if stored.as_ref().map(signed_part) != Some(signed_part(&keys)) {
-                let keys = signed_part_with_signatures(&keys);
+                let keys = without_unsigned(&keys);
                 ops.push(WriteOp::E2ee(E2eeOp::PutDeviceKeys {
                     user_id: u.into(),
                     device_id: d.into(),
@@ -422,7 +422,7 @@ impl E2ee {
 }
 
 /// Device keys as stored: without `unsigned`, which the server fills in per query.
-fn signed_part_with_signatures(keys: &Json) -> Json {
+fn without_unsigned(keys: &Json) -> Json {
     let mut k = keys.clone();
     if let Some(map) = k.as_object_mut() {
         map.remove("unsigned");

@@ -6,6 +6,7 @@
 //! rename: readers see a whole file or none), and only then is the media id recorded, so an
 //! acknowledged upload survives a crash.
 
+mod disposition;
 mod thumbnail;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::remote::Remote;
 use crate::util::{now_ms, random_string};
 use crate::{Error, Result};
 
+pub use disposition::content_disposition;
 pub use thumbnail::{Method, Thumbnail};
 
 /// 100 MiB, the size the seeds ask for.
@@ -55,6 +57,9 @@ pub struct Media {
     dir: PathBuf,
     max_upload_bytes: u64,
     quota_bytes: u64,
+    /// Created media ids whose bytes are arriving now: a second upload to one of them is refused
+    /// instead of racing the first.
+    filling: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Thumbnailing is CPU-bound: a few at a time, so that it cannot take every core.
     thumbnailers: tokio::sync::Semaphore,
 }
@@ -67,6 +72,34 @@ impl Drop for TempFile {
         if let Some(p) = self.0.take() {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// A created media id being filled; released when the upload ends, also when a client that
+/// went away drops the request halfway.
+struct Filling<'a> {
+    set: &'a parking_lot::Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl<'a> Filling<'a> {
+    fn claim(
+        set: &'a parking_lot::Mutex<std::collections::HashSet<String>>,
+        id: &str,
+    ) -> Result<Self> {
+        if !set.lock().insert(id.to_owned()) {
+            return Err(Error::CannotOverwriteMedia);
+        }
+        Ok(Self {
+            set,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
     }
 }
 
@@ -93,6 +126,7 @@ impl Media {
             dir,
             max_upload_bytes: config.max_upload_bytes,
             quota_bytes: config.quota_bytes,
+            filling: Default::default(),
             thumbnailers: tokio::sync::Semaphore::new(2),
         })
     }
@@ -168,6 +202,7 @@ impl Media {
         if now_ms() > record.created_ts + PENDING_TTL_MS {
             return Err(Error::not_found("The media ID expired"));
         }
+        let _filling = Filling::claim(&self.filling, media_id)?;
         self.store_upload(uploader, media_id, content_type, filename, body)
             .await
     }
