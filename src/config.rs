@@ -56,6 +56,12 @@ pub struct Config {
     pub legacy_unauthenticated_media: bool,
     /// Comma-separated user IDs allowed to use the admin API.
     pub admin_users: String,
+    /// Seconds a push to a user with a connected client waits for it to mark the message read.
+    pub push_online_grace_secs: f64,
+    /// Pushes carry message content (unless a pusher asks for `event_id_only`).
+    pub push_include_content: bool,
+    /// The badge counts rooms with unread notifications, not notifications.
+    pub push_group_unread_count_by_room: bool,
 }
 
 impl Default for Config {
@@ -88,6 +94,9 @@ impl Default for Config {
             media_quota_bytes: 0,
             legacy_unauthenticated_media: false,
             admin_users: String::new(),
+            push_online_grace_secs: 2.0,
+            push_include_content: true,
+            push_group_unread_count_by_room: true,
         }
     }
 }
@@ -129,6 +138,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("media_quota_bytes", Kind::Int),
     ("legacy_unauthenticated_media", Kind::Bool),
     ("admin_users", Kind::Str),
+    ("push_online_grace_secs", Kind::Float),
+    ("push_include_content", Kind::Bool),
+    ("push_group_unread_count_by_room", Kind::Bool),
 ];
 
 impl Config {

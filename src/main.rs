@@ -2,6 +2,7 @@
 //! core to the API routers, and serves.
 
 mod config;
+mod push_gateway;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,11 +154,20 @@ async fn serve(config: Config) -> Result<(), String> {
         max_upload_bytes: config.max_upload_size as u64,
         quota_bytes: config.media_quota_bytes as u64,
     };
+    core_config.push = hearth_core::push::PushConfig {
+        online_grace: Duration::from_secs_f64(config.push_online_grace_secs.max(0.0)),
+        include_content: config.push_include_content,
+        group_unread_count_by_room: config.push_group_unread_count_by_room,
+    };
     let core = Arc::new(
         Core::new(core_config, Arc::new(store), keys, federation.clone())
             .map_err(|e| e.to_string())?,
     );
     core.presence.start_reaper();
+    core.push
+        .start(Arc::new(push_gateway::HttpPushGateway::new()?))
+        .await
+        .map_err(|e| e.to_string())?;
     federation.start_sending(core.clone());
 
     let registration = config.registration_mode();

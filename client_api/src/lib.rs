@@ -16,6 +16,7 @@ mod keys;
 mod media;
 mod presence;
 mod profile;
+mod push;
 mod rate_limit;
 mod receipts;
 pub mod rooms;

@@ -10,7 +10,7 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
-    AppState, account, account_data, admin, filter, keys, media, presence, profile, receipts,
+    AppState, account, account_data, admin, filter, keys, media, presence, profile, push, receipts,
     rooms, server, sync, to_device, typing, websocket,
 };
 
@@ -93,6 +93,19 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::tag::get_tags::v3::Request, _, _>(r, account_data::tags);
     r = add::<c::tag::create_tag::v3::Request, _, _>(r, account_data::put_tag);
     r = add::<c::tag::delete_tag::v3::Request, _, _>(r, account_data::delete_tag);
+    // Push notifications
+    r = add::<c::push::get_pushrules_all::v3::Request, _, _>(r, push::rules::all);
+    r = add::<c::push::get_pushrules_global_scope::v3::Request, _, _>(r, push::rules::global);
+    r = add::<c::push::get_pushrule::v3::Request, _, _>(r, push::rules::get);
+    r = add::<c::push::set_pushrule::v3::Request, _, _>(r, push::rules::put);
+    r = add::<c::push::delete_pushrule::v3::Request, _, _>(r, push::rules::delete);
+    r = add::<c::push::get_pushrule_enabled::v3::Request, _, _>(r, push::rules::enabled);
+    r = add::<c::push::set_pushrule_enabled::v3::Request, _, _>(r, push::rules::set_enabled);
+    r = add::<c::push::get_pushrule_actions::v3::Request, _, _>(r, push::rules::actions);
+    r = add::<c::push::set_pushrule_actions::v3::Request, _, _>(r, push::rules::set_actions);
+    r = add::<c::push::get_pushers::v3::Request, _, _>(r, push::pushers::list);
+    r = add::<c::push::set_pusher::v3::Request, _, _>(r, push::pushers::set);
+    r = add::<c::push::get_notifications::v3::Request, _, _>(r, push::notifications::list);
     // Filters
     r = add::<c::filter::create_filter::v3::Request, _, _>(r, filter::create);
     r = add::<c::filter::get_filter::v3::Request, _, _>(r, filter::get);

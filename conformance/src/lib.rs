@@ -13,6 +13,8 @@
 //! panics). `scripts/synapse-as-hearth.sh` runs the suite against Synapse as
 //! a reference.
 
+pub mod push_gateway;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

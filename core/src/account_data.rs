@@ -94,6 +94,20 @@ impl AccountData {
             None => {
                 let mut all = self.store.all_account_data(user.as_str())?;
                 all.retain(|e| e.pos <= upto);
+                // Clients read their push rules from here (as Synapse serves them): a user who
+                // never changed a rule has the server defaults.
+                if !all
+                    .iter()
+                    .any(|e| e.room_id.is_empty() && e.kind == "m.push_rules")
+                {
+                    let rules = ruma::push::Ruleset::server_default(user);
+                    all.push(AccountDataEntry {
+                        room_id: String::new(),
+                        kind: "m.push_rules".into(),
+                        content: json!({ "global": rules }).to_string(),
+                        pos: 0,
+                    });
+                }
                 all
             }
         })

@@ -2,6 +2,7 @@ use ruma::{OwnedServerName, RoomVersionId};
 
 use crate::media::MediaConfig;
 use crate::presence::PresenceConfig;
+use crate::push::PushConfig;
 
 /// The domain settings the core needs; the binary fills them from its configuration.
 #[derive(Clone, Debug)]
@@ -13,6 +14,7 @@ pub struct CoreConfig {
     /// Rooms with more joined members than this get no delivery receipts.
     pub delivery_receipts_max_members: usize,
     pub media: MediaConfig,
+    pub push: PushConfig,
 }
 
 impl CoreConfig {
@@ -23,6 +25,7 @@ impl CoreConfig {
             presence: PresenceConfig::default(),
             delivery_receipts_max_members: 50,
             media: MediaConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! they depend on each other in one direction only:
 //!
 //! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread, E2ee)`,
-//! `Unread → (Receipts, AccountData, Rooms)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
+//! `Unread → (Receipts, PushRules, Rooms)`, `PushRules → (AccountData, Rooms)`,
+//! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
 //! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`; `Rooms` tells the
@@ -23,6 +24,7 @@ pub mod notifier;
 pub mod outbox;
 pub mod presence;
 pub mod profiles;
+pub mod push;
 pub mod receipts;
 pub mod remote;
 pub mod rooms;
@@ -55,6 +57,7 @@ pub struct Core {
     pub presence: Arc<presence::Presence>,
     pub to_device: Arc<to_device::ToDevice>,
     pub unread: Arc<unread::Unread>,
+    pub push: Arc<push::Push>,
     pub outbox: Arc<outbox::Outbox>,
     pub media: Arc<media::Media>,
     pub sync: Arc<sync::SyncService>,
@@ -141,12 +144,27 @@ impl Core {
             notifier.clone(),
             remote.clone(),
         ));
+        let push_rules = Arc::new(push::rules::PushRules::new(
+            account_data.clone(),
+            rooms.clone(),
+        ));
         let unread = Arc::new(unread::Unread::new(
             store.clone(),
             rooms.clone(),
             receipts.clone(),
-            account_data.clone(),
+            push_rules.clone(),
         ));
+        let push = Arc::new(push::Push::new(push::PushParts {
+            config: config.push.clone(),
+            server_name: config.server_name.clone(),
+            store: store.clone(),
+            rooms: rooms.clone(),
+            receipts: receipts.clone(),
+            presence: presence.clone(),
+            unread: unread.clone(),
+            rules: push_rules.clone(),
+            notifier: notifier.clone(),
+        }));
         let outbox = Arc::new(outbox::Outbox::new(store.clone()));
         let media = Arc::new(media::Media::new(
             config.server_name.clone(),
@@ -182,6 +200,7 @@ impl Core {
             presence,
             to_device,
             unread,
+            push,
             outbox,
             media,
             sync,

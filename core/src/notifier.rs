@@ -11,12 +11,31 @@ use parking_lot::RwLock;
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
 
-#[derive(Default)]
 pub struct Notifier {
     users: RwLock<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    /// Bumped after every durable commit of room events, for the push evaluator.
+    events: watch::Sender<u64>,
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Self {
+            users: RwLock::default(),
+            events: watch::channel(0).0,
+        }
+    }
 }
 
 impl Notifier {
+    /// Room events were committed (and are readable from the store).
+    pub fn events_committed(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         if let Some(tx) = self.users.read().get(user) {
             return tx.subscribe();

@@ -273,6 +273,16 @@ impl Presence {
         }
     }
 
+    /// Whether a client of the user is syncing now (or was a moment ago: between two long
+    /// polls). Without presence nobody is tracked, and nobody counts as connected.
+    pub fn connected(&self, user: &UserId) -> bool {
+        self.users
+            .read()
+            .entries
+            .get(user)
+            .is_some_and(|e| e.syncing > 0 || e.last_sync.elapsed() < Duration::from_secs(5))
+    }
+
     /// The user did something (sent a message): they are active now.
     pub fn touch(&self, user: &UserId) {
         if !self.config.enabled {

@@ -12,6 +12,7 @@
 pub mod e2ee;
 mod error;
 mod model;
+pub mod push;
 mod redb_store;
 mod tables;
 mod writer;
@@ -50,7 +51,7 @@ pub type StreamPos = u64;
 pub type PendingCommit = Pin<Box<dyn Future<Output = StorageResult<Vec<StreamPos>>> + Send>>;
 
 /// Everything Hearth persists. Reads see only committed data.
-pub trait Store: e2ee::E2eeStore + Send + Sync + 'static {
+pub trait Store: e2ee::E2eeStore + push::PushStore + Send + Sync + 'static {
     /// Queues a batch; all of its operations become durable atomically, or none do.
     fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit;
     /// The highest stream position that is durable and visible to readers.

@@ -147,7 +147,7 @@ pub struct MediaRecord {
 pub enum WriteOp {
     PutUser(String, UserRecord),
     PutDevice(String, String, DeviceRecord),
-    /// Deletes a device together with its end-to-end encryption keys.
+    /// Deletes a device together with its end-to-end encryption keys and its pushers.
     DeleteDevice(String, String),
     PutToken(Vec<u8>, TokenRecord),
     DeleteToken(Vec<u8>),
@@ -205,6 +205,8 @@ pub enum WriteOp {
     PutMedia(String, String, MediaRecord),
     /// End-to-end encryption keys (see [`crate::e2ee`]).
     E2ee(crate::e2ee::E2eeOp),
+    /// Pushers and notifications (see [`crate::push`]).
+    Push(crate::push::PushOp),
 }
 
 /// Appends an event to its room's timeline at the next stream position. The writer fills the

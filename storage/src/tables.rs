@@ -81,6 +81,14 @@ pub const MEDIA: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("me
 /// (uploader, origin server, media id) → size: each user's uploads, for quotas and takedowns
 pub const MEDIA_BY_USER: TableDefinition<(&str, &str, &str), u64> =
     TableDefinition::new("media_by_user");
+/// (user id, app id, pushkey) → PusherRecord
+pub const PUSHERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("pushers");
+/// (app id, pushkey, user id) → (): who has a pusher of a pushkey
+pub const PUSHERS_BY_KEY: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("pushers_by_key");
+/// (user id, event position) → NotificationRecord: events that notify the user, in stream order
+pub const NOTIFICATIONS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("notifications");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -12,6 +12,7 @@ use redb::{Database, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::e2ee::{E2eeOp, E2eeTables};
+use crate::push::PushTables;
 use crate::tables::*;
 use crate::{AppendEvent, ChangeKey, StorageError, StorageResult, StreamPos, WriteOp};
 
@@ -126,6 +127,7 @@ struct Tables<'t> {
     media: Table<'t, (&'static str, &'static str), &'static [u8]>,
     media_by_user: Table<'t, (&'static str, &'static str, &'static str), u64>,
     e2ee: E2eeTables<'t>,
+    push: PushTables<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -153,6 +155,7 @@ impl<'t> Tables<'t> {
             media: txn.open_table(MEDIA)?,
             media_by_user: txn.open_table(MEDIA_BY_USER)?,
             e2ee: E2eeTables::open(txn)?,
+            push: PushTables::open(txn)?,
         })
     }
 }
@@ -198,8 +201,10 @@ fn apply(
         WriteOp::DeleteDevice(user, device) => {
             t.devices.remove((user.as_str(), device.as_str()))?;
             t.e2ee.delete_device(&user, &device)?;
+            t.push.delete_device(&user, &device)?;
         }
         WriteOp::E2ee(op) => return t.e2ee.apply(op, next_pos),
+        WriteOp::Push(op) => t.push.apply(op)?,
         WriteOp::PutMedia(server, id, rec) => {
             t.media.insert(
                 (server.as_str(), id.as_str()),

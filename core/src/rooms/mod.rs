@@ -404,6 +404,7 @@ impl Rooms {
         match result {
             Ok(_) => {
                 self.notifier.notify(batch.notify.iter().map(|u| &**u));
+                self.notifier.events_committed();
                 if !batch.outbound.is_empty() {
                     let servers: Vec<_> = batch.outbound.iter().cloned().collect();
                     self.remote.outbound_ready(&servers);

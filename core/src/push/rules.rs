@@ -1,0 +1,249 @@
+//! Each user's push rules and their evaluation (spec: "Push Rules").
+//!
+//! A user's rule set is their `m.push_rules` account data (its `global` scope), as Synapse shows
+//! it to clients; until they change a rule it is the spec's server defaults
+//! (`ruma::push::Ruleset::server_default`). Evaluation is ruma's: the same rules decide the unread
+//! counts of `/sync`, the notifications of `GET /notifications` and what reaches push gateways.
+//!
+//! An event is flattened once for every member who evaluates it, and each member's room context
+//! (member count, display name, power levels) is cached until the room's state changes: a
+//! message in a room of hundreds costs one flattening and a walk of the rules per member.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use ruma::events::room::power_levels::{
+    RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
+};
+use ruma::push::{
+    Action, FlattenedJson, InsertPushRuleError, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+    RemovePushRuleError, Ruleset,
+};
+use ruma::serde::Raw;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
+use serde_json::{Value, json};
+
+use crate::account_data::AccountData;
+use crate::rooms::Rooms;
+use crate::rooms::timeline::TimelineEvent;
+use crate::{Error, Result};
+
+pub const ACCOUNT_DATA_TYPE: &str = "m.push_rules";
+
+type VersionedContext = (u64, Arc<PushConditionRoomCtx>);
+
+pub struct PushRules {
+    account_data: Arc<AccountData>,
+    rooms: Arc<Rooms>,
+    /// Parsed rule sets, with the push rules version they were read at.
+    rulesets: Mutex<LruCache<OwnedUserId, (u64, Arc<Ruleset>)>>,
+    /// Events flattened for the push rule conditions: the same for every member.
+    flattened: Mutex<LruCache<OwnedEventId, Arc<FlattenedJson>>>,
+    /// Push rule contexts with the state group they were made at.
+    contexts: Mutex<LruCache<(OwnedRoomId, OwnedUserId), VersionedContext>>,
+    /// Serialises each user's read-modify-write of their rule set.
+    writes: tokio::sync::Mutex<()>,
+}
+
+fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<LruCache<K, V>> {
+    Mutex::new(LruCache::new(NonZeroUsize::new(n).expect("non-zero")))
+}
+
+impl PushRules {
+    pub fn new(account_data: Arc<AccountData>, rooms: Arc<Rooms>) -> Self {
+        Self {
+            account_data,
+            rooms,
+            rulesets: lru(10_000),
+            flattened: lru(10_000),
+            contexts: lru(100_000),
+            writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The user's rule set: what they stored, or the server defaults.
+    pub fn ruleset(&self, user: &UserId) -> Arc<Ruleset> {
+        let version = self.account_data.push_rules_version();
+        if let Some((v, r)) = self.rulesets.lock().get(user)
+            && *v == version
+        {
+            return r.clone();
+        }
+        let ruleset = Arc::new(
+            self.account_data
+                .get(user, None, ACCOUNT_DATA_TYPE)
+                .ok()
+                .flatten()
+                .and_then(|c| serde_json::from_value(c["global"].clone()).ok())
+                .unwrap_or_else(|| Ruleset::server_default(user)),
+        );
+        self.rulesets
+            .lock()
+            .put(user.to_owned(), (version, ruleset.clone()));
+        ruleset
+    }
+
+    /// The `m.push_rules` account data content: `{"global": ruleset}`.
+    pub fn account_data_content(&self, user: &UserId) -> Value {
+        json!({ "global": &*self.ruleset(user) })
+    }
+
+    /// Changes the user's rule set and stores it; `change` says what went wrong, if anything.
+    pub async fn update(
+        &self,
+        user: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> Result<()>,
+    ) -> Result<()> {
+        let _guard = self.writes.lock().await;
+        let mut ruleset = (*self.ruleset(user)).clone();
+        change(&mut ruleset)?;
+        self.account_data
+            .set(user, None, ACCOUNT_DATA_TYPE, json!({ "global": ruleset }))
+            .await
+    }
+
+    /// The actions of the first rule that applies to `ev` for `user` (`Ruleset::get_actions`, on
+    /// an event flattened once for all members). Nothing for the user's own events.
+    pub async fn actions(&self, user: &UserId, ev: &TimelineEvent) -> Result<Vec<Action>> {
+        if ev.pdu.sender == user {
+            return Ok(Vec::new());
+        }
+        let ruleset = self.ruleset(user);
+        let ctx = self.context(&ev.pdu.room_id, user)?;
+        let flat = self.flattened(ev);
+        for rule in &*ruleset {
+            if rule.applies(&flat, &ctx).await {
+                return Ok(rule.actions().to_vec());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn flattened(&self, ev: &TimelineEvent) -> Arc<FlattenedJson> {
+        if let Some(f) = self.flattened.lock().get(&ev.pdu.event_id) {
+            return f.clone();
+        }
+        let raw: Raw<ruma::events::AnySyncTimelineEvent> =
+            Raw::from_json(self.rooms.format(ev, None, false));
+        let flat = Arc::new(FlattenedJson::from_raw(&raw));
+        self.flattened
+            .lock()
+            .put(ev.pdu.event_id.clone(), flat.clone());
+        flat
+    }
+
+    /// The room context the push rules see, cached per (room, user) until the room's state
+    /// changes (member count, display names and power levels are state).
+    fn context(&self, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
+        let head = self.rooms.head(room_id)?;
+        let (group, joined, state, rules) = {
+            let h = head.lock();
+            (
+                h.state_group,
+                h.joined_count(),
+                h.state.clone(),
+                h.rules.authorization.clone(),
+            )
+        };
+        let key = (room_id.to_owned(), user.to_owned());
+        if let Some((g, ctx)) = self.contexts.lock().get(&key)
+            && *g == group
+        {
+            return Ok(ctx.clone());
+        }
+        let content = |kind: &str| -> Result<Option<Value>> {
+            match state.get(&(kind.into(), String::new())) {
+                Some(id) => Ok(self.rooms.pdu(id)?.map(|p| p.content_value())),
+                None => Ok(None),
+            }
+        };
+        let display_name = self
+            .rooms
+            .state_event(room_id, "m.room.member", user.as_str())?
+            .and_then(|p| p.content_value()["displayname"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| user.localpart().to_owned());
+        let creators = self
+            .rooms
+            .state_event(room_id, "m.room.create", "")?
+            .map(|create| {
+                let mut c = vec![create.sender.clone()];
+                if let Some(extra) = create.content_value()["additional_creators"].as_array() {
+                    c.extend(extra.iter().filter_map(|u| UserId::parse(u.as_str()?).ok()));
+                }
+                c
+            })
+            .unwrap_or_default();
+        let source = match content("m.room.power_levels")? {
+            Some(pl) => match serde_json::from_value::<RoomPowerLevelsEventContent>(pl) {
+                Ok(c) => RoomPowerLevelsSource::Original(c),
+                Err(_) => RoomPowerLevelsSource::None,
+            },
+            None => RoomPowerLevelsSource::None,
+        };
+        let power_levels: PushConditionPowerLevelsCtx =
+            RoomPowerLevels::new(source, &rules, creators).into();
+        let ctx = Arc::new(
+            PushConditionRoomCtx::new(
+                room_id.to_owned(),
+                UInt::new(joined as u64).unwrap_or_default(),
+                user.to_owned(),
+                display_name,
+            )
+            .with_power_levels(power_levels),
+        );
+        self.contexts.lock().put(key, (group, ctx.clone()));
+        Ok(ctx)
+    }
+}
+
+/// Whether the actions notify, and whether they highlight.
+pub fn notify_and_highlight(actions: &[Action]) -> (bool, bool) {
+    (
+        actions.iter().any(Action::should_notify),
+        actions.iter().any(Action::is_highlight),
+    )
+}
+
+/// The tweaks of a rule's actions as the Push Gateway API's `tweaks` object.
+pub fn tweaks(actions: &[Action]) -> Value {
+    let mut out = serde_json::Map::new();
+    for a in actions {
+        if let Action::SetTweak(t) = a
+            && let Ok(Value::Object(o)) = serde_json::to_value(t)
+            && let (Some(Value::String(name)), value) = (o.get("set_tweak"), o.get("value"))
+        {
+            // `highlight` without a value means true (spec: "Tweaks").
+            let v = value.cloned().unwrap_or(Value::Bool(true));
+            out.insert(name.clone(), v);
+        }
+    }
+    Value::Object(out)
+}
+
+impl From<InsertPushRuleError> for Error {
+    fn from(e: InsertPushRuleError) -> Self {
+        // Synapse answers every one of these with 400 M_UNKNOWN.
+        Error::Unknown(e.to_string())
+    }
+}
+
+impl From<RemovePushRuleError> for Error {
+    fn from(e: RemovePushRuleError) -> Self {
+        match e {
+            RemovePushRuleError::NotFound => Error::not_found("Unknown rule"),
+            _ => Error::Unknown(e.to_string()),
+        }
+    }
+}
+
+/// Thread of an event for counting: `"main"` or the thread root's id.
+pub fn thread_of(ev: &TimelineEvent) -> String {
+    ev.pdu
+        .content_value()
+        .pointer("/m.relates_to")
+        .filter(|r| r["rel_type"] == "m.thread")
+        .and_then(|r| r["event_id"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "main".to_owned())
+}

@@ -1,0 +1,51 @@
+//! The HTTP client for push gateways (spec: Push Gateway API), the core's
+//! [`PushGateway`]. It lives in the binary because it is nothing but wiring: the core decides
+//! what to send and when to retry; this posts JSON and reads `rejected`.
+
+use std::time::Duration;
+
+use hearth_core::push::gateway::{GatewayError, GatewayFuture, PushGateway};
+
+pub struct HttpPushGateway {
+    client: reqwest::Client,
+}
+
+impl HttpPushGateway {
+    pub fn new() -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("push gateway client: {e}"))?;
+        Ok(Self { client })
+    }
+}
+
+impl PushGateway for HttpPushGateway {
+    fn notify<'a>(&'a self, url: &'a str, body: serde_json::Value) -> GatewayFuture<'a> {
+        Box::pin(async move {
+            let unavailable =
+                |e: reqwest::Error| GatewayError::Unavailable(e.without_url().to_string());
+            let resp = self
+                .client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(GatewayError::Unavailable(format!("HTTP {status}")));
+            }
+            // A 2xx without a readable body still delivered the notification.
+            let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+            Ok(answer["rejected"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect())
+        })
+    }
+}
