@@ -1,9 +1,8 @@
 //! Unread notification and highlight counts per room (and per thread), as `/sync` reports them.
 //!
 //! The counts are what the user's push rules (`push::rules`) say notifies, among the events
-//! after the user's read
-//! receipts. An event of the user's own also marks its thread read: whoever wrote in a room has
-//! seen it. Results are cached per (user, room) together with the read positions they were
+//! after the user's read receipts. An event of the user's own also marks its thread read:
+//! whoever wrote in a room has seen it. Results are cached per (user, room) together with the read positions they were
 //! counted from, so each sync only evaluates the events that arrived since the last one.
 
 use std::collections::{BTreeMap, HashMap};

@@ -210,6 +210,17 @@ impl Delivery {
         }
     }
 
+    async fn remove(&self, user: &UserId, key: &PusherKey) {
+        let op = WriteOp::Push(PushOp::DeletePusher {
+            user_id: user.to_string(),
+            app_id: key.0.clone(),
+            pushkey: key.1.clone(),
+        });
+        if let Err(e) = self.store.submit(vec![op]).await {
+            tracing::warn!(error = %e, "removing a pusher failed");
+        }
+    }
+
     /// Sends the newest waiting notification of each room.
     async fn round(
         &self,
@@ -237,6 +248,8 @@ impl Delivery {
         picks.sort_by_key(|(pos, _)| *pos);
         let data: Value = serde_json::from_str(&pusher.data).unwrap_or_default();
         let Some(url) = data["url"].as_str() else {
+            // Cannot happen through the API, which checks the URL; a pusher without one is dead.
+            self.remove(user, key).await;
             return Ok(Outcome::Rejected);
         };
         for (pos, n) in picks {
@@ -252,14 +265,7 @@ impl Delivery {
             pushed.insert(n.room_id.clone(), pos);
             if rejected.contains(&key.1) {
                 tracing::info!(app_id = %key.0, "the push gateway rejected a pushkey; removing its pusher");
-                let op = WriteOp::Push(PushOp::DeletePusher {
-                    user_id: user.to_string(),
-                    app_id: key.0.clone(),
-                    pushkey: key.1.clone(),
-                });
-                if let Err(e) = self.store.submit(vec![op]).await {
-                    tracing::warn!(error = %e, "removing a rejected pusher failed");
-                }
+                self.remove(user, key).await;
                 return Ok(Outcome::Rejected);
             }
         }

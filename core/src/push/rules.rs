@@ -43,7 +43,7 @@ pub struct PushRules {
     flattened: Mutex<LruCache<OwnedEventId, Arc<FlattenedJson>>>,
     /// Push rule contexts with the state group they were made at.
     contexts: Mutex<LruCache<(OwnedRoomId, OwnedUserId), VersionedContext>>,
-    /// Serialises each user's read-modify-write of their rule set.
+    /// Serialises read-modify-writes of rule sets (rare enough for one lock for everyone).
     writes: tokio::sync::Mutex<()>,
 }
 
@@ -83,11 +83,6 @@ impl PushRules {
             .lock()
             .put(user.to_owned(), (version, ruleset.clone()));
         ruleset
-    }
-
-    /// The `m.push_rules` account data content: `{"global": ruleset}`.
-    pub fn account_data_content(&self, user: &UserId) -> Value {
-        json!({ "global": &*self.ruleset(user) })
     }
 
     /// Changes the user's rule set and stores it; `change` says what went wrong, if anything.
