@@ -49,7 +49,7 @@ pub struct NotificationRecord {
 
 #[derive(Clone, Debug)]
 pub enum PushOp {
-    /// Adds or replaces a pusher.
+    /// Adds or replaces a pusher; a replaced pusher's delivery position never moves back.
     PutPusher {
         user_id: String,
         app_id: String,
@@ -282,6 +282,14 @@ impl<'t> PushTables<'t> {
                 record,
             } => {
                 let (u, a, k) = (user_id.as_str(), app_id.as_str(), pushkey.as_str());
+                let mut record = record;
+                // Delivery may have moved on since the caller read the pusher: an update never
+                // moves it back, or what was sent would be sent again.
+                let current = self.pushers.get((u, a, k))?.map(|v| v.value().to_vec());
+                if let Some(bytes) = current {
+                    let old: PusherRecord = serde_json::from_slice(&bytes)?;
+                    record.sent_upto = record.sent_upto.max(old.sent_upto);
+                }
                 self.pushers
                     .insert((u, a, k), serde_json::to_vec(&record)?.as_slice())?;
                 self.by_key.insert((a, k, u), ())?;
