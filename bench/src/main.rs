@@ -5,6 +5,7 @@
 mod api;
 mod matrix;
 mod procfs;
+mod push_gateway;
 mod sampler;
 mod scenarios;
 mod stats;
@@ -47,7 +48,7 @@ pub fn log_line(args: std::fmt::Arguments<'_>) {
     name = "hearth-bench",
     about = "Client-Server API load generator for Matrix homeservers (Hearth, Synapse, ...)",
     after_help = "Scenarios: dm_latency, ws_latency, typing_latency, group_fanout, throughput, \
-                  history, idle_connections, media. See docs/benchmark.md."
+                  history, idle_connections, media, push. See docs/benchmark.md."
 )]
 pub struct Args {
     /// Homeserver base URL.
@@ -177,6 +178,24 @@ pub struct Args {
     /// media: distinct 1600x1200 PNGs, each thumbnailed once first-time and once cached.
     #[arg(long, default_value_t = 20)]
     pub thumbnail_images: usize,
+    /// push: messages sent one at a time to an offline receiver, each timed until its notify.
+    #[arg(long, default_value_t = 200)]
+    pub push_messages: usize,
+    /// push: seconds to wait for one message's notify before counting it lost.
+    #[arg(long, default_value_t = 10.0)]
+    pub push_timeout: f64,
+    /// push: fan-out room size, sender included; every receiver has a pusher and never syncs.
+    #[arg(long, default_value_t = 200)]
+    pub push_members: usize,
+    /// push: fan-out messages.
+    #[arg(long, default_value_t = 20)]
+    pub push_rounds: usize,
+    /// push: pause between fan-out messages.
+    #[arg(long, default_value_t = 100)]
+    pub push_gap_ms: u64,
+    /// push: seconds after the last fan-out message to wait for every receiver's notify of it.
+    #[arg(long, default_value_t = 60.0)]
+    pub push_fanout_timeout: f64,
 }
 
 impl Args {
@@ -258,8 +277,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.fanout_members < 2 {
-        eprintln!("hearth-bench: --fanout-members must be at least 2");
+    if args.fanout_members < 2 || args.push_members < 2 {
+        eprintln!("hearth-bench: --fanout-members and --push-members must be at least 2");
         return ExitCode::from(2);
     }
     let nofile = procfs::raise_nofile_limit();

@@ -6,6 +6,7 @@ mod fanout;
 mod history;
 mod idle;
 mod media;
+mod push;
 mod throughput;
 mod typing;
 mod ws_latency;
@@ -25,7 +26,7 @@ use crate::syncloop::{self, Pollers, SyncOpts, Update};
 use crate::users::{User, UserPool};
 use crate::{Args, BoxError};
 
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     "dm_latency",
     "ws_latency",
     "typing_latency",
@@ -34,9 +35,12 @@ pub const ALL: [&str; 8] = [
     "history",
     "idle_connections",
     "media",
+    "push",
 ];
-pub const ALL_CSV: &str =
-    "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,idle_connections,media";
+pub const ALL_CSV: &str = concat!(
+    "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,",
+    "idle_connections,media,push"
+);
 
 pub struct Ctx {
     pub api: Arc<Api>,
@@ -117,6 +121,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<Value, BoxError> {
         "history" => history::run(ctx).await,
         "idle_connections" => idle::run(ctx).await,
         "media" => media::run(ctx).await,
+        "push" => push::run(ctx).await,
         _ => Err(format!("unknown scenario {name}").into()),
     }
 }
