@@ -113,6 +113,7 @@ impl From<CoreError> for ApiError {
             )
             .with("current_version", json!(current)),
             CoreError::Unknown(m) => Self::new(S::BAD_REQUEST, "M_UNKNOWN", m),
+            CoreError::UnknownPos => Self::new(S::BAD_REQUEST, "M_UNKNOWN_POS", "Unknown position"),
             CoreError::Internal(m) => {
                 // The detail goes to the log, not to the client.
                 tracing::error!(error = %m, "internal error");

@@ -22,6 +22,7 @@ mod receipts;
 pub mod rooms;
 mod routes;
 mod server;
+mod sliding_sync;
 mod sync;
 mod to_device;
 mod typing;

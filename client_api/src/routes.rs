@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
     AppState, account, account_data, admin, filter, keys, media, presence, profile, push, receipts,
-    rooms, server, sync, to_device, typing, websocket,
+    rooms, server, sliding_sync, sync, to_device, typing, websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::room::get_room_event::v3::Request, _, _>(r, rooms::messages::event);
     // Sync
     r = add::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    r = add::<c::sync::sync_events::v5::Request, _, _>(r, sliding_sync::sync);
     // Typing, receipts, read markers, presence, to-device
     r = add::<c::typing::create_typing_event::v3::Request, _, _>(r, typing::set_typing);
     r = add::<c::receipt::create_receipt::v3::Request, _, _>(r, receipts::create_receipt);

@@ -26,7 +26,8 @@ pub async fn versions(
 ) -> ApiResult<get_supported_versions::Response> {
     let mut resp =
         get_supported_versions::Response::new(VERSIONS.iter().map(|v| v.to_string()).collect());
-    resp.unstable_features = BTreeMap::new();
+    // Synapse's key for simplified sliding sync, which matrix-sdk and Element X look for.
+    resp.unstable_features = BTreeMap::from([("org.matrix.simplified_msc3575".to_owned(), true)]);
     Ok(resp)
 }
 

@@ -43,6 +43,9 @@ pub enum Error {
     /// A key backup write to a version that is not the current one (named, if there is one).
     #[error("Wrong backup version.")]
     WrongRoomKeysVersion(Option<String>),
+    /// Sliding sync: the connection position is not (or no longer) known; start over.
+    #[error("Unknown position")]
+    UnknownPos,
     /// A request the server understood but refuses for a reason with no errcode of its own.
     #[error("{0}")]
     Unknown(String),

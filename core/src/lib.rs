@@ -6,6 +6,7 @@
 //! they depend on each other in one direction only:
 //!
 //! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread, E2ee)`,
+//! `SlidingSync → (Sync and the same)`,
 //! `Unread → (Receipts, PushRules, Rooms)`, `PushRules → (AccountData, Rooms)`,
 //! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
@@ -28,6 +29,7 @@ pub mod push;
 pub mod receipts;
 pub mod remote;
 pub mod rooms;
+pub mod sliding_sync;
 pub mod streams;
 pub mod sync;
 pub mod to_device;
@@ -61,6 +63,7 @@ pub struct Core {
     pub outbox: Arc<outbox::Outbox>,
     pub media: Arc<media::Media>,
     pub sync: Arc<sync::SyncService>,
+    pub sliding_sync: Arc<sliding_sync::SlidingSync>,
 }
 
 impl Core {
@@ -183,8 +186,24 @@ impl Core {
             to_device: to_device.clone(),
             unread: unread.clone(),
             e2ee: e2ee.clone(),
-            ephemeral,
+            ephemeral: ephemeral.clone(),
         }));
+        let sliding_sync = Arc::new(sliding_sync::SlidingSync::new(
+            sliding_sync::SlidingSyncSources {
+                store: store.clone(),
+                rooms: rooms.clone(),
+                account_data: account_data.clone(),
+                notifier: notifier.clone(),
+                receipts: receipts.clone(),
+                typing: typing.clone(),
+                presence: presence.clone(),
+                to_device: to_device.clone(),
+                unread: unread.clone(),
+                e2ee: e2ee.clone(),
+                ephemeral,
+                sync: sync.clone(),
+            },
+        ));
         Ok(Self {
             config,
             store,
@@ -204,6 +223,7 @@ impl Core {
             outbox,
             media,
             sync,
+            sliding_sync,
         })
     }
 }

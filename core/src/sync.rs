@@ -531,7 +531,7 @@ impl SyncService {
         Ok(m.membership == "leave" && self.rooms.pdu(&id)?.is_some_and(|p| p.sender == user))
     }
 
-    fn summary(&self, room_id: &RoomId, user: &UserId) -> Result<RoomSummary> {
+    pub(crate) fn summary(&self, room_id: &RoomId, user: &UserId) -> Result<RoomSummary> {
         let head = self.rooms.head(room_id)?;
         let h = head.lock();
         let count = |m: &str| h.members.values().filter(|v| *v == m).count() as u64;
@@ -550,7 +550,7 @@ impl SyncService {
         })
     }
 
-    fn invite_state(
+    pub(crate) fn invite_state(
         &self,
         room_id: &RoomId,
         m: &MembershipRecord,
