@@ -62,6 +62,8 @@ pub struct Config {
     pub push_include_content: bool,
     /// The badge counts rooms with unread notifications, not notifications.
     pub push_group_unread_count_by_room: bool,
+    /// Lifetime of access tokens issued with a refresh token (clients that ask for one).
+    pub refreshable_access_token_lifetime_secs: f64,
 }
 
 impl Default for Config {
@@ -97,6 +99,7 @@ impl Default for Config {
             push_online_grace_secs: 2.0,
             push_include_content: true,
             push_group_unread_count_by_room: true,
+            refreshable_access_token_lifetime_secs: 300.0,
         }
     }
 }
@@ -141,6 +144,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("push_online_grace_secs", Kind::Float),
     ("push_include_content", Kind::Bool),
     ("push_group_unread_count_by_room", Kind::Bool),
+    ("refreshable_access_token_lifetime_secs", Kind::Float),
 ];
 
 impl Config {

@@ -159,6 +159,10 @@ async fn serve(config: Config) -> Result<(), String> {
         include_content: config.push_include_content,
         group_unread_count_by_room: config.push_group_unread_count_by_room,
     };
+    core_config.refreshable_token_lifetime = secs(
+        "refreshable_access_token_lifetime_secs",
+        config.refreshable_access_token_lifetime_secs,
+    )?;
     let core = Arc::new(
         Core::new(core_config, Arc::new(store), keys, federation.clone())
             .map_err(|e| e.to_string())?,

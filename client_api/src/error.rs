@@ -88,6 +88,12 @@ impl From<CoreError> for ApiError {
                 "Invalid access token passed.",
             )
             .with("soft_logout", json!(false)),
+            CoreError::ExpiredToken => Self::new(
+                S::UNAUTHORIZED,
+                "M_UNKNOWN_TOKEN",
+                "Access token has expired.",
+            )
+            .with("soft_logout", json!(true)),
             CoreError::UnsupportedRoomVersion(m) => {
                 Self::new(S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION", m)
             }

@@ -25,10 +25,27 @@ pub struct Session {
     pub device_id: OwnedDeviceId,
 }
 
+/// A cached token: its session, and when it expires (refreshable tokens only).
+#[derive(Clone, Debug)]
+struct CachedToken {
+    session: Session,
+    expires_at: Option<u64>,
+}
+
 pub struct NewLogin {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
     pub access_token: String,
+    /// With a refresh token, the access token expires after this long.
+    pub refresh: Option<(String, std::time::Duration)>,
+}
+
+/// What a client asks of a new login: its device, the device's name, and a refresh token.
+#[derive(Clone, Debug, Default)]
+pub struct LoginOptions {
+    pub device_id: Option<String>,
+    pub display_name: Option<String>,
+    pub refresh_token: bool,
 }
 
 pub struct Accounts {
@@ -41,7 +58,7 @@ pub struct Accounts {
     allocation: Mutex<()>,
     hasher: HashPool,
     /// token hash → session; tokens are looked up on every request.
-    sessions: RwLock<HashMap<Vec<u8>, Session>>,
+    sessions: RwLock<HashMap<Vec<u8>, CachedToken>>,
 }
 
 impl Accounts {
@@ -105,7 +122,7 @@ impl Accounts {
         &self,
         localpart: Option<&str>,
         password: Option<&str>,
-        login: Option<(Option<String>, Option<String>)>,
+        login: Option<LoginOptions>,
     ) -> Result<(OwnedUserId, Option<NewLogin>)> {
         let password_hash = match password {
             Some(p) => Some(self.hasher.hash(p.to_owned()).await?),
@@ -131,8 +148,7 @@ impl Accounts {
             ..Default::default()
         };
         let mut ops = vec![WriteOp::PutUser(user_id.to_string(), record)];
-        let login =
-            login.map(|(device_id, name)| self.new_login_ops(&user_id, device_id, name, &mut ops));
+        let login = login.map(|o| self.new_login_ops(&user_id, o, &mut ops));
         self.store.submit(ops).await?;
         if let Some(l) = &login {
             self.cache_session(l);
@@ -167,20 +183,20 @@ impl Accounts {
         &self,
         user_id: &UserId,
         password: &str,
-        device_id: Option<String>,
-        display_name: Option<String>,
+        options: LoginOptions,
     ) -> Result<NewLogin> {
         self.check_password(user_id, password).await?;
         let mut ops = Vec::new();
-        // Logging in again with an existing device id replaces that device's token.
-        if let Some(d) = &device_id
+        // Logging in again with an existing device id replaces that device's tokens.
+        if let Some(d) = &options.device_id
             && let Some(old) = self.store.device(user_id.as_str(), d)?
-            && let Some(h) = old.token_hash
         {
-            ops.push(WriteOp::DeleteToken(h.clone()));
-            self.sessions.write().remove(&h);
+            for h in [old.token_hash, old.refresh_hash].into_iter().flatten() {
+                ops.push(WriteOp::DeleteToken(h.clone()));
+                self.sessions.write().remove(&h);
+            }
         }
-        let login = self.new_login_ops(user_id, device_id, display_name, &mut ops);
+        let login = self.new_login_ops(user_id, options, &mut ops);
         self.store.submit(ops).await?;
         self.cache_session(&login);
         Ok(login)
@@ -189,51 +205,124 @@ impl Accounts {
     fn new_login_ops(
         &self,
         user_id: &UserId,
-        device_id: Option<String>,
-        display_name: Option<String>,
+        options: LoginOptions,
         ops: &mut Vec<WriteOp>,
     ) -> NewLogin {
-        let device_id: OwnedDeviceId = device_id
+        let device_id: OwnedDeviceId = options
+            .device_id
             .unwrap_or_else(|| random_string(10).to_uppercase())
             .into();
-        let access_token = format!("hth_{}", random_string(40));
-        let hash = sha256(access_token.as_bytes());
         let existing = self
             .store
             .device(user_id.as_str(), device_id.as_str())
             .ok()
             .flatten();
-        let device = DeviceRecord {
-            display_name: display_name.or(existing.and_then(|d| d.display_name)),
+        let mut device = DeviceRecord {
+            display_name: options
+                .display_name
+                .or(existing.and_then(|d| d.display_name)),
             last_seen_ts: Some(now_ms()),
-            last_seen_ip: None,
-            token_hash: Some(hash.clone()),
+            ..Default::default()
         };
+        let (access_token, refresh) =
+            self.token_ops(user_id, &device_id, &mut device, options.refresh_token, ops);
         ops.push(WriteOp::PutDevice(
             user_id.to_string(),
             device_id.to_string(),
             device,
         ));
-        ops.push(WriteOp::PutToken(
-            hash,
-            TokenRecord {
-                user_id: user_id.to_string(),
-                device_id: device_id.to_string(),
-            },
-        ));
         NewLogin {
             user_id: user_id.to_owned(),
             device_id,
             access_token,
+            refresh,
         }
     }
 
+    /// A new access token for a device (and a refresh token, if asked), written into its record.
+    fn token_ops(
+        &self,
+        user_id: &UserId,
+        device_id: &OwnedDeviceId,
+        device: &mut DeviceRecord,
+        with_refresh: bool,
+        ops: &mut Vec<WriteOp>,
+    ) -> (String, Option<(String, std::time::Duration)>) {
+        let access_token = format!("hth_{}", random_string(40));
+        let hash = sha256(access_token.as_bytes());
+        let lifetime = self.config.refreshable_token_lifetime;
+        let record = |expires_at, refresh| TokenRecord {
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+            expires_at,
+            refresh,
+        };
+        let expires_at = with_refresh.then(|| now_ms() + lifetime.as_millis() as u64);
+        ops.push(WriteOp::PutToken(hash.clone(), record(expires_at, false)));
+        device.token_hash = Some(hash);
+        device.refresh_hash = None;
+        let refresh = with_refresh.then(|| {
+            let refresh_token = format!("hthr_{}", random_string(40));
+            let refresh_hash = sha256(refresh_token.as_bytes());
+            ops.push(WriteOp::PutToken(refresh_hash.clone(), record(None, true)));
+            device.refresh_hash = Some(refresh_hash);
+            (refresh_token, lifetime)
+        });
+        (access_token, refresh)
+    }
+
+    /// `POST /refresh`: a refresh token buys a new access token and a new refresh token; the
+    /// old ones stop working.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<NewLogin> {
+        let hash = sha256(refresh_token.as_bytes());
+        let rec = self
+            .store
+            .token(&hash)?
+            .filter(|r| r.refresh)
+            .ok_or(Error::UnknownToken)?;
+        let user_id = UserId::parse(rec.user_id).map_err(Error::internal)?;
+        let device_id: OwnedDeviceId = rec.device_id.into();
+        let mut device = self
+            .store
+            .device(user_id.as_str(), device_id.as_str())?
+            .filter(|d| d.refresh_hash.as_deref() == Some(hash.as_slice()))
+            .ok_or(Error::UnknownToken)?;
+        let mut ops = vec![WriteOp::DeleteToken(hash.clone())];
+        if let Some(old) = device.token_hash.take() {
+            ops.push(WriteOp::DeleteToken(old.clone()));
+            self.sessions.write().remove(&old);
+        }
+        let (access_token, refresh) =
+            self.token_ops(&user_id, &device_id, &mut device, true, &mut ops);
+        ops.push(WriteOp::PutDevice(
+            user_id.to_string(),
+            device_id.to_string(),
+            device,
+        ));
+        self.store.submit(ops).await?;
+        let login = NewLogin {
+            user_id,
+            device_id,
+            access_token,
+            refresh,
+        };
+        self.cache_session(&login);
+        Ok(login)
+    }
+
     fn cache_session(&self, login: &NewLogin) {
+        let expires_at = login
+            .refresh
+            .as_ref()
+            .map(|(_, lifetime)| now_ms() + lifetime.as_millis() as u64);
         self.sessions.write().insert(
             sha256(login.access_token.as_bytes()),
-            Session {
-                user_id: login.user_id.clone(),
-                device_id: login.device_id.clone(),
+            CachedToken {
+                session: Session {
+                    user_id: login.user_id.clone(),
+                    device_id: login.device_id.clone(),
+                },
+                expires_at,
             },
         );
     }
@@ -241,16 +330,30 @@ impl Accounts {
     /// Resolves an access token to its session.
     pub fn authenticate(&self, token: &str) -> Result<Session> {
         let hash = sha256(token.as_bytes());
-        if let Some(s) = self.sessions.read().get(&hash) {
-            return Ok(s.clone());
-        }
-        let rec = self.store.token(&hash)?.ok_or(Error::UnknownToken)?;
-        let session = Session {
-            user_id: UserId::parse(rec.user_id).map_err(Error::internal)?,
-            device_id: rec.device_id.into(),
+        let cached = self.sessions.read().get(&hash).cloned();
+        let cached = match cached {
+            Some(c) => c,
+            None => {
+                let rec = self
+                    .store
+                    .token(&hash)?
+                    .filter(|r| !r.refresh)
+                    .ok_or(Error::UnknownToken)?;
+                let c = CachedToken {
+                    session: Session {
+                        user_id: UserId::parse(rec.user_id).map_err(Error::internal)?,
+                        device_id: rec.device_id.into(),
+                    },
+                    expires_at: rec.expires_at,
+                };
+                self.sessions.write().insert(hash, c.clone());
+                c
+            }
         };
-        self.sessions.write().insert(hash, session.clone());
-        Ok(session)
+        if cached.expires_at.is_some_and(|t| now_ms() >= t) {
+            return Err(Error::ExpiredToken);
+        }
+        Ok(cached.session)
     }
 
     pub fn devices(&self, user_id: &UserId) -> Result<Vec<(String, DeviceRecord)>> {
@@ -291,7 +394,7 @@ impl Accounts {
         let mut updates = Vec::new();
         for d in device_ids {
             if let Some(dev) = self.store.device(user_id.as_str(), d)? {
-                if let Some(h) = dev.token_hash {
+                for h in [dev.token_hash, dev.refresh_hash].into_iter().flatten() {
                     ops.push(WriteOp::DeleteToken(h.clone()));
                     hashes.push(h);
                 }

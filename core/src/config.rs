@@ -15,6 +15,8 @@ pub struct CoreConfig {
     pub delivery_receipts_max_members: usize,
     pub media: MediaConfig,
     pub push: PushConfig,
+    /// How long an access token that comes with a refresh token lives.
+    pub refreshable_token_lifetime: std::time::Duration,
 }
 
 impl CoreConfig {
@@ -26,6 +28,8 @@ impl CoreConfig {
             delivery_receipts_max_members: 50,
             media: MediaConfig::default(),
             push: PushConfig::default(),
+            // Synapse's default for `refreshable_access_token_lifetime`.
+            refreshable_token_lifetime: std::time::Duration::from_secs(5 * 60),
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum Error {
     UserInUse,
     #[error("Invalid access token.")]
     UnknownToken,
+    /// An access token past its lifetime: the client refreshes it (a soft logout).
+    #[error("Access token has expired.")]
+    ExpiredToken,
     #[error("{0}")]
     UnsupportedRoomVersion(String),
     #[error("{0}")]

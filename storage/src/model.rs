@@ -25,12 +25,21 @@ pub struct DeviceRecord {
     pub last_seen_ip: Option<String>,
     /// Hash of the device's current access token, so that deleting the device revokes it.
     pub token_hash: Option<Vec<u8>>,
+    /// Hash of the device's refresh token, if it has one.
+    #[serde(default)]
+    pub refresh_hash: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub user_id: String,
     pub device_id: String,
+    /// When an access token that came with a refresh token stops working, in milliseconds.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// A refresh token: it only buys new tokens at `/refresh`, never authenticates a request.
+    #[serde(default)]
+    pub refresh: bool,
 }
 
 /// Where an event sits: its room, stream position and the state around it.

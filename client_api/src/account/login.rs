@@ -1,4 +1,5 @@
-use ruma::api::client::session::{get_login_types, login, logout, logout_all};
+use hearth_core::accounts::LoginOptions;
+use ruma::api::client::session::{get_login_types, login, logout, logout_all, refresh_token};
 use ruma::api::client::uiaa::UserIdentifier;
 
 use crate::AppState;
@@ -41,16 +42,34 @@ pub async fn login(
         .login(
             &user_id,
             &p.password,
-            body.device_id.map(|d| d.to_string()),
-            body.initial_device_display_name,
+            LoginOptions {
+                device_id: body.device_id.map(|d| d.to_string()),
+                display_name: body.initial_device_display_name,
+                refresh_token: body.refresh_token,
+            },
         )
         .await?;
     tracing::info!(%user_id, device_id = %new.device_id, "logged in");
-    Ok(login::v3::Response::new(
-        new.user_id,
-        new.access_token,
-        new.device_id,
-    ))
+    let mut resp = login::v3::Response::new(new.user_id, new.access_token, new.device_id);
+    if let Some((refresh_token, lifetime)) = new.refresh {
+        resp.refresh_token = Some(refresh_token);
+        resp.expires_in = Some(lifetime);
+    }
+    Ok(resp)
+}
+
+/// `POST /refresh` (spec: "Refreshing access tokens").
+pub async fn refresh(
+    state: AppState,
+    req: Ruma<refresh_token::v3::Request>,
+) -> ApiResult<refresh_token::v3::Response> {
+    let new = state.core.accounts.refresh(&req.body.refresh_token).await?;
+    let mut resp = refresh_token::v3::Response::new(new.access_token);
+    if let Some((refresh_token, lifetime)) = new.refresh {
+        resp.refresh_token = Some(refresh_token);
+        resp.expires_in_ms = Some(lifetime);
+    }
+    Ok(resp)
 }
 
 pub async fn logout(

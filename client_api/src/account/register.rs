@@ -1,3 +1,4 @@
+use hearth_core::accounts::LoginOptions;
 use ruma::api::client::account::register::RegistrationKind;
 use ruma::api::client::account::{
     check_registration_token_validity, get_username_availability, register,
@@ -39,11 +40,10 @@ pub async fn register(
         .check(&state, body.auth.as_ref(), flows, Subject::Registration)
         .await?;
 
-    let login = (!body.inhibit_login).then(|| {
-        (
-            body.device_id.map(|d| d.to_string()),
-            body.initial_device_display_name.clone(),
-        )
+    let login = (!body.inhibit_login).then(|| LoginOptions {
+        device_id: body.device_id.map(|d| d.to_string()),
+        display_name: body.initial_device_display_name.clone(),
+        refresh_token: body.refresh_token,
     });
     let (user_id, login) = state
         .core
@@ -55,6 +55,10 @@ pub async fn register(
     if let Some(l) = login {
         resp.access_token = Some(l.access_token);
         resp.device_id = Some(l.device_id);
+        if let Some((refresh_token, lifetime)) = l.refresh {
+            resp.refresh_token = Some(refresh_token);
+            resp.expires_in = Some(lifetime);
+        }
     }
     Ok(resp)
 }
