@@ -139,9 +139,43 @@ async fn lists_follow_recency_and_answers_carry_only_changes() {
     assert_eq!(bodies, ["news"]);
     assert!(r4.get("required_state").is_none(), "unchanged state: {r4}");
 
+    // A room the client has but that left the range catches up from where the client left it:
+    // a rename while it was out of range shows when a message brings it back.
+    let pos3 = third["pos"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .put(
+            &format!("/rooms/{}/state/m.room.name/", enc(&rooms[2])),
+            &alice,
+            &json!({ "name": "Renamed" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.send_text(&alice, &rooms[4], "t11", "ping").await;
+    let fourth = slide(&server, &alice, Some(&pos3), &body).await;
+    assert!(
+        fourth["rooms"].get(&rooms[2]).is_none(),
+        "out of range: {fourth}"
+    );
+    let pos4 = fourth["pos"].as_str().unwrap().to_owned();
+    server
+        .send_text(&alice, &rooms[2], "t12", "i am back")
+        .await;
+    let fifth = slide(&server, &alice, Some(&pos4), &body).await;
+    let r2 = &fifth["rooms"][&rooms[2]];
+    assert!(r2.get("initial").is_none(), "the client had it: {r2}");
+    assert_eq!(r2["name"], "Renamed", "{r2}");
+    let names: Vec<&str> = r2["required_state"]
+        .as_array()
+        .expect("the changed state")
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .map(|e| e["content"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Renamed"]);
+
     // The previous position still answers (a retry), an unknown one does not.
-    let again = slide(&server, &alice, Some(&pos2), &body).await;
-    assert!(again["rooms"][&rooms[4]].is_object());
+    let again = slide(&server, &alice, Some(&pos4), &body).await;
+    assert!(again["rooms"][&rooms[2]].is_object());
     let resp = server
         .post(&format!("{PATH}?pos=nonsense"), &alice, &body)
         .await;

@@ -53,8 +53,9 @@ const MAX_TIMELINE: usize = 100;
 #[derive(Clone, Default)]
 struct Snapshot {
     token: SyncToken,
-    /// Rooms the client has, with the settings they were sent with.
-    rooms: HashMap<OwnedRoomId, RoomConfig>,
+    /// Rooms the client has: the settings they were sent with, and where the client stands in
+    /// them (a room outside every range for a while is behind the connection's token).
+    rooms: HashMap<OwnedRoomId, (RoomConfig, SyncToken)>,
     lists: BTreeMap<String, usize>,
 }
 
@@ -228,32 +229,29 @@ impl SlidingSync {
 
         for (room_id, config) in &wanted {
             let c = by_id[&**room_id];
-            let known = snap.rooms.get(room_id);
-            let initial = known != Some(config);
-            if !initial {
-                let since = since.expect("a known room means an earlier answer");
-                let changed = c.membership.pos > since.pos
+            let room_since = match snap.rooms.get(room_id) {
+                Some((sent, token)) if sent == config => Some(*token),
+                _ => None,
+            };
+            let now_token = snap.token;
+            if let Some(rs) = room_since {
+                let changed = c.membership.pos > rs.pos
                     || self
                         .src
                         .store
-                        .changed_after(&ChangeKey::Room(room_id.to_string()), since.pos);
+                        .changed_after(&ChangeKey::Room(room_id.to_string()), rs.pos);
                 if !changed {
+                    snap.rooms
+                        .insert(room_id.clone(), (config.clone(), now_token));
                     continue;
                 }
             }
-            let room = self
-                .room(
-                    req,
-                    c,
-                    config,
-                    if initial { None } else { since },
-                    now,
-                    &direct,
-                )
-                .await?;
-            let Some(room) = room else { continue };
-            snap.rooms.insert(room_id.clone(), config.clone());
-            resp.rooms.insert(room_id.clone(), room);
+            let room = self.room(req, c, config, room_since, now, &direct).await?;
+            snap.rooms
+                .insert(room_id.clone(), (config.clone(), now_token));
+            if let Some(room) = room {
+                resp.rooms.insert(room_id.clone(), room);
+            }
         }
         // Rooms the user left or was removed from since: the client learns of the leave.
         if let Some(since) = since {
@@ -262,14 +260,16 @@ impl SlidingSync {
                     continue;
                 }
                 let room_id = RoomId::parse(room).map_err(Error::internal)?;
-                if let Some(config) = snap.rooms.remove(&room_id) {
+                if let Some((config, token)) = snap.rooms.remove(&room_id)
+                    && m.pos > token.pos
+                {
                     let c = Candidate {
                         room_id: room_id.clone(),
                         membership: m.clone(),
                         bump: m.pos,
                     };
                     if let Some(r) = self
-                        .room(req, &c, &config, Some(since), m.pos, &direct)
+                        .room(req, &c, &config, Some(token), m.pos, &direct)
                         .await?
                     {
                         resp.rooms.insert(room_id, r);
