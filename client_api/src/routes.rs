@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::session::get_login_types::v3::Request, _, _>(r, account::login::login_types);
     r = add::<c::session::login::v3::Request, _, _>(r, account::login::login);
     r = add::<c::session::refresh_token::v3::Request, _, _>(r, account::login::refresh);
+    r = add::<c::session::get_login_token::v1::Request, _, _>(r, account::login::get_token);
     r = add::<c::session::logout::v3::Request, _, _>(r, account::login::logout);
     r = add::<c::session::logout_all::v3::Request, _, _>(r, account::login::logout_all);
     r = add::<c::account::whoami::v3::Request, _, _>(r, account::whoami);

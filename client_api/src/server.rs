@@ -42,6 +42,7 @@ pub async fn capabilities(
     let mut caps = get_capabilities::v3::Capabilities::new();
     caps.room_versions =
         RoomVersionsCapability::new(state.core.config.default_room_version.clone(), available);
+    caps.get_login_token.enabled = true;
     Ok(get_capabilities::v3::Response::new(caps))
 }
 

@@ -118,3 +118,57 @@ async fn no_oauth_server_is_advertised() {
     let resp = server.get_anon("/_matrix/client/v1/auth_metadata").await;
     assert_matrix_error(&resp, 404, "M_UNRECOGNIZED");
 }
+
+#[tokio::test]
+async fn a_signed_in_device_lets_another_sign_in_with_a_login_token() {
+    let server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", "pw-alice-1").await;
+    let (_, login_types) = server.get_anon("/login").await;
+    let token_flow = login_types["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == "m.login.token")
+        .cloned()
+        .expect("m.login.token offered");
+    assert_eq!(token_flow["get_login_token"], true);
+    let (_, caps) = server.get("/capabilities", &token).await;
+    assert_eq!(caps["capabilities"]["m.get_login_token"]["enabled"], true);
+
+    // The password is confirmed first (user-interactive auth), as Synapse asks.
+    let path = "/_matrix/client/v1/login/get_token";
+    let (status, uia) = server.post(path, &token, &json!({})).await;
+    assert_eq!(status, 401, "{uia}");
+    let session = uia["session"].as_str().unwrap();
+    let (status, issued) = server
+        .post(
+            path,
+            &token,
+            &json!({ "auth": {
+                "type": "m.login.password", "session": session, "password": "pw-alice-1",
+                "identifier": { "type": "m.id.user", "user": "alice" },
+            } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(issued["expires_in_ms"], 120_000);
+    let login_token = issued["login_token"].as_str().unwrap();
+
+    let with_token = json!({ "type": "m.login.token", "token": login_token });
+    let (status, new) = server.post_anon("/login", &with_token).await;
+    assert_eq!(status, 200, "{new}");
+    assert_eq!(new["user_id"], "@alice:localhost");
+    let (status, _) = server
+        .get("/account/whoami", new["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(status, 200);
+    let resp = server.post_anon("/login", &with_token).await;
+    assert_matrix_error(&resp, 403, "M_FORBIDDEN");
+    let resp = server
+        .post_anon(
+            "/login",
+            &json!({ "type": "m.login.token", "token": "made-up" }),
+        )
+        .await;
+    assert_matrix_error(&resp, 403, "M_FORBIDDEN");
+}

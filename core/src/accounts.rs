@@ -48,6 +48,9 @@ pub struct LoginOptions {
     pub refresh_token: bool,
 }
 
+/// How long a `/login/get_token` token lasts (Synapse's two minutes).
+const LOGIN_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub struct Accounts {
     config: Arc<CoreConfig>,
     store: Arc<dyn Store>,
@@ -59,6 +62,9 @@ pub struct Accounts {
     hasher: HashPool,
     /// token hash → session; tokens are looked up on every request.
     sessions: RwLock<HashMap<Vec<u8>, CachedToken>>,
+    /// Single-use login tokens (`/login/get_token`): hash → (user, expiry in ms). In memory:
+    /// they live two minutes, and a restart only makes the device ask again.
+    login_tokens: parking_lot::Mutex<HashMap<Vec<u8>, (OwnedUserId, u64)>>,
 }
 
 impl Accounts {
@@ -74,6 +80,7 @@ impl Accounts {
             allocation: Mutex::new(()),
             hasher: HashPool::new(2),
             sessions: RwLock::new(HashMap::new()),
+            login_tokens: Default::default(),
         }
     }
 
@@ -186,6 +193,50 @@ impl Accounts {
         options: LoginOptions,
     ) -> Result<NewLogin> {
         self.check_password(user_id, password).await?;
+        self.start_session(user_id, options).await
+    }
+
+    /// `POST /login/get_token`: a token another device of the user logs in with, once, within
+    /// its lifetime.
+    pub fn issue_login_token(&self, user_id: &UserId) -> (String, std::time::Duration) {
+        let token = format!("hthl_{}", random_string(40));
+        let now = now_ms();
+        let mut tokens = self.login_tokens.lock();
+        tokens.retain(|_, (_, expires)| *expires > now);
+        tokens.insert(
+            sha256(token.as_bytes()),
+            (
+                user_id.to_owned(),
+                now + LOGIN_TOKEN_LIFETIME.as_millis() as u64,
+            ),
+        );
+        (token, LOGIN_TOKEN_LIFETIME)
+    }
+
+    /// `m.login.token`: logs in with a token from [`Self::issue_login_token`], using it up.
+    pub async fn login_with_token(&self, token: &str, options: LoginOptions) -> Result<NewLogin> {
+        let invalid = || Error::forbidden("Invalid login token");
+        let (user_id, expires) = self
+            .login_tokens
+            .lock()
+            .remove(&sha256(token.as_bytes()))
+            .ok_or_else(invalid)?;
+        if expires <= now_ms() {
+            return Err(invalid());
+        }
+        if self
+            .store
+            .user(user_id.as_str())?
+            .is_none_or(|u| u.deactivated)
+        {
+            return Err(invalid());
+        }
+        self.start_session(&user_id, options).await
+    }
+
+    /// A new device session (or a fresh one for an existing device id) for a user whose
+    /// identity is established.
+    async fn start_session(&self, user_id: &UserId, options: LoginOptions) -> Result<NewLogin> {
         let mut ops = Vec::new();
         // Logging in again with an existing device id replaces that device's tokens.
         if let Some(d) = &options.device_id

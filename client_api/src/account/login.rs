@@ -1,5 +1,7 @@
 use hearth_core::accounts::LoginOptions;
-use ruma::api::client::session::{get_login_types, login, logout, logout_all, refresh_token};
+use ruma::api::client::session::{
+    get_login_token, get_login_types, login, logout, logout_all, refresh_token,
+};
 use ruma::api::client::uiaa::UserIdentifier;
 
 use crate::AppState;
@@ -10,9 +12,12 @@ pub async fn login_types(
     _: AppState,
     _: Ruma<get_login_types::v3::Request>,
 ) -> ApiResult<get_login_types::v3::Response> {
-    use get_login_types::v3::{LoginType, PasswordLoginType};
+    use get_login_types::v3::{LoginType, PasswordLoginType, TokenLoginType};
+    let mut token = TokenLoginType::new();
+    token.get_login_token = true;
     Ok(get_login_types::v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
+        LoginType::Token(token),
     ]))
 }
 
@@ -21,12 +26,29 @@ pub async fn login(
     req: Ruma<login::v3::Request>,
 ) -> ApiResult<login::v3::Response> {
     let body = req.body;
-    let login::v3::LoginInfo::Password(p) = body.login_info else {
-        return Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "M_UNKNOWN",
-            "Unknown login type",
-        ));
+    let options = LoginOptions {
+        device_id: body.device_id.map(|d| d.to_string()),
+        display_name: body.initial_device_display_name,
+        refresh_token: body.refresh_token,
+    };
+    let p = match body.login_info {
+        login::v3::LoginInfo::Password(p) => p,
+        login::v3::LoginInfo::Token(t) => {
+            let new = state
+                .core
+                .accounts
+                .login_with_token(&t.token, options)
+                .await?;
+            tracing::info!(user_id = %new.user_id, device_id = %new.device_id, "logged in with a login token");
+            return Ok(login_response(new));
+        }
+        _ => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Unknown login type",
+            ));
+        }
     };
     #[allow(deprecated)]
     let legacy_user = &p.user;
@@ -39,23 +61,34 @@ pub async fn login(
     let new = state
         .core
         .accounts
-        .login(
-            &user_id,
-            &p.password,
-            LoginOptions {
-                device_id: body.device_id.map(|d| d.to_string()),
-                display_name: body.initial_device_display_name,
-                refresh_token: body.refresh_token,
-            },
-        )
+        .login(&user_id, &p.password, options)
         .await?;
     tracing::info!(%user_id, device_id = %new.device_id, "logged in");
+    Ok(login_response(new))
+}
+
+fn login_response(new: hearth_core::accounts::NewLogin) -> login::v3::Response {
     let mut resp = login::v3::Response::new(new.user_id, new.access_token, new.device_id);
     if let Some((refresh_token, lifetime)) = new.refresh {
         resp.refresh_token = Some(refresh_token);
         resp.expires_in = Some(lifetime);
     }
-    Ok(resp)
+    resp
+}
+
+/// `POST /login/get_token`: a single-use token for signing in another device (QR login), after
+/// the user confirms their password, as Synapse asks.
+pub async fn get_token(
+    state: AppState,
+    req: Ruma<get_login_token::v1::Request>,
+) -> ApiResult<get_login_token::v1::Response> {
+    let user = req.session().user_id.clone();
+    state
+        .uia
+        .confirm_password(&state, req.body.auth.as_ref(), &user)
+        .await?;
+    let (token, lifetime) = state.core.accounts.issue_login_token(&user);
+    Ok(get_login_token::v1::Response::new(lifetime, token))
 }
 
 /// `POST /refresh` (spec: "Refreshing access tokens").
