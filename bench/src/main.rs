@@ -48,7 +48,7 @@ pub fn log_line(args: std::fmt::Arguments<'_>) {
     name = "hearth-bench",
     about = "Client-Server API load generator for Matrix homeservers (Hearth, Synapse, ...)",
     after_help = "Scenarios: dm_latency, ws_latency, typing_latency, group_fanout, throughput, \
-                  history, idle_connections, media, push. See docs/benchmark.md."
+                  history, idle_connections, media, push, sliding_sync. See docs/benchmark.md."
 )]
 pub struct Args {
     /// Homeserver base URL.
@@ -196,6 +196,24 @@ pub struct Args {
     /// push: seconds after the last fan-out message to wait for every receiver's notify of it.
     #[arg(long, default_value_t = 60.0)]
     pub push_fanout_timeout: f64,
+    /// sliding_sync: rooms the user is joined to (it creates them).
+    #[arg(long, default_value_t = 1000)]
+    pub ss_rooms: usize,
+    /// sliding_sync: the sender is invited into, and joins, every Nth of those rooms.
+    #[arg(long, default_value_t = 20)]
+    pub ss_shared_every: usize,
+    /// sliding_sync: rooms per page (the list's range is 0..N-1).
+    #[arg(long, default_value_t = 20)]
+    pub ss_page_size: usize,
+    /// sliding_sync: fresh connections whose first page is timed.
+    #[arg(long, default_value_t = 10)]
+    pub ss_first_rounds: usize,
+    /// sliding_sync: messages that each wake a parked long-poll (`--sync-timeout-ms`).
+    #[arg(long, default_value_t = 30)]
+    pub ss_wake_rounds: usize,
+    /// sliding_sync: pause between starting the long-poll and sending, so that it is parked.
+    #[arg(long, default_value_t = 100)]
+    pub ss_park_ms: u64,
 }
 
 impl Args {

@@ -7,6 +7,7 @@ mod history;
 mod idle;
 mod media;
 mod push;
+mod sliding_sync;
 mod throughput;
 mod typing;
 mod ws_latency;
@@ -26,7 +27,7 @@ use crate::syncloop::{self, Pollers, SyncOpts, Update};
 use crate::users::{User, UserPool};
 use crate::{Args, BoxError};
 
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "dm_latency",
     "ws_latency",
     "typing_latency",
@@ -36,10 +37,11 @@ pub const ALL: [&str; 9] = [
     "idle_connections",
     "media",
     "push",
+    "sliding_sync",
 ];
 pub const ALL_CSV: &str = concat!(
     "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,",
-    "idle_connections,media,push"
+    "idle_connections,media,push,sliding_sync"
 );
 
 pub struct Ctx {
@@ -122,6 +124,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<Value, BoxError> {
         "idle_connections" => idle::run(ctx).await,
         "media" => media::run(ctx).await,
         "push" => push::run(ctx).await,
+        "sliding_sync" => sliding_sync::run(ctx).await,
         _ => Err(format!("unknown scenario {name}").into()),
     }
 }
