@@ -31,6 +31,15 @@ const BUMP_TYPES: [&str; 7] = [
     "m.beacon_info",
 ];
 
+#[derive(Clone, Copy)]
+struct Bump {
+    seen: StreamPos,
+    stamp: StreamPos,
+    /// `Store::last_change` of the room when this was computed: while it stays the same,
+    /// nothing was appended and the stamp holds without a read.
+    marker: Option<StreamPos>,
+}
+
 /// A room of the user's, with what sorting and filtering need.
 #[derive(Clone, Debug)]
 pub(super) struct Candidate {
@@ -43,8 +52,8 @@ pub(super) struct RoomLists {
     store: Arc<dyn Store>,
     rooms: Arc<Rooms>,
     account_data: Arc<AccountData>,
-    /// room → (newest event position looked at, bump stamp).
-    bumps: Mutex<LruCache<OwnedRoomId, (StreamPos, StreamPos)>>,
+    /// room → (newest event position looked at, bump stamp, the room's change marker then).
+    bumps: Mutex<LruCache<OwnedRoomId, Bump>>,
 }
 
 impl RoomLists {
@@ -82,6 +91,21 @@ impl RoomLists {
 
     /// The position of the room's newest bumping event up to `upto`.
     pub fn bump_stamp(&self, room_id: &RoomId, upto: StreamPos) -> Result<Option<StreamPos>> {
+        // Every wake-up of a long poll sorts all the user's rooms: answer unchanged rooms from
+        // memory, without a read each.
+        let marker = self
+            .store
+            .last_change(&hearth_storage::ChangeKey::Room(room_id.to_string()));
+        let cached = self.bumps.lock().get(room_id).copied();
+        if let Some(b) = cached
+            && b.marker == marker
+            && b.seen <= upto
+        {
+            return Ok(Some(b.stamp));
+        }
+        // A change the store indexed but `upto` does not cover yet is not in what is read
+        // below: such an entry must not vouch for the stamp later.
+        let marker = marker.filter(|m| *m <= upto);
         let Some((newest, _)) = self
             .store
             .room_events(room_id.as_str(), 0, upto, true, 1)?
@@ -90,14 +114,16 @@ impl RoomLists {
         else {
             return Ok(None);
         };
-        let cached = self.bumps.lock().get(room_id).copied();
-        if let Some((seen, bump)) = cached
-            && seen == newest
+        if let Some(b) = cached
+            && b.seen == newest
         {
-            return Ok(Some(bump));
+            self.bumps
+                .lock()
+                .put(room_id.to_owned(), Bump { marker, ..b });
+            return Ok(Some(b.stamp));
         }
         // Walk back from the newest event until a bumping one, or what the cache covers.
-        let floor = cached.map_or(0, |(seen, _)| seen);
+        let floor = cached.map_or(0, |b| b.seen.min(newest));
         let mut hi = newest;
         let mut found = None;
         'walk: while hi > floor {
@@ -118,11 +144,18 @@ impl RoomLists {
             }
             hi = page.last().map_or(0, |(p, _)| *p).saturating_sub(1);
         }
-        let bump = found.or(cached.map(|(_, b)| b));
-        if let Some(b) = bump {
-            self.bumps.lock().put(room_id.to_owned(), (newest, b));
+        let stamp = found.or(cached.filter(|b| b.seen <= newest).map(|b| b.stamp));
+        if let Some(stamp) = stamp {
+            self.bumps.lock().put(
+                room_id.to_owned(),
+                Bump {
+                    seen: newest,
+                    stamp,
+                    marker,
+                },
+            );
         }
-        Ok(bump)
+        Ok(stamp)
     }
 
     /// The rooms the user's `m.direct` account data names.
