@@ -11,10 +11,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 
 /// Admins are the accounts marked so and the users the configuration names.
-fn require_admin(state: &AppState, user: &UserId) -> ApiResult<()> {
+pub(crate) fn is_admin(state: &AppState, user: &UserId) -> ApiResult<bool> {
     let configured = state.config.admin_users.iter().any(|u| u == user.as_str());
-    let marked = state.core.accounts.user(user)?.is_some_and(|u| u.admin);
-    if configured || marked {
+    Ok(configured || state.core.accounts.user(user)?.is_some_and(|u| u.admin))
+}
+
+fn require_admin(state: &AppState, user: &UserId) -> ApiResult<()> {
+    if is_admin(state, user)? {
         Ok(())
     } else {
         Err(ApiError::forbidden("You are not a server admin"))

@@ -119,6 +119,10 @@ impl From<CoreError> for ApiError {
             )
             .with("current_version", json!(current)),
             CoreError::Unknown(m) => Self::new(S::BAD_REQUEST, "M_UNKNOWN", m),
+            // Synapse's status and code for a taken alias.
+            CoreError::AliasInUse => {
+                Self::new(S::CONFLICT, "M_UNKNOWN", "Room alias already taken")
+            }
             CoreError::UnknownPos => Self::new(S::BAD_REQUEST, "M_UNKNOWN_POS", "Unknown position"),
             CoreError::Internal(m) => {
                 // The detail goes to the log, not to the client.

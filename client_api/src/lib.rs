@@ -9,6 +9,7 @@ pub mod account;
 mod account_data;
 mod admin;
 pub mod config;
+mod directory;
 pub mod error;
 pub mod extract;
 mod filter;

@@ -10,8 +10,8 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
-    AppState, account, account_data, admin, filter, keys, media, presence, profile, push, receipts,
-    rooms, server, sliding_sync, sync, to_device, typing, websocket,
+    AppState, account, account_data, admin, directory, filter, keys, media, presence, profile,
+    push, receipts, rooms, server, sliding_sync, sync, to_device, typing, websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
@@ -95,6 +95,19 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::tag::get_tags::v3::Request, _, _>(r, account_data::tags);
     r = add::<c::tag::create_tag::v3::Request, _, _>(r, account_data::put_tag);
     r = add::<c::tag::delete_tag::v3::Request, _, _>(r, account_data::delete_tag);
+    // Room aliases and the room and user directories
+    r = add::<c::alias::create_alias::v3::Request, _, _>(r, directory::put_alias);
+    r = add::<c::alias::get_alias::v3::Request, _, _>(r, directory::get_alias);
+    r = add::<c::alias::delete_alias::v3::Request, _, _>(r, directory::delete_alias);
+    r = add::<c::room::aliases::v3::Request, _, _>(r, directory::room_aliases);
+    r = add::<c::directory::get_room_visibility::v3::Request, _, _>(r, directory::visibility);
+    r = add::<c::directory::set_room_visibility::v3::Request, _, _>(r, directory::set_visibility);
+    r = add::<c::directory::get_public_rooms::v3::Request, _, _>(r, directory::public_rooms);
+    r = add::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
+        r,
+        directory::public_rooms_filtered,
+    );
+    r = add::<c::user_directory::search_users::v3::Request, _, _>(r, directory::search_users);
     // Push notifications
     r = add::<c::push::get_pushrules_all::v3::Request, _, _>(r, push::rules::all);
     r = add::<c::push::get_pushrules_global_scope::v3::Request, _, _>(r, push::rules::global);

@@ -46,6 +46,9 @@ pub enum Error {
     /// A key backup write to a version that is not the current one (named, if there is one).
     #[error("Wrong backup version.")]
     WrongRoomKeysVersion(Option<String>),
+    /// The room alias exists already.
+    #[error("Room alias already taken")]
+    AliasInUse,
     /// Sliding sync: the connection position is not (or no longer) known; start over.
     #[error("Unknown position")]
     UnknownPos,

@@ -11,12 +11,13 @@
 //! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
-//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`; `Rooms` tells the
+//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`, `Directory → (Store, Rooms)`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
 pub mod accounts;
 pub mod config;
+pub mod directory;
 pub mod e2ee;
 pub mod error;
 pub mod keys;
@@ -62,6 +63,7 @@ pub struct Core {
     pub push: Arc<push::Push>,
     pub outbox: Arc<outbox::Outbox>,
     pub media: Arc<media::Media>,
+    pub directory: Arc<directory::Directory>,
     pub sync: Arc<sync::SyncService>,
     pub sliding_sync: Arc<sliding_sync::SlidingSync>,
 }
@@ -175,6 +177,11 @@ impl Core {
             remote.clone(),
             &config.media,
         )?);
+        let directory = Arc::new(directory::Directory::new(
+            config.server_name.clone(),
+            store.clone(),
+            rooms.clone(),
+        ));
         let sync = Arc::new(sync::SyncService::new(sync::SyncSources {
             store: store.clone(),
             rooms: rooms.clone(),
@@ -222,6 +229,7 @@ impl Core {
             push,
             outbox,
             media,
+            directory,
             sync,
             sliding_sync,
         })

@@ -9,6 +9,7 @@
 //! one fsync makes many requests durable, so durability does not cap throughput at one fsync per
 //! message. A PostgreSQL backend would implement the same trait.
 
+pub mod directory;
 pub mod e2ee;
 mod error;
 mod model;
@@ -51,7 +52,9 @@ pub type StreamPos = u64;
 pub type PendingCommit = Pin<Box<dyn Future<Output = StorageResult<Vec<StreamPos>>> + Send>>;
 
 /// Everything Hearth persists. Reads see only committed data.
-pub trait Store: e2ee::E2eeStore + push::PushStore + Send + Sync + 'static {
+pub trait Store:
+    e2ee::E2eeStore + push::PushStore + directory::DirectoryStore + Send + Sync + 'static
+{
     /// Queues a batch; all of its operations become durable atomically, or none do.
     fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit;
     /// The highest stream position that is durable and visible to readers.

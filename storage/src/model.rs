@@ -216,6 +216,8 @@ pub enum WriteOp {
     E2ee(crate::e2ee::E2eeOp),
     /// Pushers and notifications (see [`crate::push`]).
     Push(crate::push::PushOp),
+    /// Room aliases and directory visibility (see [`crate::directory`]).
+    Directory(crate::directory::DirectoryOp),
 }
 
 /// Appends an event to its room's timeline at the next stream position. The writer fills the

@@ -61,6 +61,7 @@ impl RedbStore {
         txn.open_table(MEDIA_BY_USER)?;
         crate::e2ee::E2eeTables::open(&txn)?;
         crate::push::PushTables::open(&txn)?;
+        crate::directory::DirectoryTables::open(&txn)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
             counters.get(STREAM_POS)?.map(|v| v.value()).unwrap_or(0)

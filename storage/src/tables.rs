@@ -81,6 +81,10 @@ pub const MEDIA: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("me
 /// (uploader, origin server, media id) → size: each user's uploads, for quotas and takedowns
 pub const MEDIA_BY_USER: TableDefinition<(&str, &str, &str), u64> =
     TableDefinition::new("media_by_user");
+/// room alias → (room id, creator)
+pub const ALIASES: TableDefinition<&str, (&str, &str)> = TableDefinition::new("aliases");
+/// (room id, alias) → (): each room's aliases
+pub const ROOM_ALIASES: TableDefinition<(&str, &str), ()> = TableDefinition::new("room_aliases");
 /// (user id, app id, pushkey) → PusherRecord
 pub const PUSHERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("pushers");
 /// (app id, pushkey, user id) → (): who has a pusher of a pushkey

@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock, mpsc};
 use redb::{Database, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
+use crate::directory::DirectoryTables;
 use crate::e2ee::{E2eeOp, E2eeTables};
 use crate::push::PushTables;
 use crate::tables::*;
@@ -128,6 +129,7 @@ struct Tables<'t> {
     media_by_user: Table<'t, (&'static str, &'static str, &'static str), u64>,
     e2ee: E2eeTables<'t>,
     push: PushTables<'t>,
+    directory: DirectoryTables<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -156,6 +158,7 @@ impl<'t> Tables<'t> {
             media_by_user: txn.open_table(MEDIA_BY_USER)?,
             e2ee: E2eeTables::open(txn)?,
             push: PushTables::open(txn)?,
+            directory: DirectoryTables::open(txn)?,
         })
     }
 }
@@ -205,6 +208,7 @@ fn apply(
         }
         WriteOp::E2ee(op) => return t.e2ee.apply(op, next_pos),
         WriteOp::Push(op) => t.push.apply(op)?,
+        WriteOp::Directory(op) => t.directory.apply(op, &mut t.rooms)?,
         WriteOp::PutMedia(server, id, rec) => {
             t.media.insert(
                 (server.as_str(), id.as_str()),

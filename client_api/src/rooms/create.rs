@@ -42,6 +42,30 @@ pub async fn create_room(
         }
         initial_state.push((kind.to_owned(), key.to_owned(), v["content"].clone()));
     }
+    // `room_alias_name`: `#name:ourserver`, taken before the room is made, as Synapse checks.
+    let alias = match &b.room_alias_name {
+        Some(name) => {
+            let alias = ruma::OwnedRoomAliasId::try_from(format!(
+                "#{name}:{}",
+                state.core.config.server_name
+            ))
+            .map_err(|_| ApiError::invalid_param("Invalid room_alias_name"))?;
+            if state.core.directory.resolve(&alias).is_ok() {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "M_ROOM_IN_USE",
+                    "Room alias already taken",
+                ));
+            }
+            initial_state.push((
+                "m.room.canonical_alias".into(),
+                String::new(),
+                serde_json::json!({ "alias": alias }),
+            ));
+            Some(alias)
+        }
+        None => None,
+    };
     let creation_content = match &b.creation_content {
         Some(c) => Some(object(c, "creation_content")?),
         None => None,
@@ -67,6 +91,13 @@ pub async fn create_room(
         .rooms
         .create_room(&user, profile, request)
         .await?;
+    if let Some(alias) = alias {
+        state
+            .core
+            .directory
+            .put_alias(&user, &alias, &room_id)
+            .await?;
+    }
     tracing::info!(%room_id, "room created");
     Ok(create_room::v3::Response::new(room_id))
 }

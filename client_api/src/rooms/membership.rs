@@ -40,23 +40,28 @@ pub async fn join_by_id(
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
+/// A room id, or the room an alias names with the servers it names to join through.
+fn resolve(
+    state: &AppState,
+    id_or_alias: &str,
+    via: Vec<ruma::OwnedServerName>,
+) -> ApiResult<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    if let Ok(id) = OwnedRoomId::try_from(id_or_alias) {
+        return Ok((id, via));
+    }
+    let alias = ruma::RoomAliasId::parse(id_or_alias)
+        .map_err(|_| ApiError::invalid_param("Neither a room id nor an alias"))?;
+    let (room_id, servers) = state.core.directory.resolve(&alias)?;
+    Ok((room_id, if via.is_empty() { servers } else { via }))
+}
+
 pub async fn join_by_id_or_alias(
     state: AppState,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let user = req.session().user_id.clone();
-    let room_id: OwnedRoomId = match OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) {
-        Ok(id) => id,
-        Err(_) => return Err(ApiError::not_found("Room alias not found")),
-    };
-    let room_id = join(
-        &state,
-        &user,
-        &room_id,
-        req.body.reason.as_deref(),
-        &req.body.via,
-    )
-    .await?;
+    let (room_id, via) = resolve(&state, req.body.room_id_or_alias.as_str(), req.body.via)?;
+    let room_id = join(&state, &user, &room_id, req.body.reason.as_deref(), &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -65,9 +70,7 @@ pub async fn knock(
     req: Ruma<knock_room::v3::Request>,
 ) -> ApiResult<knock_room::v3::Response> {
     let user = req.session().user_id.clone();
-    let Ok(room_id) = OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) else {
-        return Err(ApiError::not_found("Room alias not found"));
-    };
+    let (room_id, _) = resolve(&state, req.body.room_id_or_alias.as_str(), Vec::new())?;
     let profile = state.core.profiles.get(&user)?;
     state
         .core

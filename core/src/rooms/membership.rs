@@ -189,6 +189,21 @@ impl Rooms {
         }
     }
 
+    /// Whether the user's power level reaches what sending a state event of `kind` takes (its
+    /// entry in `events`, else `state_default`, 50 without a power levels event).
+    pub fn can_send_state(&self, room_id: &RoomId, user: &UserId, kind: &str) -> Result<bool> {
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        let needed = match self.power_levels(&h.state)? {
+            Some(pl) => pl["events"][kind]
+                .as_i64()
+                .or_else(|| pl["state_default"].as_i64())
+                .unwrap_or(50),
+            None => 50,
+        };
+        Ok(self.power_of(&h, user)? >= needed)
+    }
+
     /// Asks to be let into a room whose join rule is `knock`.
     pub async fn knock(
         &self,

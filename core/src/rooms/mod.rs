@@ -341,6 +341,24 @@ impl Rooms {
         Ok(events.pop().expect("one event was sent"))
     }
 
+    /// Lists or unlists the room in the public directory. Set under the head's lock, so the
+    /// room records written with later events carry it too.
+    pub async fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()> {
+        let head = self.head(room_id)?;
+        let commit = {
+            let mut h = head.lock();
+            h.is_public = public;
+            self.store.submit(vec![WriteOp::Directory(
+                hearth_storage::directory::DirectoryOp::SetVisibility {
+                    room_id: room_id.to_string(),
+                    public,
+                },
+            )])
+        };
+        commit.await?;
+        Ok(())
+    }
+
     /// The event a device's transaction created, if it did.
     pub fn txn_event(&self, txn: &TxnRef) -> Result<Option<OwnedEventId>> {
         if let Some(id) = self.pending_txns.lock().get(txn) {
