@@ -6,7 +6,7 @@
 //! they depend on each other in one direction only:
 //!
 //! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread, E2ee)`,
-//! `SlidingSync → (Sync and the same)`,
+//! `SlidingSync → (Sync and its sources)`,
 //! `Unread → (Receipts, PushRules, Rooms)`, `PushRules → (AccountData, Rooms)`,
 //! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
@@ -182,7 +182,7 @@ impl Core {
             store.clone(),
             rooms.clone(),
         ));
-        let sync = Arc::new(sync::SyncService::new(sync::SyncSources {
+        let sources = sync::SyncSources {
             store: store.clone(),
             rooms: rooms.clone(),
             account_data: account_data.clone(),
@@ -193,24 +193,10 @@ impl Core {
             to_device: to_device.clone(),
             unread: unread.clone(),
             e2ee: e2ee.clone(),
-            ephemeral: ephemeral.clone(),
-        }));
-        let sliding_sync = Arc::new(sliding_sync::SlidingSync::new(
-            sliding_sync::SlidingSyncSources {
-                store: store.clone(),
-                rooms: rooms.clone(),
-                account_data: account_data.clone(),
-                notifier: notifier.clone(),
-                receipts: receipts.clone(),
-                typing: typing.clone(),
-                presence: presence.clone(),
-                to_device: to_device.clone(),
-                unread: unread.clone(),
-                e2ee: e2ee.clone(),
-                ephemeral,
-                sync: sync.clone(),
-            },
-        ));
+            ephemeral,
+        };
+        let sync = Arc::new(sync::SyncService::new(sources.clone()));
+        let sliding_sync = Arc::new(sliding_sync::SlidingSync::new(sources, sync.clone()));
         Ok(Self {
             config,
             store,

@@ -158,7 +158,8 @@ pub struct RoomSummary {
     pub invited: u64,
 }
 
-/// What a sync reads from; `Core::new` wires it.
+/// What a sync reads from; `Core::new` wires it (sliding sync reads the same).
+#[derive(Clone)]
 pub struct SyncSources {
     pub store: Arc<dyn Store>,
     pub rooms: Arc<Rooms>,

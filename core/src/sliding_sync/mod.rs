@@ -20,7 +20,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hearth_storage::{ChangeKey, Store, StreamPos};
+use hearth_storage::{ChangeKey, StreamPos};
 use lru::LruCache;
 use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -28,18 +28,10 @@ use serde_json::value::RawValue as RawJsonValue;
 
 use self::lists::{Candidate, RoomLists};
 pub use self::types::*;
-use crate::account_data::{AccountData, to_event};
-use crate::e2ee::E2ee;
-use crate::notifier::Notifier;
-use crate::presence::Presence;
-use crate::receipts::Receipts;
-use crate::rooms::Rooms;
+use crate::account_data::to_event;
 use crate::rooms::timeline::{Access, EventFilter, TimelineEvent};
-use crate::streams::{EphemeralSerial, SyncToken};
-use crate::sync::SyncService;
-use crate::to_device::ToDevice;
-use crate::typing::Typing;
-use crate::unread::Unread;
+use crate::streams::SyncToken;
+use crate::sync::{SyncService, SyncSources};
 use crate::{Error, Result};
 
 /// Answers kept valid per connection: the newest and the ones before it, for retries.
@@ -63,23 +55,10 @@ type ConnKey = (OwnedUserId, String, String);
 /// A connection's newest answers, oldest first: `(position number, what it told)`.
 type Kept = VecDeque<(u64, Arc<Snapshot>)>;
 
-pub struct SlidingSyncSources {
-    pub store: Arc<dyn Store>,
-    pub rooms: Arc<Rooms>,
-    pub account_data: Arc<AccountData>,
-    pub notifier: Arc<Notifier>,
-    pub receipts: Arc<Receipts>,
-    pub typing: Arc<Typing>,
-    pub presence: Arc<Presence>,
-    pub to_device: Arc<ToDevice>,
-    pub unread: Arc<Unread>,
-    pub e2ee: Arc<E2ee>,
-    pub ephemeral: Arc<EphemeralSerial>,
-    pub sync: Arc<SyncService>,
-}
-
 pub struct SlidingSync {
-    src: SlidingSyncSources,
+    src: SyncSources,
+    /// The per-room pieces shared with `/sync` (summaries, invite state).
+    sync: Arc<SyncService>,
     lists: RoomLists,
     connections: Mutex<LruCache<ConnKey, Kept>>,
     /// Positions are `<boot>_<n>`: a position from before a restart is unknown, not misread.
@@ -88,7 +67,7 @@ pub struct SlidingSync {
 }
 
 impl SlidingSync {
-    pub fn new(src: SlidingSyncSources) -> Self {
+    pub fn new(src: SyncSources, sync: Arc<SyncService>) -> Self {
         let lists = RoomLists::new(
             src.store.clone(),
             src.rooms.clone(),
@@ -96,6 +75,7 @@ impl SlidingSync {
         );
         Self {
             src,
+            sync,
             lists,
             connections: Mutex::new(LruCache::new(
                 NonZeroUsize::new(MAX_CONNECTIONS).expect("non-zero"),
@@ -301,7 +281,7 @@ impl SlidingSync {
             ..Default::default()
         };
         if matches!(c.membership.membership.as_str(), "invite" | "knock") {
-            out.invite_state = Some(self.src.sync.invite_state(room_id, &c.membership)?);
+            out.invite_state = Some(self.sync.invite_state(room_id, &c.membership)?);
             return Ok(Some(out));
         }
         let joined = c.membership.membership == "join";
@@ -377,7 +357,7 @@ impl SlidingSync {
             out.avatar = Some(text("m.room.avatar", "url")?.filter(|u| !u.is_empty()));
         }
         if membership_moved {
-            let summary = self.src.sync.summary(room_id, user)?;
+            let summary = self.sync.summary(room_id, user)?;
             out.joined_count = Some(summary.joined);
             out.invited_count = Some(summary.invited);
             if out.name.is_none() {
