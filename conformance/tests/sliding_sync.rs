@@ -262,6 +262,17 @@ async fn invites_filters_subscriptions_and_extensions() {
     );
     assert!(ext["to_device"]["next_batch"].is_string(), "{ext}");
 
+    // Messages in a room Bob is only invited to do not send its invite again.
+    server
+        .send_text(&alice, &invited, "i1", "not for bob yet")
+        .await;
+    let pos = resp["pos"].as_str().unwrap();
+    let (status, later) = server
+        .post(&format!("{PATH}?pos={}&timeout=500", enc(pos)), &bob, &body)
+        .await;
+    assert_eq!(status, 200, "{later}");
+    assert!(later["rooms"].get(&invited).is_none(), "{later}");
+
     // A subscription to a room outside every range still brings it; other users' rooms not.
     let other = server.create_room(&alice, &json!({})).await;
     let sub = json!({

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use hearth_storage::{Store, StreamPos};
+use hearth_storage::{ChangeKey, Store, StreamPos};
 use lru::LruCache;
 use parking_lot::Mutex;
 use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -92,8 +92,18 @@ impl Unread {
         room_id: &RoomId,
         upto: StreamPos,
     ) -> Result<RoomCounts> {
-        let read = self.receipts.read_positions(room_id, user)?;
         let key = (user.to_owned(), room_id.to_owned());
+        // No event and no receipt in the room since the cached count: it stands, without a read
+        // of the receipts. The push badge asks this of every room of the user.
+        if let Some(c) = self.cache.lock().get(&key)
+            && c.upto <= upto
+            && !self
+                .store
+                .changed_after(&ChangeKey::Room(room_id.to_string()), c.upto)
+        {
+            return Ok(c.counts.clone());
+        }
+        let read = self.receipts.read_positions(room_id, user)?;
         let (mut counts, from) = {
             let mut cache = self.cache.lock();
             match cache.get(&key) {

@@ -106,10 +106,7 @@ pub async fn set_enabled(
         .core
         .push
         .rules
-        .update(&user, |r| {
-            r.set_enabled(b.kind, &b.rule_id, b.enabled)
-                .map_err(|_| hearth_core::Error::not_found("Unknown rule"))
-        })
+        .update(&user, |r| Ok(r.set_enabled(b.kind, &b.rule_id, b.enabled)?))
         .await?;
     Ok(set_pushrule_enabled::v3::Response::new())
 }
@@ -138,10 +135,7 @@ pub async fn set_actions(
         .core
         .push
         .rules
-        .update(&user, |r| {
-            r.set_actions(b.kind, &b.rule_id, b.actions)
-                .map_err(|_| hearth_core::Error::not_found("Unknown rule"))
-        })
+        .update(&user, |r| Ok(r.set_actions(b.kind, &b.rule_id, b.actions)?))
         .await?;
     Ok(set_pushrule_actions::v3::Response::new())
 }

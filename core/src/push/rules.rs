@@ -19,7 +19,7 @@ use ruma::events::room::power_levels::{
 };
 use ruma::push::{
     Action, FlattenedJson, InsertPushRuleError, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-    RemovePushRuleError, Ruleset,
+    RemovePushRuleError, RuleNotFoundError, Ruleset,
 };
 use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
@@ -133,21 +133,21 @@ impl PushRules {
     /// changes (member count, display names and power levels are state).
     fn context(&self, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
         let head = self.rooms.head(room_id)?;
-        let (group, joined, state, rules) = {
-            let h = head.lock();
-            (
-                h.state_group,
-                h.joined_count(),
-                h.state.clone(),
-                h.rules.authorization.clone(),
-            )
-        };
+        let group = head.lock().state_group;
         let key = (room_id.to_owned(), user.to_owned());
         if let Some((g, ctx)) = self.contexts.lock().get(&key)
             && *g == group
         {
             return Ok(ctx.clone());
         }
+        let (joined, state, rules) = {
+            let h = head.lock();
+            (
+                h.joined_count(),
+                h.state.clone(),
+                h.rules.authorization.clone(),
+            )
+        };
         let content = |kind: &str| -> Result<Option<Value>> {
             match state.get(&(kind.into(), String::new())) {
                 Some(id) => Ok(self.rooms.pdu(id)?.map(|p| p.content_value())),
@@ -221,6 +221,12 @@ impl From<InsertPushRuleError> for Error {
     fn from(e: InsertPushRuleError) -> Self {
         // Synapse answers every one of these with 400 M_UNKNOWN.
         Error::Unknown(e.to_string())
+    }
+}
+
+impl From<RuleNotFoundError> for Error {
+    fn from(_: RuleNotFoundError) -> Self {
+        Error::not_found("Unknown rule")
     }
 }
 

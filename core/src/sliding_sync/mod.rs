@@ -41,14 +41,42 @@ const MAX_CONNECTIONS: usize = 50_000;
 /// Longest timeline a room gets.
 const MAX_TIMELINE: usize = 100;
 
+/// A room the client has: the settings it was sent with, and where the client stands in it (a
+/// room outside every range for a while is behind the connection's token).
+type Sent = (Arc<RoomConfig>, SyncToken);
+
 /// What a connection was told as of one `pos`.
 #[derive(Clone, Default)]
 struct Snapshot {
     token: SyncToken,
-    /// Rooms the client has: the settings they were sent with, and where the client stands in
-    /// them (a room outside every range for a while is behind the connection's token).
-    rooms: HashMap<OwnedRoomId, (RoomConfig, SyncToken)>,
+    rooms: HashMap<OwnedRoomId, Sent>,
     lists: BTreeMap<String, usize>,
+}
+
+/// What one computation changes of the previous snapshot. A long poll computes again on every
+/// wake-up; the room map (as large as the user's room list) is copied only for an answer.
+struct Delta {
+    token: SyncToken,
+    lists: BTreeMap<String, usize>,
+    /// `None` forgets the room (the user left it).
+    rooms: Vec<(OwnedRoomId, Option<Sent>)>,
+}
+
+impl Delta {
+    fn apply(self, prev: Option<&Snapshot>) -> Snapshot {
+        let mut rooms = prev.map(|p| p.rooms.clone()).unwrap_or_default();
+        for (room, sent) in self.rooms {
+            match sent {
+                Some(s) => rooms.insert(room, s),
+                None => rooms.remove(&room),
+            };
+        }
+        Snapshot {
+            token: self.token,
+            rooms,
+            lists: self.lists,
+        }
+    }
 }
 
 type ConnKey = (OwnedUserId, String, String);
@@ -110,19 +138,19 @@ impl SlidingSync {
         }
         let deadline = tokio::time::Instant::now() + req.timeout;
         let mut wake = self.src.notifier.subscribe(&req.user_id);
-        let (mut resp, snapshot) = loop {
+        let (mut resp, delta) = loop {
             wake.borrow_and_update();
-            let (resp, snapshot) = Box::pin(self.compute(&req, prev.as_deref())).await?;
-            let lists_moved = prev.as_ref().is_some_and(|p| p.lists != snapshot.lists);
+            let (resp, delta) = Box::pin(self.compute(&req, prev.as_deref())).await?;
+            let lists_moved = prev.as_ref().is_some_and(|p| p.lists != delta.lists);
             if prev.is_none() || !resp.is_empty() || lists_moved {
-                break (resp, snapshot);
+                break (resp, delta);
             }
             match tokio::time::timeout_at(deadline, wake.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => break (resp, snapshot),
+                _ => break (resp, delta),
             }
         };
-        resp.pos = self.remember(key, snapshot);
+        resp.pos = self.remember(key, delta.apply(prev.as_deref()));
         Ok(resp)
     }
 
@@ -152,7 +180,7 @@ impl SlidingSync {
         &self,
         req: &SlidingRequest,
         prev: Option<&Snapshot>,
-    ) -> Result<(SlidingResponse, Snapshot)> {
+    ) -> Result<(SlidingResponse, Delta)> {
         let user = &*req.user_id;
         let ephemeral = self.src.ephemeral.current();
         let now = self.src.store.persisted_pos();
@@ -162,14 +190,16 @@ impl SlidingSync {
             ..p.token
         });
         let mut resp = SlidingResponse::default();
-        let mut snap = Snapshot {
+        let no_rooms = HashMap::new();
+        let had = prev.map_or(&no_rooms, |p| &p.rooms);
+        let mut snap = Delta {
             token: SyncToken {
                 pos: now,
                 ephemeral,
                 to_device: now,
             },
-            rooms: prev.map(|p| p.rooms.clone()).unwrap_or_default(),
             lists: BTreeMap::new(),
+            rooms: Vec::new(),
         };
 
         // Lists: their counts, and the rooms in their ranges with what each asks.
@@ -209,26 +239,29 @@ impl SlidingSync {
 
         for (room_id, config) in &wanted {
             let c = by_id[&**room_id];
-            let room_since = match snap.rooms.get(room_id) {
-                Some((sent, token)) if sent == config => Some(*token),
-                _ => None,
+            let (room_since, sent_config) = match had.get(room_id) {
+                Some((sent, token)) if **sent == *config => (Some(*token), sent.clone()),
+                _ => (None, Arc::new(config.clone())),
             };
             let now_token = snap.token;
             if let Some(rs) = room_since {
+                // An invite or knock changes only with the user's membership: the room's own
+                // events are not theirs to see.
                 let changed = c.membership.pos > rs.pos
-                    || self
-                        .src
-                        .store
-                        .changed_after(&ChangeKey::Room(room_id.to_string()), rs.pos);
+                    || (c.membership.membership == "join"
+                        && self
+                            .src
+                            .store
+                            .changed_after(&ChangeKey::Room(room_id.to_string()), rs.pos));
                 if !changed {
                     snap.rooms
-                        .insert(room_id.clone(), (config.clone(), now_token));
+                        .push((room_id.clone(), Some((sent_config, now_token))));
                     continue;
                 }
             }
             let room = self.room(req, c, config, room_since, now, &direct).await?;
             snap.rooms
-                .insert(room_id.clone(), (config.clone(), now_token));
+                .push((room_id.clone(), Some((sent_config, now_token))));
             if let Some(room) = room {
                 resp.rooms.insert(room_id.clone(), room);
             }
@@ -240,16 +273,18 @@ impl SlidingSync {
                     continue;
                 }
                 let room_id = RoomId::parse(room).map_err(Error::internal)?;
-                if let Some((config, token)) = snap.rooms.remove(&room_id)
-                    && m.pos > token.pos
-                {
+                let Some((config, token)) = had.get(&room_id) else {
+                    continue;
+                };
+                snap.rooms.push((room_id.clone(), None));
+                if m.pos > token.pos {
                     let c = Candidate {
                         room_id: room_id.clone(),
                         membership: m.clone(),
                         bump: m.pos,
                     };
                     if let Some(r) = self
-                        .room(req, &c, &config, Some(token), m.pos, &direct)
+                        .room(req, &c, config, Some(*token), m.pos, &direct)
                         .await?
                     {
                         resp.rooms.insert(room_id, r);
