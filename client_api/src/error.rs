@@ -123,6 +123,11 @@ impl From<CoreError> for ApiError {
             CoreError::AliasInUse => {
                 Self::new(S::CONFLICT, "M_UNKNOWN", "Room alias already taken")
             }
+            CoreError::DuplicateAnnotation => Self::new(
+                S::BAD_REQUEST,
+                "M_DUPLICATE_ANNOTATION",
+                "Can't send same reaction twice",
+            ),
             CoreError::UnknownPos => Self::new(S::BAD_REQUEST, "M_UNKNOWN_POS", "Unknown position"),
             CoreError::Internal(m) => {
                 // The detail goes to the log, not to the client.

@@ -151,6 +151,20 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::message::get_message_events::v3::Request, _, _>(r, rooms::messages::messages);
     r = add::<c::context::get_context::v3::Request, _, _>(r, rooms::messages::context);
     r = add::<c::room::get_room_event::v3::Request, _, _>(r, rooms::messages::event);
+    r = add::<c::redact::redact_event::v3::Request, _, _>(r, rooms::redact::redact);
+    r = add::<c::relations::get_relating_events::v1::Request, _, _>(r, rooms::relations::all);
+    r = add::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(
+        r,
+        rooms::relations::by_rel_type,
+    );
+    r = add::<c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+        r,
+        rooms::relations::by_rel_and_event_type,
+    );
+    r = r.route(
+        "/_matrix/client/v1/rooms/{room_id}/threads",
+        get(rooms::relations::threads),
+    );
     // Sync
     r = add::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     r = add::<c::sync::sync_events::v5::Request, _, _>(r, sliding_sync::sync);

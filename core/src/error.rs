@@ -49,6 +49,9 @@ pub enum Error {
     /// The room alias exists already.
     #[error("Room alias already taken")]
     AliasInUse,
+    /// A user reacted to an event with the same key before.
+    #[error("Can't send same reaction twice")]
+    DuplicateAnnotation,
     /// Sliding sync: the connection position is not (or no longer) known; start over.
     #[error("Unknown position")]
     UnknownPos,

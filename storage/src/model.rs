@@ -59,6 +59,9 @@ pub struct EventMeta {
     /// For state events: the event this one replaced in the room state.
     #[serde(default)]
     pub replaces_state: Option<String>,
+    /// The redaction that pruned this event's content, once one did.
+    #[serde(default)]
+    pub redacted_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -218,6 +221,8 @@ pub enum WriteOp {
     Push(crate::push::PushOp),
     /// Room aliases and directory visibility (see [`crate::directory`]).
     Directory(crate::directory::DirectoryOp),
+    /// Redactions (see [`crate::relations`]).
+    Relations(crate::relations::RelationOp),
 }
 
 /// Appends an event to its room's timeline at the next stream position. The writer fills the
@@ -231,4 +236,9 @@ pub struct AppendEvent {
     pub room: RoomRecord,
     /// `(user id, record)` when the event is a member event.
     pub membership: Option<(String, MembershipRecord)>,
+    /// What the event relates to, for the relations index.
+    pub relation: Option<crate::relations::Relation>,
+    /// The event's type and sender, kept in the relations index beside its relation.
+    pub event_type: String,
+    pub sender: String,
 }

@@ -525,6 +525,7 @@ mod tests {
                 state_after: 0,
                 txn: None,
                 replaces_state: None,
+                redacted_by: None,
             },
             room: RoomRecord {
                 room_version: "11".into(),
@@ -534,6 +535,9 @@ mod tests {
                 is_public: false,
             },
             membership: None,
+            relation: None,
+            event_type: "m.room.message".into(),
+            sender: "@u:x".into(),
         }))
     }
 

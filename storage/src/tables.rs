@@ -93,6 +93,22 @@ pub const PUSHERS_BY_KEY: TableDefinition<(&str, &str, &str), ()> =
 /// (user id, event position) → NotificationRecord: events that notify the user, in stream order
 pub const NOTIFICATIONS: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("notifications");
+/// (parent event id, stream position) → (event id, rel type, event type, sender, annotation key
+/// or ""): the events relating to each event, in stream order
+pub const RELATIONS: TableDefinition<(&str, u64), RelationValue> =
+    TableDefinition::new("relations");
+pub(crate) type RelationValue = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+/// (room id, thread root event id) → position of the thread's latest reply
+pub const THREADS: TableDefinition<(&str, &str), u64> = TableDefinition::new("threads");
+/// (room id, position of the latest reply) → thread root: each room's threads by activity
+pub const THREADS_BY_ACTIVITY: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("threads_by_activity");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 
-use redb::{Database, Table, WriteTransaction};
+use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::directory::DirectoryTables;
 use crate::e2ee::{E2eeOp, E2eeTables};
 use crate::push::PushTables;
+use crate::relations::{RelationOp, RelationTables};
 use crate::tables::*;
 use crate::{AppendEvent, ChangeKey, StorageError, StorageResult, StreamPos, WriteOp};
 
@@ -130,6 +131,7 @@ struct Tables<'t> {
     e2ee: E2eeTables<'t>,
     push: PushTables<'t>,
     directory: DirectoryTables<'t>,
+    relations: RelationTables<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -159,6 +161,7 @@ impl<'t> Tables<'t> {
             e2ee: E2eeTables::open(txn)?,
             push: PushTables::open(txn)?,
             directory: DirectoryTables::open(txn)?,
+            relations: RelationTables::open(txn)?,
         })
     }
 }
@@ -209,6 +212,27 @@ fn apply(
         WriteOp::E2ee(op) => return t.e2ee.apply(op, next_pos),
         WriteOp::Push(op) => t.push.apply(op)?,
         WriteOp::Directory(op) => t.directory.apply(op, &mut t.rooms)?,
+        WriteOp::Relations(RelationOp::Redact {
+            event_id,
+            json,
+            redacted_by,
+            parent,
+        }) => {
+            let pos = t.event_ids.get(event_id.as_str())?.map(|v| v.value());
+            if let Some(pos) = pos {
+                t.events.insert(pos, json.as_slice())?;
+                let meta = t.event_meta.get(pos)?.map(|v| v.value().to_vec());
+                if let Some(meta) = meta {
+                    let mut meta: crate::EventMeta = serde_json::from_slice(&meta)?;
+                    meta.redacted_by = Some(redacted_by);
+                    t.event_meta
+                        .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
+                }
+                if let Some(parent) = parent {
+                    t.relations.unindex(&parent, pos)?;
+                }
+            }
+        }
         WriteOp::PutMedia(server, id, rec) => {
             t.media.insert(
                 (server.as_str(), id.as_str()),
@@ -355,6 +379,9 @@ fn apply(
                 mut meta,
                 room,
                 membership,
+                relation,
+                event_type,
+                sender,
             } = *append;
             *next_pos += 1;
             let pos = *next_pos;
@@ -376,6 +403,10 @@ fn apply(
                 .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
             t.room_timeline
                 .insert((room_id.as_str(), pos), event_id.as_str())?;
+            if let Some(rel) = &relation {
+                t.relations
+                    .index(rel, pos, &event_id, &event_type, &sender, &room_id)?;
+            }
             t.rooms
                 .insert(room_id.as_str(), serde_json::to_vec(&room)?.as_slice())?;
             if let Some((user, mut rec)) = membership {

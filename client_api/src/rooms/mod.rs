@@ -4,6 +4,8 @@ pub mod create;
 pub mod members;
 pub mod membership;
 pub mod messages;
+pub mod redact;
+pub mod relations;
 pub mod send;
 pub mod state;
 

@@ -77,6 +77,16 @@ impl Rooms {
         if !ev.content.is_object() {
             return Err(Error::BadJson("event content must be a JSON object".into()));
         }
+        self.check_relation(head, sender, &ev)?;
+        let redacts = ev.redacts.clone().or_else(|| {
+            (ev.kind == "m.room.redaction")
+                .then(|| ev.content["redacts"].as_str())
+                .flatten()
+                .and_then(|r| OwnedEventId::try_from(r).ok())
+        });
+        if let Some(target) = &redacts {
+            self.check_redaction(head, sender, target)?;
+        }
         let kind = TimelineEventType::from(ev.kind.as_str());
         let content_raw = serde_json::value::to_raw_value(&ev.content)?;
         let auth_types = ruma::state_res::auth_types_for_event(
@@ -223,6 +233,7 @@ impl Rooms {
                 ));
             }
         }
+        self.queue_redaction(head, &pdu, batch)?;
         // A local event extends all extremities; a remote one may extend only some.
         head.extremities.retain(|e| !pdu.prev_events.contains(e));
         head.extremities.push(pdu.event_id.clone());
@@ -236,6 +247,7 @@ impl Rooms {
             state_after: head.state_group,
             txn: txn.clone(),
             replaces_state,
+            redacted_by: None,
         };
         self.pending_events
             .lock()
@@ -252,6 +264,9 @@ impl Rooms {
             meta,
             room: head.record(),
             membership,
+            relation: super::relations::relation_of(pdu.content.get()),
+            event_type: pdu.kind.to_string(),
+            sender: pdu.sender.to_string(),
         })));
         batch.events.push(pdu);
         Ok(())

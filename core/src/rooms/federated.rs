@@ -73,6 +73,7 @@ impl Rooms {
                     state_after: 0,
                     txn: None,
                     replaces_state: None,
+                    redacted_by: None,
                 },
             });
             batch.events.push(pdu);

@@ -13,6 +13,8 @@ mod federated;
 pub use federated::{RemoteJoin, StateAndAuthChain};
 pub mod membership;
 pub mod pdu;
+pub mod redaction;
+pub mod relations;
 pub mod state;
 pub mod timeline;
 pub mod visibility;
@@ -120,6 +122,8 @@ pub struct Batch {
     /// Servers that events of this batch were queued for.
     outbound: HashSet<ruma::OwnedServerName>,
     room_id: Option<OwnedRoomId>,
+    /// Events this batch's redactions pruned, in their pruned form.
+    redacted: Vec<PduRef>,
 }
 
 pub struct Rooms {
@@ -130,8 +134,11 @@ pub struct Rooms {
     /// Told when events were queued for other servers; carries ephemeral updates to them.
     pub(crate) remote: Arc<dyn crate::remote::Remote>,
     heads: Mutex<HashMap<OwnedRoomId, Arc<Mutex<RoomHead>>>>,
-    /// Immutable once written, so caching parsed PDUs is always safe.
+    /// Parsed PDUs. Events change only when redacted: see `redaction_gen`.
     events: Mutex<LruCache<OwnedEventId, PduRef>>,
+    /// Bumped when a redaction is durable. A reader caches what it read from the store only
+    /// if no redaction landed meanwhile, so an event's unpruned form cannot return to a cache.
+    redaction_gen: AtomicU64,
     /// Each user's memberships, with the change-index position they were read at.
     user_memberships: Mutex<LruCache<OwnedUserId, (StreamPos, UserMemberships)>>,
     /// Where durable events sit (position, state groups): immutable too once durable.
@@ -139,6 +146,8 @@ pub struct Rooms {
     /// Events queued but not yet durable, visible to auth checks of the events that follow.
     pending_events: Mutex<HashMap<OwnedEventId, PduRef>>,
     state_cache: Mutex<LruCache<u64, SharedState>>,
+    /// Each event's aggregated children, with the room change position they were read at.
+    aggregations: Mutex<LruCache<OwnedEventId, relations::CachedAggregations>>,
     pending_groups: Mutex<HashMap<u64, StateGroupRecord>>,
     /// Transaction ids of queued events, so a retried request finds its event before it is
     /// durable too.
@@ -164,10 +173,12 @@ impl Rooms {
             remote,
             heads: Mutex::new(HashMap::new()),
             events: Mutex::new(LruCache::new(cap(50_000))),
+            redaction_gen: AtomicU64::new(0),
             metas: Mutex::new(LruCache::new(cap(50_000))),
             user_memberships: Mutex::new(LruCache::new(cap(20_000))),
             pending_events: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(LruCache::new(cap(2_000))),
+            aggregations: Mutex::new(LruCache::new(cap(50_000))),
             pending_groups: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
             next_group: AtomicU64::new(next_group),
@@ -247,13 +258,17 @@ impl Rooms {
         if let Some(p) = self.events.lock().get(event_id) {
             return Ok(Some(p.clone()));
         }
+        let generation = self.redaction_gen.load(Ordering::SeqCst);
         let Some(json) = self.store.event_json(event_id.as_str())? else {
             return Ok(None);
         };
         let room = self.store.event_meta(event_id.as_str())?.map(|m| m.room_id);
         let room = room.as_deref().and_then(|r| RoomId::parse(r).ok());
         let pdu = Arc::new(Pdu::parse(event_id.to_owned(), &json, room.as_deref())?);
-        self.events.lock().put(event_id.to_owned(), pdu.clone());
+        let mut cache = self.events.lock();
+        if self.redaction_gen.load(Ordering::SeqCst) == generation {
+            cache.put(event_id.to_owned(), pdu.clone());
+        }
         Ok(Some(pdu))
     }
 
@@ -411,10 +426,13 @@ impl Rooms {
         let Queued { batch, commit } = queued;
         let result = commit.await;
         if result.is_ok() {
-            let mut cache = self.events.lock();
-            for e in &batch.events {
-                cache.put(e.event_id.clone(), e.clone());
+            {
+                let mut cache = self.events.lock();
+                for e in &batch.events {
+                    cache.put(e.event_id.clone(), e.clone());
+                }
             }
+            self.forget_redacted(&batch.redacted);
         }
         // Durable now (readable from the store) or never going to be.
         self.clear_pending(&batch);

@@ -125,6 +125,10 @@ impl Pdu {
             prev_content: Option<&'a RawJsonValue>,
             #[serde(skip_serializing_if = "Option::is_none")]
             replaces_state: Option<&'a str>,
+            #[serde(rename = "m.relations", skip_serializing_if = "Option::is_none")]
+            relations: Option<&'a RawJsonValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            redacted_because: Option<&'a RawJsonValue>,
         }
         #[derive(Serialize)]
         struct ClientEvent<'a> {
@@ -157,6 +161,8 @@ impl Pdu {
                 transaction_id: opts.transaction_id,
                 prev_content: opts.prev_content,
                 replaces_state: opts.replaces_state,
+                relations: opts.relations,
+                redacted_because: opts.redacted_because,
             },
         };
         serde_json::value::to_raw_value(&ev).expect("client events serialise")
@@ -171,6 +177,10 @@ pub struct ClientFormat<'a> {
     pub transaction_id: Option<&'a str>,
     pub prev_content: Option<&'a RawJsonValue>,
     pub replaces_state: Option<&'a str>,
+    /// Bundled aggregations (`unsigned["m.relations"]`).
+    pub relations: Option<&'a RawJsonValue>,
+    /// The redaction that pruned the event, in client format.
+    pub redacted_because: Option<&'a RawJsonValue>,
 }
 
 /// Room versions from 12 on name a room after the reference hash of its create event.

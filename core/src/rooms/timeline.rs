@@ -88,10 +88,14 @@ impl Rooms {
         let meta = match cached {
             Some(m) => m,
             None => {
+                let generation = self.redaction_gen.load(std::sync::atomic::Ordering::SeqCst);
                 let Some(meta) = self.store.event_meta(event_id.as_str())? else {
                     return Ok(None);
                 };
-                self.metas.lock().put(event_id.to_owned(), meta.clone());
+                let mut metas = self.metas.lock();
+                if self.redaction_gen.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                    metas.put(event_id.to_owned(), meta.clone());
+                }
                 meta
             }
         };
@@ -101,13 +105,41 @@ impl Rooms {
         Ok(Some(TimelineEvent { pdu, meta }))
     }
 
-    /// Formats an event for a client. `viewer` is the requesting (user, device): the device that
-    /// sent an event sees its transaction id.
+    /// Formats an event for a client, with its bundled aggregations (thread summary, latest
+    /// edit, references). `viewer` is the requesting (user, device): the device that sent an
+    /// event sees its transaction id.
     pub fn format(
         &self,
         ev: &TimelineEvent,
         viewer: Option<(&UserId, &str)>,
         with_room_id: bool,
+    ) -> Box<RawJsonValue> {
+        let relations = self
+            .bundle(ev, viewer, with_room_id)
+            .unwrap_or_else(|e| {
+                tracing::warn!(event_id = %ev.pdu.event_id, error = %e, "no bundled aggregations");
+                None
+            })
+            .and_then(|v| serde_json::value::to_raw_value(&v).ok());
+        self.format_with(ev, viewer, with_room_id, relations.as_deref())
+    }
+
+    /// Formats an event without aggregations: the events bundled into another.
+    pub(crate) fn format_plain(
+        &self,
+        ev: &TimelineEvent,
+        viewer: Option<(&UserId, &str)>,
+        with_room_id: bool,
+    ) -> Box<RawJsonValue> {
+        self.format_with(ev, viewer, with_room_id, None)
+    }
+
+    fn format_with(
+        &self,
+        ev: &TimelineEvent,
+        viewer: Option<(&UserId, &str)>,
+        with_room_id: bool,
+        relations: Option<&RawJsonValue>,
     ) -> Box<RawJsonValue> {
         let transaction_id = match (&ev.meta.txn, viewer) {
             (Some(t), Some((u, d))) if t.user_id == u.as_str() && t.device_id == d => {
@@ -121,11 +153,21 @@ impl Rooms {
             .as_deref()
             .and_then(|id| EventId::parse(id).ok())
             .and_then(|id| self.pdu(&id).ok().flatten());
+        // A pruned event says what pruned it: clients show "message deleted" from this.
+        let redacted_because = ev
+            .meta
+            .redacted_by
+            .as_deref()
+            .and_then(|id| EventId::parse(id).ok())
+            .and_then(|id| self.timeline_event(&id).ok().flatten())
+            .map(|r| self.format_plain(&r, viewer, with_room_id));
         ev.pdu.to_client(&ClientFormat {
             with_room_id,
             transaction_id,
             prev_content: prev.as_ref().map(|p| &*p.content),
             replaces_state: ev.meta.replaces_state.as_deref(),
+            relations,
+            redacted_because: redacted_because.as_deref(),
         })
     }
 
