@@ -154,6 +154,9 @@ async fn serve(config: Config) -> Result<(), String> {
         max_upload_bytes: config.max_upload_size as u64,
         quota_bytes: config.media_quota_bytes as u64,
     };
+    core_config.search = hearth_core::search::SearchConfig {
+        dir: Some(config.data_dir.join("search")),
+    };
     core_config.push = hearth_core::push::PushConfig {
         online_grace: Duration::from_secs_f64(config.push_online_grace_secs.max(0.0)),
         include_content: config.push_include_content,
@@ -168,6 +171,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     );
     core.presence.start_reaper();
+    core.search.start();
     core.push
         .start(Arc::new(push_gateway::HttpPushGateway::new()?))
         .await

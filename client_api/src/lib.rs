@@ -22,6 +22,7 @@ mod rate_limit;
 mod receipts;
 pub mod rooms;
 mod routes;
+mod search;
 mod server;
 mod sliding_sync;
 mod sync;

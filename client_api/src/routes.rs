@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
     AppState, account, account_data, admin, directory, filter, keys, media, presence, profile,
-    push, receipts, rooms, server, sliding_sync, sync, to_device, typing, websocket,
+    push, receipts, rooms, search, server, sliding_sync, sync, to_device, typing, websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...).
@@ -108,6 +108,10 @@ pub fn router(state: AppState) -> Router {
         directory::public_rooms_filtered,
     );
     r = add::<c::user_directory::search_users::v3::Request, _, _>(r, directory::search_users);
+    // Server-side search: a plain handler (the filter carries Hearth's date range).
+    for v in ["r0", "v3"] {
+        r = r.route(&format!("/_matrix/client/{v}/search"), post(search::search));
+    }
     // Push notifications
     r = add::<c::push::get_pushrules_all::v3::Request, _, _>(r, push::rules::all);
     r = add::<c::push::get_pushrules_global_scope::v3::Request, _, _>(r, push::rules::global);

@@ -3,6 +3,7 @@ use ruma::{OwnedServerName, RoomVersionId};
 use crate::media::MediaConfig;
 use crate::presence::PresenceConfig;
 use crate::push::PushConfig;
+use crate::search::SearchConfig;
 
 /// The domain settings the core needs; the binary fills them from its configuration.
 #[derive(Clone, Debug)]
@@ -15,6 +16,7 @@ pub struct CoreConfig {
     pub delivery_receipts_max_members: usize,
     pub media: MediaConfig,
     pub push: PushConfig,
+    pub search: SearchConfig,
     /// How long an access token that comes with a refresh token lives.
     pub refreshable_token_lifetime: std::time::Duration,
 }
@@ -28,6 +30,7 @@ impl CoreConfig {
             delivery_receipts_max_members: 50,
             media: MediaConfig::default(),
             push: PushConfig::default(),
+            search: SearchConfig::default(),
             // Synapse's default for `refreshable_access_token_lifetime`.
             refreshable_token_lifetime: std::time::Duration::from_secs(5 * 60),
         }

@@ -11,7 +11,7 @@
 //! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
-//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`, `Directory → (Store, Rooms)`; `Rooms` tells the
+//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`, `Directory → (Store, Rooms)`, `Search → (Store, Rooms, Notifier)`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
@@ -30,6 +30,7 @@ pub mod push;
 pub mod receipts;
 pub mod remote;
 pub mod rooms;
+pub mod search;
 pub mod sliding_sync;
 pub mod streams;
 pub mod sync;
@@ -64,6 +65,7 @@ pub struct Core {
     pub outbox: Arc<outbox::Outbox>,
     pub media: Arc<media::Media>,
     pub directory: Arc<directory::Directory>,
+    pub search: Arc<search::Search>,
     pub sync: Arc<sync::SyncService>,
     pub sliding_sync: Arc<sliding_sync::SlidingSync>,
 }
@@ -182,6 +184,12 @@ impl Core {
             store.clone(),
             rooms.clone(),
         ));
+        let search = Arc::new(search::Search::new(
+            &config.search,
+            store.clone(),
+            rooms.clone(),
+            notifier.clone(),
+        )?);
         let sources = sync::SyncSources {
             store: store.clone(),
             rooms: rooms.clone(),
@@ -216,6 +224,7 @@ impl Core {
             outbox,
             media,
             directory,
+            search,
             sync,
             sliding_sync,
         })
