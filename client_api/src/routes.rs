@@ -151,6 +151,7 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::message::get_message_events::v3::Request, _, _>(r, rooms::messages::messages);
     r = add::<c::context::get_context::v3::Request, _, _>(r, rooms::messages::context);
     r = add::<c::room::get_room_event::v3::Request, _, _>(r, rooms::messages::event);
+    r = add::<c::room::upgrade_room::v3::Request, _, _>(r, rooms::upgrade::upgrade_room);
     // Sync
     r = add::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     r = add::<c::sync::sync_events::v5::Request, _, _>(r, sliding_sync::sync);

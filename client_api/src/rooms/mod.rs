@@ -1,4 +1,5 @@
-//! Rooms (spec: "Rooms", "Room membership", "Events"): creating, joining, sending, reading.
+//! Rooms (spec: "Rooms", "Room membership", "Events", "Room Upgrades"): creating, joining,
+//! sending, reading, upgrading.
 
 pub mod create;
 pub mod members;
@@ -6,6 +7,7 @@ pub mod membership;
 pub mod messages;
 pub mod send;
 pub mod state;
+pub mod upgrade;
 
 use ruma::serde::Raw;
 use serde_json::value::RawValue as RawJsonValue;
