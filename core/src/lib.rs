@@ -11,7 +11,8 @@
 //! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
-//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`, `Directory → (Store, Rooms)`; `Rooms` tells the
+//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`, `Directory → (Store, Rooms)`,
+//! `Reports → (Store, Rooms)`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
@@ -29,6 +30,7 @@ pub mod profiles;
 pub mod push;
 pub mod receipts;
 pub mod remote;
+pub mod reports;
 pub mod rooms;
 pub mod sliding_sync;
 pub mod streams;
@@ -64,6 +66,7 @@ pub struct Core {
     pub outbox: Arc<outbox::Outbox>,
     pub media: Arc<media::Media>,
     pub directory: Arc<directory::Directory>,
+    pub reports: Arc<reports::Reports>,
     pub sync: Arc<sync::SyncService>,
     pub sliding_sync: Arc<sliding_sync::SlidingSync>,
 }
@@ -182,6 +185,7 @@ impl Core {
             store.clone(),
             rooms.clone(),
         ));
+        let reports = Arc::new(reports::Reports::new(store.clone(), rooms.clone()));
         let sources = sync::SyncSources {
             store: store.clone(),
             rooms: rooms.clone(),
@@ -216,6 +220,7 @@ impl Core {
             outbox,
             media,
             directory,
+            reports,
             sync,
             sliding_sync,
         })

@@ -15,6 +15,7 @@ mod error;
 mod model;
 pub mod push;
 mod redb_store;
+pub mod reports;
 mod tables;
 mod writer;
 
@@ -53,7 +54,13 @@ pub type PendingCommit = Pin<Box<dyn Future<Output = StorageResult<Vec<StreamPos
 
 /// Everything Hearth persists. Reads see only committed data.
 pub trait Store:
-    e2ee::E2eeStore + push::PushStore + directory::DirectoryStore + Send + Sync + 'static
+    e2ee::E2eeStore
+    + push::PushStore
+    + directory::DirectoryStore
+    + reports::ReportsStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Queues a batch; all of its operations become durable atomically, or none do.
     fn submit(&self, ops: Vec<WriteOp>) -> PendingCommit;

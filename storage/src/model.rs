@@ -218,6 +218,8 @@ pub enum WriteOp {
     Push(crate::push::PushOp),
     /// Room aliases and directory visibility (see [`crate::directory`]).
     Directory(crate::directory::DirectoryOp),
+    /// Users' reports of events and rooms (see [`crate::reports`]).
+    Reports(crate::reports::ReportOp),
 }
 
 /// Appends an event to its room's timeline at the next stream position. The writer fills the

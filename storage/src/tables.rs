@@ -93,6 +93,8 @@ pub const PUSHERS_BY_KEY: TableDefinition<(&str, &str, &str), ()> =
 /// (user id, event position) → NotificationRecord: events that notify the user, in stream order
 pub const NOTIFICATIONS: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("notifications");
+/// report id → ReportRecord: users' reports of events and rooms, ids in the order received
+pub const REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("reports");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::directory::DirectoryTables;
 use crate::e2ee::{E2eeOp, E2eeTables};
 use crate::push::PushTables;
+use crate::reports::ReportsTables;
 use crate::tables::*;
 use crate::{AppendEvent, ChangeKey, StorageError, StorageResult, StreamPos, WriteOp};
 
@@ -130,6 +131,7 @@ struct Tables<'t> {
     e2ee: E2eeTables<'t>,
     push: PushTables<'t>,
     directory: DirectoryTables<'t>,
+    reports: ReportsTables<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -159,6 +161,7 @@ impl<'t> Tables<'t> {
             e2ee: E2eeTables::open(txn)?,
             push: PushTables::open(txn)?,
             directory: DirectoryTables::open(txn)?,
+            reports: ReportsTables::open(txn)?,
         })
     }
 }
@@ -209,6 +212,7 @@ fn apply(
         WriteOp::E2ee(op) => return t.e2ee.apply(op, next_pos),
         WriteOp::Push(op) => t.push.apply(op)?,
         WriteOp::Directory(op) => t.directory.apply(op, &mut t.rooms)?,
+        WriteOp::Reports(op) => t.reports.apply(op)?,
         WriteOp::PutMedia(server, id, rec) => {
             t.media.insert(
                 (server.as_str(), id.as_str()),

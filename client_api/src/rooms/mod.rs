@@ -1,10 +1,11 @@
-//! Rooms (spec: "Rooms", "Room membership", "Events", "Room Upgrades"): creating, joining,
-//! sending, reading, upgrading.
+//! Rooms (spec: "Rooms", "Room membership", "Events", "Room Upgrades", "Reporting content"):
+//! creating, joining, sending, reading, upgrading, reporting.
 
 pub mod create;
 pub mod members;
 pub mod membership;
 pub mod messages;
+pub mod report;
 pub mod send;
 pub mod state;
 pub mod upgrade;
