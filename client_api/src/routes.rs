@@ -169,6 +169,15 @@ pub fn router(state: AppState) -> Router {
         "/_matrix/client/v1/rooms/{room_id}/threads",
         get(rooms::relations::threads),
     );
+    r = add::<c::room::upgrade_room::v3::Request, _, _>(r, rooms::upgrade::upgrade_room);
+    r = add::<c::room::report_room::v3::Request, _, _>(r, rooms::report::report_room);
+    // Reporting an event: a plain handler, to keep the `score` ruma's type has dropped.
+    for v in ["r0", "v3"] {
+        r = r.route(
+            &format!("/_matrix/client/{v}/rooms/{{room_id}}/report/{{event_id}}"),
+            post(rooms::report::report_event),
+        );
+    }
     // Sync
     r = add::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     r = add::<c::sync::sync_events::v5::Request, _, _>(r, sliding_sync::sync);
@@ -256,7 +265,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/_synapse/admin/v1/user/{user_id}/media/quarantine",
             post(admin::quarantine_user_media),
-        );
+        )
+        .route(
+            "/_synapse/admin/v1/event_reports",
+            get(admin::event_reports),
+        )
+        .route(
+            "/_synapse/admin/v1/event_reports/{report_id}",
+            get(admin::event_report),
+        )
+        .route("/_synapse/admin/v1/room_reports", get(admin::room_reports));
     // Hearth's WebSocket transport (docs/realtime.md)
     r = r.route(websocket::PATH, get(websocket::upgrade));
 

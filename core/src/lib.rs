@@ -11,7 +11,9 @@
 //! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
-//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`, `Media → (Store, Remote)`, `Directory → (Store, Rooms)`, `Search → (Store, Rooms, Notifier)`; `Rooms` tells the
+//! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`,
+//! `Media → (Store, Remote)`, `Directory → (Store, Rooms)`, `Search → (Store, Rooms, Notifier)`,
+//! `Reports → (Store, Rooms)`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
 pub mod account_data;
@@ -29,6 +31,7 @@ pub mod profiles;
 pub mod push;
 pub mod receipts;
 pub mod remote;
+pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod sliding_sync;
@@ -66,6 +69,7 @@ pub struct Core {
     pub media: Arc<media::Media>,
     pub directory: Arc<directory::Directory>,
     pub search: Arc<search::Search>,
+    pub reports: Arc<reports::Reports>,
     pub sync: Arc<sync::SyncService>,
     pub sliding_sync: Arc<sliding_sync::SlidingSync>,
 }
@@ -190,6 +194,7 @@ impl Core {
             rooms.clone(),
             notifier.clone(),
         )?);
+        let reports = Arc::new(reports::Reports::new(store.clone(), rooms.clone()));
         let sources = sync::SyncSources {
             store: store.clone(),
             rooms: rooms.clone(),
@@ -225,6 +230,7 @@ impl Core {
             media,
             directory,
             search,
+            reports,
             sync,
             sliding_sync,
         })

@@ -17,6 +17,12 @@ pub enum DirectoryOp {
     DeleteAlias {
         alias: String,
     },
+    /// Points every alias of a room at another (its replacement, after an upgrade); their
+    /// makers keep them.
+    MoveAliases {
+        from: String,
+        to: String,
+    },
     /// Lists or unlists a room in the public directory.
     SetVisibility {
         room_id: String,
@@ -87,6 +93,28 @@ impl<'t> DirectoryTables<'t> {
                     .map(|v| v.value().0.to_owned());
                 if let Some(room) = old {
                     self.room_aliases.remove((room.as_str(), alias.as_str()))?;
+                }
+            }
+            DirectoryOp::MoveAliases { from, to } => {
+                let end = format!("{from}\0");
+                let mut moved = Vec::new();
+                for row in self
+                    .room_aliases
+                    .range((from.as_str(), "")..(end.as_str(), ""))?
+                {
+                    moved.push(row?.0.value().1.to_owned());
+                }
+                for alias in moved {
+                    let creator = self
+                        .aliases
+                        .get(alias.as_str())?
+                        .map(|v| v.value().1.to_owned())
+                        .unwrap_or_default();
+                    self.aliases
+                        .insert(alias.as_str(), (to.as_str(), creator.as_str()))?;
+                    self.room_aliases.remove((from.as_str(), alias.as_str()))?;
+                    self.room_aliases
+                        .insert((to.as_str(), alias.as_str()), ())?;
                 }
             }
             DirectoryOp::SetVisibility { room_id, public } => {

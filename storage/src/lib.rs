@@ -16,6 +16,7 @@ mod model;
 pub mod push;
 mod redb_store;
 pub mod relations;
+pub mod reports;
 mod tables;
 mod writer;
 
@@ -58,6 +59,7 @@ pub trait Store:
     + push::PushStore
     + directory::DirectoryStore
     + relations::RelationsStore
+    + reports::ReportsStore
     + Send
     + Sync
     + 'static

@@ -223,6 +223,8 @@ pub enum WriteOp {
     Directory(crate::directory::DirectoryOp),
     /// Redactions (see [`crate::relations`]).
     Relations(crate::relations::RelationOp),
+    /// Users' reports of events and rooms (see [`crate::reports`]).
+    Reports(crate::reports::ReportOp),
 }
 
 /// Appends an event to its room's timeline at the next stream position. The writer fills the

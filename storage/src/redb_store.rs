@@ -62,6 +62,7 @@ impl RedbStore {
         crate::e2ee::E2eeTables::open(&txn)?;
         crate::push::PushTables::open(&txn)?;
         crate::directory::DirectoryTables::open(&txn)?;
+        crate::reports::ReportsTables::open(&txn)?;
         let pos = {
             let counters = txn.open_table(COUNTERS)?;
             counters.get(STREAM_POS)?.map(|v| v.value()).unwrap_or(0)
@@ -583,5 +584,40 @@ mod tests {
             vec![2]
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn reports_are_numbered_in_the_order_received() {
+        use crate::reports::{ReportOp, ReportRecord, ReportsStore};
+        let store = RedbStore::in_memory().unwrap();
+        let report = |reason: &str| {
+            WriteOp::Reports(ReportOp::Add(ReportRecord {
+                received_ts: 1,
+                room_id: "!a".into(),
+                event_id: None,
+                user_id: "@u:x".into(),
+                reason: Some(reason.into()),
+                score: None,
+            }))
+        };
+        let a = store.submit(vec![report("one"), report("two")]);
+        let b = store.submit(vec![report("three")]);
+        a.await.unwrap();
+        b.await.unwrap();
+        let reasons: Vec<(u64, String)> = store
+            .reports()
+            .unwrap()
+            .into_iter()
+            .map(|(id, r)| (id, r.reason.unwrap()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [(1, "one".into()), (2, "two".into()), (3, "three".into())]
+        );
+        assert_eq!(
+            store.report(2).unwrap().unwrap().reason.as_deref(),
+            Some("two")
+        );
+        assert!(store.report(4).unwrap().is_none());
     }
 }

@@ -109,6 +109,8 @@ pub const THREADS: TableDefinition<(&str, &str), u64> = TableDefinition::new("th
 /// (room id, position of the latest reply) → thread root: each room's threads by activity
 pub const THREADS_BY_ACTIVITY: TableDefinition<(&str, u64), &str> =
     TableDefinition::new("threads_by_activity");
+/// report id → ReportRecord: users' reports of events and rooms, ids in the order received
+pub const REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("reports");
 /// name → value: stream position, id allocators
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -15,6 +15,7 @@ use crate::directory::DirectoryTables;
 use crate::e2ee::{E2eeOp, E2eeTables};
 use crate::push::PushTables;
 use crate::relations::{RelationOp, RelationTables};
+use crate::reports::ReportsTables;
 use crate::tables::*;
 use crate::{AppendEvent, ChangeKey, StorageError, StorageResult, StreamPos, WriteOp};
 
@@ -132,6 +133,7 @@ struct Tables<'t> {
     push: PushTables<'t>,
     directory: DirectoryTables<'t>,
     relations: RelationTables<'t>,
+    reports: ReportsTables<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -162,6 +164,7 @@ impl<'t> Tables<'t> {
             push: PushTables::open(txn)?,
             directory: DirectoryTables::open(txn)?,
             relations: RelationTables::open(txn)?,
+            reports: ReportsTables::open(txn)?,
         })
     }
 }
@@ -233,6 +236,7 @@ fn apply(
                 }
             }
         }
+        WriteOp::Reports(op) => t.reports.apply(op)?,
         WriteOp::PutMedia(server, id, rec) => {
             t.media.insert(
                 (server.as_str(), id.as_str()),

@@ -84,6 +84,7 @@ pub async fn create_room(
         },
         creation_content,
         room_version: b.room_version.clone(),
+        power_levels: None,
     };
     let profile = state.core.profiles.get(&user)?;
     let room_id = state

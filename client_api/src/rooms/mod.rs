@@ -1,4 +1,5 @@
-//! Rooms (spec: "Rooms", "Room membership", "Events"): creating, joining, sending, reading.
+//! Rooms (spec: "Rooms", "Room membership", "Events", "Room Upgrades", "Reporting content"):
+//! creating, joining, sending, reading, upgrading, reporting.
 
 pub mod create;
 pub mod members;
@@ -6,8 +7,10 @@ pub mod membership;
 pub mod messages;
 pub mod redact;
 pub mod relations;
+pub mod report;
 pub mod send;
 pub mod state;
+pub mod upgrade;
 
 use ruma::serde::Raw;
 use serde_json::value::RawValue as RawJsonValue;

@@ -5,12 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use ruma::room_version_rules::RoomVersionRules;
 use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::build::{NewEvent, to_canonical};
 use super::pdu::{Pdu, derived_room_id};
-use super::{Batch, RoomHead, Rooms};
+use super::{Batch, Queued, RoomHead, Rooms};
 use crate::config::SUPPORTED_ROOM_VERSIONS;
 use crate::util::{now_ms, random_string};
 use crate::{Error, Result};
@@ -42,6 +43,21 @@ pub struct CreateRoom {
     pub power_level_content_override: Option<Map<String, Value>>,
     pub creation_content: Option<Map<String, Value>>,
     pub room_version: Option<RoomVersionId>,
+    /// The whole content of the first power levels event, instead of the defaults (a room
+    /// upgrade copies the old room's); `power_level_content_override` still goes on top.
+    pub power_levels: Option<Map<String, Value>>,
+}
+
+/// The rules of a version this server makes rooms of.
+pub(super) fn supported_rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    if !SUPPORTED_ROOM_VERSIONS.contains(version) {
+        return Err(Error::UnsupportedRoomVersion(format!(
+            "This server does not support room version {version}"
+        )));
+    }
+    version
+        .rules()
+        .ok_or_else(|| Error::internal("supported versions have rules"))
 }
 
 impl Rooms {
@@ -51,16 +67,39 @@ impl Rooms {
         profile: MemberProfile,
         req: CreateRoom,
     ) -> Result<OwnedRoomId> {
+        let (head, batch) = self.prepare_room(None, creator, profile, req)?;
+        let room_id = head.room_id.clone();
+        let queued = self.publish_room(head, batch);
+        self.finish(queued).await?;
+        Ok(room_id)
+    }
+
+    /// A random room id of this server, for versions before 12 (which name rooms by their
+    /// create event).
+    pub(super) fn random_room_id(&self) -> Result<OwnedRoomId> {
+        OwnedRoomId::try_from(format!(
+            "!{}:{}",
+            random_string(18),
+            self.config.server_name
+        ))
+        .map_err(Error::internal)
+    }
+
+    /// Builds every event of a new room on a fresh head, without queueing anything: the room
+    /// exists once [`Rooms::publish_room`] queues the batch. `room_id` is used before version
+    /// 12 (a random one if `None`). On error nothing is left in the pending maps.
+    pub(super) fn prepare_room(
+        &self,
+        room_id: Option<OwnedRoomId>,
+        creator: &UserId,
+        profile: MemberProfile,
+        req: CreateRoom,
+    ) -> Result<(RoomHead, Batch)> {
         let version = req
             .room_version
             .clone()
             .unwrap_or_else(|| self.config.default_room_version.clone());
-        if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
-            return Err(Error::UnsupportedRoomVersion(format!(
-                "This server does not support room version {version}"
-            )));
-        }
-        let rules = version.rules().expect("supported versions have rules");
+        let rules = supported_rules(&version)?;
         let preset = req.preset.unwrap_or(if req.public {
             Preset::PublicChat
         } else {
@@ -69,12 +108,10 @@ impl Rooms {
         let v12 = rules.authorization.explicitly_privilege_room_creators;
 
         let mut head = RoomHead {
-            room_id: OwnedRoomId::try_from(format!(
-                "!{}:{}",
-                random_string(18),
-                self.config.server_name
-            ))
-            .map_err(Error::internal)?,
+            room_id: match room_id {
+                Some(id) => id,
+                None => self.random_room_id()?,
+            },
             version: version.clone(),
             rules: rules.clone(),
             extremities: vec![],
@@ -133,27 +170,30 @@ impl Rooms {
                 }
             }
             let invite_level = if preset == Preset::PublicChat { 50 } else { 0 };
-            let mut pl = json!({
-                "users": users,
-                "users_default": 0,
-                "events": {
-                    "m.room.name": 50,
-                    "m.room.power_levels": 100,
-                    "m.room.history_visibility": 100,
-                    "m.room.canonical_alias": 50,
-                    "m.room.avatar": 50,
-                    "m.room.tombstone": 100,
-                    "m.room.server_acl": 100,
-                    "m.room.encryption": 100,
-                },
-                "events_default": 0,
-                "state_default": 50,
-                "ban": 50,
-                "kick": 50,
-                "redact": 50,
-                "invite": invite_level,
-                "historical": 100,
-            });
+            let mut pl = match &req.power_levels {
+                Some(p) => Value::Object(p.clone()),
+                None => json!({
+                    "users": users,
+                    "users_default": 0,
+                    "events": {
+                        "m.room.name": 50,
+                        "m.room.power_levels": 100,
+                        "m.room.history_visibility": 100,
+                        "m.room.canonical_alias": 50,
+                        "m.room.avatar": 50,
+                        "m.room.tombstone": 100,
+                        "m.room.server_acl": 100,
+                        "m.room.encryption": 100,
+                    },
+                    "events_default": 0,
+                    "state_default": 50,
+                    "ban": 50,
+                    "kick": 50,
+                    "redact": 50,
+                    "invite": invite_level,
+                    "historical": 100,
+                }),
+            };
             if let Some(o) = &req.power_level_content_override {
                 for (k, v) in o {
                     pl[k] = v.clone();
@@ -235,18 +275,18 @@ impl Rooms {
             self.clear_pending(&batch);
             return Err(e);
         }
+        Ok((head, batch))
+    }
 
+    /// Queues a prepared room's batch; wait for it with [`Rooms::finish`].
+    pub(super) fn publish_room(&self, head: RoomHead, batch: Batch) -> Queued {
         let room_id = head.room_id.clone();
         let head = Arc::new(Mutex::new(head));
-        let queued = {
-            let head_guard = head.lock();
-            // Publish the head before the commit so that the room's next event (which may come
-            // from another request as soon as the id is known) queues behind this batch.
-            self.heads.lock().insert(room_id.clone(), head.clone());
-            self.enqueue(&head_guard, batch)
-        };
-        self.finish(queued).await?;
-        Ok(room_id)
+        let head_guard = head.lock();
+        // Publish the head before the commit so that the room's next event (which may come
+        // from another request as soon as the id is known) queues behind this batch.
+        self.heads.lock().insert(room_id, head.clone());
+        self.enqueue(&head_guard, batch)
     }
 
     /// From room version 12 the create event has no `room_id`: the room is named after the

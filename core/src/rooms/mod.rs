@@ -17,6 +17,7 @@ pub mod redaction;
 pub mod relations;
 pub mod state;
 pub mod timeline;
+pub mod upgrade;
 pub mod visibility;
 
 use std::collections::{HashMap, HashSet};
@@ -46,7 +47,9 @@ const STATE_GROUP_COUNTER: &str = "state_group";
 /// `(room id, membership)` for each room a user has a membership in.
 pub type UserMemberships = Arc<Vec<(String, MembershipRecord)>>;
 
-/// The in-memory head of one room's graph.
+/// The in-memory head of one room's graph. A clone is a scratch copy to build on: a room
+/// upgrade prepares its events on one and swaps it in only when everything succeeded.
+#[derive(Clone)]
 pub struct RoomHead {
     pub room_id: OwnedRoomId,
     pub version: RoomVersionId,

@@ -1,0 +1,28 @@
+//! `POST /rooms/{roomId}/upgrade` (spec: "Room Upgrades").
+
+use hearth_core::rooms::upgrade::Upgrade;
+use ruma::api::client::room::upgrade_room;
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::extract::Ruma;
+
+pub async fn upgrade_room(
+    state: AppState,
+    req: Ruma<upgrade_room::v3::Request>,
+) -> ApiResult<upgrade_room::v3::Response> {
+    let user = req.session().user_id.clone();
+    let b = req.body;
+    let profile = state.core.profiles.get(&user)?;
+    let upgrade = Upgrade {
+        new_version: b.new_version,
+        additional_creators: b.additional_creators,
+    };
+    let new_room = state
+        .core
+        .rooms
+        .upgrade_room(&user, profile, &b.room_id, upgrade)
+        .await?;
+    tracing::info!(old_room = %b.room_id, %new_room, "room upgraded");
+    Ok(upgrade_room::v3::Response::new(new_room))
+}
