@@ -125,7 +125,9 @@ async fn search_by_word_sender_and_date_ranks_pages_and_respects_visibility() {
         let q = json!({ "search_term": "pizza", "order_by": order, "filter": { "limit": 1 } });
         let mut walked = Vec::new();
         let mut next: Option<String> = None;
+        let mut pages = 0;
         loop {
+            pages += 1;
             let page = search_page(&server, &a, q.clone(), next.as_deref()).await;
             walked.extend(ids(&page));
             match page["search_categories"]["room_events"]["next_batch"].as_str() {
@@ -138,6 +140,7 @@ async fn search_by_word_sender_and_date_ranks_pages_and_respects_visibility() {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 3, "{order}: {walked:?}");
+        assert_eq!(pages, 3, "{order}: the last page says there is no next one");
     }
 
     // By sender.

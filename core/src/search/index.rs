@@ -91,13 +91,14 @@ pub enum SearchOrder {
     Recent,
 }
 
-/// What to look for, in which rooms.
-pub struct IndexQuery<'a> {
-    pub term: &'a str,
-    pub rooms: &'a [String],
-    pub keys: &'a [String],
-    pub senders: Option<&'a [String]>,
-    pub not_senders: &'a [String],
+/// What to look for, in which rooms. Owned, so a search can run on a blocking thread.
+#[derive(Clone)]
+pub struct IndexQuery {
+    pub term: String,
+    pub rooms: Vec<String>,
+    pub keys: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
     pub since_ts: Option<u64>,
     pub until_ts: Option<u64>,
     /// Only events before this stream position (paging `recent`).
@@ -201,7 +202,7 @@ impl SearchIndex {
     }
 
     /// Matching events, best (or newest) first, and how many match in all.
-    pub fn search(&self, q: &IndexQuery<'_>) -> Result<(Vec<Hit>, usize)> {
+    pub fn search(&self, q: &IndexQuery) -> Result<(Vec<Hit>, usize)> {
         let f = self.fields;
         if q.rooms.is_empty() {
             return Ok((Vec::new(), 0));
@@ -209,7 +210,7 @@ impl SearchIndex {
         let mut parser = QueryParser::for_index(&self.index, vec![f.text]);
         parser.set_conjunction_by_default();
         // Lenient: a search box is not a query language; what does not parse is left out.
-        let (text, _) = parser.parse_query_lenient(q.term);
+        let (text, _) = parser.parse_query_lenient(&q.term);
         let terms = |field: Field, values: &[String]| -> Box<dyn Query> {
             Box::new(TermSetQuery::new(
                 values.iter().map(|v| Term::from_field_text(field, v)),
@@ -217,14 +218,14 @@ impl SearchIndex {
         };
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
             (Occur::Must, text),
-            (Occur::Must, terms(f.room_id, q.rooms)),
-            (Occur::Must, terms(f.key, q.keys)),
+            (Occur::Must, terms(f.room_id, &q.rooms)),
+            (Occur::Must, terms(f.key, &q.keys)),
         ];
-        if let Some(senders) = q.senders {
+        if let Some(senders) = &q.senders {
             clauses.push((Occur::Must, terms(f.sender, senders)));
         }
         if !q.not_senders.is_empty() {
-            clauses.push((Occur::MustNot, terms(f.sender, q.not_senders)));
+            clauses.push((Occur::MustNot, terms(f.sender, &q.not_senders)));
         }
         if q.since_ts.is_some() || q.until_ts.is_some() {
             let bound = |v: Option<u64>, inclusive: bool| match v {

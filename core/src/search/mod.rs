@@ -277,29 +277,40 @@ impl Search {
         let mut hits = Vec::new();
         let mut count = 0;
         let mut next_batch = None;
+        let mut query = IndexQuery {
+            term: q.term.clone(),
+            rooms,
+            keys,
+            senders: q.filter.senders.clone(),
+            not_senders: q.filter.not_senders.clone(),
+            since_ts: q.since_ts,
+            until_ts: q.until_ts,
+            before_pos,
+            order: q.order,
+            offset,
+            limit: limit * 2,
+        };
         // Hits the user may not see are dropped; ask again until the page is full.
         for _ in 0..10 {
-            let query = IndexQuery {
-                term: &q.term,
-                rooms: &rooms,
-                keys: &keys,
-                senders: q.filter.senders.as_deref(),
-                not_senders: &q.filter.not_senders,
-                since_ts: q.since_ts,
-                until_ts: q.until_ts,
-                before_pos,
-                order: q.order,
-                offset,
-                limit: limit * 2,
-            };
+            query.before_pos = before_pos;
+            query.offset = offset;
             let index = self.index.clone();
-            let (found, total) = index.search(&query)?;
+            let run = query.clone();
+            // Counting the matches of a common word reads long posting lists: off the runtime.
+            let (found, total) = tokio::task::spawn_blocking(move || index.search(&run))
+                .await
+                .map_err(Error::internal)??;
             count = count.max(total);
             let exhausted = found.len() < limit * 2;
+            let found_len = found.len();
             let mut taken = 0;
             for hit in found {
                 taken += 1;
-                before_pos = Some(hit.pos);
+                // Rank order pages by offset, recency by position: never both.
+                match q.order {
+                    SearchOrder::Rank => offset += 1,
+                    SearchOrder::Recent => before_pos = Some(hit.pos),
+                }
                 if let Some(ev) = self.visible(user, &hit.event_id, &q.filter)? {
                     hits.push(SearchHit {
                         rank: hit.score,
@@ -310,9 +321,9 @@ impl Search {
                     }
                 }
             }
-            offset += taken;
             if hits.len() == limit {
-                if !(exhausted && taken == query.limit) {
+                // More remain if the index had more, or this batch was not used up.
+                if !exhausted || taken < found_len {
                     next_batch = Some(match q.order {
                         SearchOrder::Rank => format!("r{offset}"),
                         SearchOrder::Recent => format!("p{}", before_pos.unwrap_or(0)),
