@@ -35,7 +35,7 @@ pub async fn get_alias(
     state: AppState,
     req: Ruma<get_alias::v3::Request>,
 ) -> ApiResult<get_alias::v3::Response> {
-    let (room_id, servers) = state.core.directory.resolve(&req.body.room_alias)?;
+    let (room_id, servers) = state.core.directory.resolve(&req.body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
@@ -116,13 +116,43 @@ fn chunk(r: PublicRoom) -> PublicRoomsChunk {
     c
 }
 
-fn not_ours(server: Option<&ruma::ServerName>, state: &AppState) -> ApiResult<()> {
-    match server {
-        Some(s) if s != state.core.config.server_name => Err(ApiError::not_found(
-            "Listing other servers' rooms is not supported",
-        )),
-        _ => Ok(()),
-    }
+/// The server a room list request names, if it is another one.
+fn other_server<'a>(
+    server: Option<&'a ruma::ServerName>,
+    state: &AppState,
+) -> Option<&'a ruma::ServerName> {
+    server.filter(|s| *s != state.core.config.server_name)
+}
+
+/// A room list of another server, asked over federation (`POST /publicRooms`).
+async fn remote_list(
+    state: &AppState,
+    server: &ruma::ServerName,
+    body: serde_json::Value,
+) -> ApiResult<(
+    Vec<PublicRoomsChunk>,
+    Option<String>,
+    Option<String>,
+    Option<UInt>,
+)> {
+    let answer = state
+        .core
+        .directory
+        .remote_public_rooms(server, body)
+        .await?;
+    let chunk = answer["chunk"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| serde_json::from_value(r.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = |k: &str| answer[k].as_str().map(str::to_owned);
+    let total = answer["total_room_count_estimate"]
+        .as_u64()
+        .map(UInt::new_saturating);
+    Ok((chunk, text("next_batch"), text("prev_batch"), total))
 }
 
 pub async fn public_rooms(
@@ -130,7 +160,21 @@ pub async fn public_rooms(
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> ApiResult<get_public_rooms::v3::Response> {
     let b = req.body;
-    not_ours(b.server.as_deref(), &state)?;
+    if let Some(server) = other_server(b.server.as_deref(), &state) {
+        let mut body = serde_json::json!({});
+        if let Some(l) = b.limit {
+            body["limit"] = u64::from(l).into();
+        }
+        if let Some(since) = &b.since {
+            body["since"] = since.as_str().into();
+        }
+        let (chunk, next, prev, total) = remote_list(&state, server, body).await?;
+        let mut resp = get_public_rooms::v3::Response::new(chunk);
+        resp.next_batch = next;
+        resp.prev_batch = prev;
+        resp.total_room_count_estimate = total;
+        return Ok(resp);
+    }
     let page = state.core.directory.public_rooms(
         None,
         None,
@@ -149,7 +193,22 @@ pub async fn public_rooms_filtered(
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> ApiResult<get_public_rooms_filtered::v3::Response> {
     let b = req.body;
-    not_ours(b.server.as_deref(), &state)?;
+    if let Some(server) = other_server(b.server.as_deref(), &state) {
+        let mut body = serde_json::json!({ "filter": b.filter });
+        if let Some(l) = b.limit {
+            body["limit"] = u64::from(l).into();
+        }
+        if let Some(since) = &b.since {
+            body["since"] = since.as_str().into();
+        }
+        let (chunk, next, prev, total) = remote_list(&state, server, body).await?;
+        let mut resp = get_public_rooms_filtered::v3::Response::new();
+        resp.chunk = chunk;
+        resp.next_batch = next;
+        resp.prev_batch = prev;
+        resp.total_room_count_estimate = total;
+        return Ok(resp);
+    }
     let types: Vec<Option<String>> = b
         .filter
         .room_types

@@ -522,3 +522,70 @@ async fn media_of_one_server_reaches_users_of_the_other() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_and_room_lists_reach_across_servers() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let room = a
+        .create_room(
+            &ann_tok,
+            &json!({
+                "preset": "public_chat", "visibility": "public",
+                "name": "The Lounge", "room_alias_name": "lounge",
+            }),
+        )
+        .await;
+    let alias = format!("#lounge:{a_name}");
+
+    // Bob's server asks A for A's alias.
+    let (status, found) = b
+        .get(&format!("/directory/room/{}", enc(&alias)), &bob_tok)
+        .await;
+    assert_eq!(status, 200, "{found} {}", b.log_tail(20));
+    assert_eq!(found["room_id"], room);
+    assert_eq!(found["servers"], json!([a_name]));
+    let missing = format!("#nowhere:{a_name}");
+    let (status, body) = b
+        .get(&format!("/directory/room/{}", enc(&missing)), &bob_tok)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+
+    // And joins by it.
+    let (status, body) = b
+        .post(&format!("/join/{}", enc(&alias)), &bob_tok, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+    assert_eq!(body["room_id"], room);
+
+    // A's room list, asked through B, plain and filtered.
+    let (status, list) = b
+        .get(&format!("/publicRooms?server={}", enc(&a_name)), &bob_tok)
+        .await;
+    assert_eq!(status, 200, "{list} {}", b.log_tail(20));
+    let chunk = list["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1, "{list}");
+    assert_eq!(chunk[0]["room_id"], room);
+    assert_eq!(chunk[0]["name"], "The Lounge");
+    assert_eq!(chunk[0]["canonical_alias"], alias.as_str());
+    assert_eq!(chunk[0]["num_joined_members"], 2);
+    for (term, expected) in [("lounge", 1), ("kitchen", 0)] {
+        let (status, list) = b
+            .post(
+                &format!("/publicRooms?server={}", enc(&a_name)),
+                &bob_tok,
+                &json!({ "filter": { "generic_search_term": term } }),
+            )
+            .await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(
+            list["chunk"].as_array().unwrap().len(),
+            expected,
+            "{term}: {list}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! Room aliases, the public room directory and the user directory (spec: "Room aliases",
 //! "Listing rooms", "User directory").
 //!
-//! Aliases are this server's own (`#name:ourserver`); the room list shows rooms whose
+//! Aliases are made on this server (`#name:ourserver`); another server's aliases and room list
+//! are asked of it through [`Remote`]. The room list shows rooms whose
 //! visibility is `public`, largest first, as Synapse orders it. The user directory finds users
 //! who share a room with the searcher or sit in a public room, by user id or display name.
 
@@ -10,9 +11,10 @@ use std::sync::Arc;
 
 use hearth_storage::directory::DirectoryOp;
 use hearth_storage::{Store, WriteOp};
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, ServerName, UserId};
 use serde_json::Value;
 
+use crate::remote::Remote;
 use crate::rooms::Rooms;
 use crate::{Error, Result};
 
@@ -48,6 +50,7 @@ pub struct Directory {
     server_name: OwnedServerName,
     store: Arc<dyn Store>,
     rooms: Arc<Rooms>,
+    remote: Arc<dyn Remote>,
     /// Serialises alias check-then-create.
     aliases: tokio::sync::Mutex<()>,
 }
@@ -60,20 +63,40 @@ fn text(v: &Option<Value>, field: &str) -> Option<String> {
 }
 
 impl Directory {
-    pub fn new(server_name: OwnedServerName, store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+    pub fn new(
+        server_name: OwnedServerName,
+        store: Arc<dyn Store>,
+        rooms: Arc<Rooms>,
+        remote: Arc<dyn Remote>,
+    ) -> Self {
         Self {
             server_name,
             store,
             rooms,
+            remote,
             aliases: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The room an alias names, with the servers to join it through.
-    pub fn resolve(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+    /// The room an alias names, with the servers to join it through; another server's alias is
+    /// asked of that server.
+    pub async fn resolve(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        if alias.server_name() != self.server_name {
+            return self.remote.query_directory(alias).await;
+        }
+        self.resolve_local(alias)
+    }
+
+    /// A local alias (what `/query/directory` answers other servers).
+    pub fn resolve_local(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         let not_found = || Error::not_found(format!("Room alias {alias} not found"));
         if alias.server_name() != self.server_name {
-            // Asking the alias's server (`/query/directory`) is not there yet.
             return Err(not_found());
         }
         let (room, _) = self.store.alias(alias.as_str())?.ok_or_else(not_found)?;
@@ -170,6 +193,15 @@ impl Directory {
             ));
         }
         self.rooms.set_public(room, public).await
+    }
+
+    /// Another server's public room list, as it answers `/publicRooms` over federation.
+    pub async fn remote_public_rooms(
+        &self,
+        server: &ServerName,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        self.remote.public_rooms(server, body).await
     }
 
     /// The public rooms whose name, topic or alias contains `term`, largest first, from the

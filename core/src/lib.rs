@@ -12,7 +12,7 @@
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
 //! `Profiles → (Accounts, Rooms)`, `Accounts → (Store, DeviceLists)`, `E2ee → (Store,
 //! DeviceLists, Remote)`, `DeviceLists → (Store, Rooms, Notifier)`, `Outbox → Store`,
-//! `Media → (Store, Remote)`, `Directory → (Store, Rooms)`, `Search → (Store, Rooms, Notifier)`,
+//! `Media → (Store, Remote)`, `Directory → (Store, Rooms, Remote)`, `Search → (Store, Rooms, Notifier)`,
 //! `Reports → (Store, Rooms)`; `Rooms` tells the
 //! `Remote` (the federation crate, through a trait) when it queued events for other servers.
 
@@ -187,6 +187,7 @@ impl Core {
             config.server_name.clone(),
             store.clone(),
             rooms.clone(),
+            remote.clone(),
         ));
         let search = Arc::new(search::Search::new(
             &config.search,

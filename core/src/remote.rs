@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use ruma::{OwnedServerName, RoomId, ServerName, UserId};
+use ruma::{OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, ServerName, UserId};
 
 use crate::rooms::RemoteJoin;
 use crate::rooms::create::MemberProfile;
@@ -57,6 +57,23 @@ pub trait Remote: Send + Sync + 'static {
         _server: &'a ServerName,
         _media_id: &'a str,
     ) -> RemoteFuture<'a, RemoteMedia> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
+    /// `GET /query/directory` on the alias's server: the room and the servers to join through.
+    fn query_directory<'a>(
+        &'a self,
+        _alias: &'a RoomAliasId,
+    ) -> RemoteFuture<'a, (OwnedRoomId, Vec<OwnedServerName>)> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
+    /// `POST /publicRooms` on `server` with the client's paging and filter: its answer as JSON.
+    fn public_rooms<'a>(
+        &'a self,
+        _server: &'a ServerName,
+        _body: serde_json::Value,
+    ) -> RemoteFuture<'a, serde_json::Value> {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 

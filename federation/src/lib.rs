@@ -146,6 +146,62 @@ impl Remote for Federation {
         Box::pin(self.post_keys(server, "/_matrix/federation/v1/user/keys/claim", body))
     }
 
+    fn query_directory<'a>(
+        &'a self,
+        alias: &'a ruma::RoomAliasId,
+    ) -> RemoteFuture<'a, (ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+        Box::pin(async move {
+            let path = format!(
+                "/_matrix/federation/v1/query/directory?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("room_alias", alias.as_str())
+                    .finish()
+            );
+            let body = self
+                .client
+                .request(alias.server_name(), http::Method::GET, &path, None)
+                .await
+                .map_err(|e| match e.errcode {
+                    "M_NOT_FOUND" => {
+                        hearth_core::Error::not_found(format!("Room alias {alias} not found"))
+                    }
+                    _ => hearth_core::Error::Unknown(e.to_string()),
+                })?;
+            let room_id = body["room_id"]
+                .as_str()
+                .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+                .ok_or_else(|| hearth_core::Error::Unknown("bad directory answer".into()))?;
+            let servers = body["servers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str())
+                        .filter_map(|s| ruma::OwnedServerName::try_from(s).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok((room_id, servers))
+        })
+    }
+
+    fn public_rooms<'a>(
+        &'a self,
+        server: &'a ruma::ServerName,
+        body: Value,
+    ) -> RemoteFuture<'a, Value> {
+        Box::pin(async move {
+            self.client
+                .request(
+                    server,
+                    http::Method::POST,
+                    "/_matrix/federation/v1/publicRooms",
+                    Some(&body),
+                )
+                .await
+                .map_err(|e| hearth_core::Error::Unknown(e.to_string()))
+        })
+    }
+
     fn profile<'a>(&'a self, user: &'a UserId) -> RemoteFuture<'a, MemberProfile> {
         Box::pin(async move {
             let path = format!(
@@ -187,6 +243,14 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route("/_matrix/key/v2/query/{server_name}", get(notary_one))
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(query::directory),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(query::public_rooms).post(query::public_rooms_filtered),
+        )
         .route(
             "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
             get(membership::make_join),

@@ -63,3 +63,116 @@ pub async fn profile(
     }
     Ok(Json(body))
 }
+
+/// `GET /_matrix/federation/v1/query/directory?room_alias=…`: a local alias's room and the
+/// servers in it.
+pub async fn directory(
+    AxState(state): AxState<State>,
+    uri: http::Uri,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    tracing::debug!(origin = %signed.origin, "directory query");
+    let alias = query_param(&uri, "room_alias").ok_or_else(|| {
+        FedError::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_MISSING_PARAM",
+            "room_alias is required",
+        )
+    })?;
+    let alias = ruma::RoomAliasId::parse(alias).map_err(|e| {
+        FedError::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            e.to_string(),
+        )
+    })?;
+    let (room_id, servers) = state.core.directory.resolve_local(&alias)?;
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// What `/publicRooms` reads, from the query (GET) or the body (POST).
+#[derive(Default, serde::Deserialize)]
+pub struct PublicRoomsParams {
+    limit: Option<u64>,
+    since: Option<String>,
+    #[serde(default)]
+    filter: PublicRoomsFilter,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct PublicRoomsFilter {
+    generic_search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
+}
+
+/// `GET /_matrix/federation/v1/publicRooms`.
+pub async fn public_rooms(
+    AxState(state): AxState<State>,
+    uri: http::Uri,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let params = PublicRoomsParams {
+        limit: query_param(&uri, "limit").and_then(|l| l.parse().ok()),
+        since: query_param(&uri, "since"),
+        filter: PublicRoomsFilter::default(),
+    };
+    room_list(&state, &signed, params)
+}
+
+/// `POST /_matrix/federation/v1/publicRooms`, with a filter.
+pub async fn public_rooms_filtered(
+    AxState(state): AxState<State>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let params: PublicRoomsParams = serde_json::from_slice(&signed.body)
+        .map_err(|e| FedError::new(http::StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string()))?;
+    room_list(&state, &signed, params)
+}
+
+fn room_list(
+    state: &State,
+    signed: &Signed,
+    p: PublicRoomsParams,
+) -> Result<Json<Value>, FedError> {
+    tracing::debug!(origin = %signed.origin, "public rooms query");
+    let page = state.core.directory.public_rooms(
+        p.filter.generic_search_term.as_deref(),
+        p.filter.room_types.as_deref(),
+        p.limit.map(|l| l as usize),
+        p.since.as_deref(),
+    )?;
+    let chunk: Vec<Value> = page
+        .chunk
+        .into_iter()
+        .map(|r| {
+            let mut c = json!({
+                "room_id": r.room_id,
+                "num_joined_members": r.joined_members,
+                "world_readable": r.world_readable,
+                "guest_can_join": r.guest_can_join,
+                "join_rule": r.join_rule.unwrap_or_else(|| "public".into()),
+            });
+            let optional = [
+                ("name", r.name),
+                ("topic", r.topic),
+                ("canonical_alias", r.canonical_alias),
+                ("avatar_url", r.avatar_url),
+                ("room_type", r.room_type),
+            ];
+            for (k, v) in optional {
+                if let Some(v) = v {
+                    c[k] = json!(v);
+                }
+            }
+            c
+        })
+        .collect();
+    let mut body = json!({ "chunk": chunk, "total_room_count_estimate": page.total });
+    if let Some(n) = page.next_batch {
+        body["next_batch"] = json!(n);
+    }
+    if let Some(p) = page.prev_batch {
+        body["prev_batch"] = json!(p);
+    }
+    Ok(Json(body))
+}

@@ -50,7 +50,7 @@ pub async fn create_room(
                 state.core.config.server_name
             ))
             .map_err(|_| ApiError::invalid_param("Invalid room_alias_name"))?;
-            if state.core.directory.resolve(&alias).is_ok() {
+            if state.core.directory.resolve_local(&alias).is_ok() {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
                     "M_ROOM_IN_USE",

@@ -41,7 +41,7 @@ pub async fn join_by_id(
 }
 
 /// A room id, or the room an alias names with the servers it names to join through.
-fn resolve(
+async fn resolve(
     state: &AppState,
     id_or_alias: &str,
     via: Vec<ruma::OwnedServerName>,
@@ -51,7 +51,7 @@ fn resolve(
     }
     let alias = ruma::RoomAliasId::parse(id_or_alias)
         .map_err(|_| ApiError::invalid_param("Neither a room id nor an alias"))?;
-    let (room_id, servers) = state.core.directory.resolve(&alias)?;
+    let (room_id, servers) = state.core.directory.resolve(&alias).await?;
     Ok((room_id, if via.is_empty() { servers } else { via }))
 }
 
@@ -60,7 +60,7 @@ pub async fn join_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let user = req.session().user_id.clone();
-    let (room_id, via) = resolve(&state, req.body.room_id_or_alias.as_str(), req.body.via)?;
+    let (room_id, via) = resolve(&state, req.body.room_id_or_alias.as_str(), req.body.via).await?;
     let room_id = join(&state, &user, &room_id, req.body.reason.as_deref(), &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
@@ -70,7 +70,7 @@ pub async fn knock(
     req: Ruma<knock_room::v3::Request>,
 ) -> ApiResult<knock_room::v3::Response> {
     let user = req.session().user_id.clone();
-    let (room_id, _) = resolve(&state, req.body.room_id_or_alias.as_str(), Vec::new())?;
+    let (room_id, _) = resolve(&state, req.body.room_id_or_alias.as_str(), Vec::new()).await?;
     let profile = state.core.profiles.get(&user)?;
     state
         .core
