@@ -94,6 +94,11 @@ impl From<CoreError> for ApiError {
                 "Access token has expired.",
             )
             .with("soft_logout", json!(true)),
+            CoreError::IncompatibleRoomVersion(v) => Self::new(
+                S::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("Room version {v} is not supported"),
+            ),
             CoreError::UnsupportedRoomVersion(m) => {
                 Self::new(S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION", m)
             }

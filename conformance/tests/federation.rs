@@ -589,3 +589,117 @@ async fn aliases_and_room_lists_reach_across_servers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_cross_servers_and_can_be_accepted_or_turned_down() {
+    let ca = TestCa::new();
+    let (a, _, _) = federating_server(&ca).await;
+    let (b, b_name, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (bob, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let (carol, carol_tok, _) = b.register("carol", "pw-carol-1").await;
+    let (_, first) = b.get("/sync?timeout=0", &bob_tok).await;
+    let mut bob_since = first["next_batch"].as_str().unwrap().to_owned();
+    let (_, first) = b.get("/sync?timeout=0", &carol_tok).await;
+    let mut carol_since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // A direct chat with a user of the other server, as Element starts one.
+    let dm = a
+        .create_room(
+            &ann_tok,
+            &json!({
+                "preset": "trusted_private_chat", "is_direct": true,
+                "invite": [bob], "name": "Ann and Bob",
+            }),
+        )
+        .await;
+    let invite_state = sync_until(&b, &bob_tok, &mut bob_since, |s| {
+        s["rooms"]["invite"][&dm]["invite_state"]["events"]
+            .as_array()
+            .cloned()
+    })
+    .await;
+    let kinds: Vec<&str> = invite_state
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(kinds.contains(&"m.room.name"), "{invite_state:?}");
+    let invite = invite_state
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob)
+        .unwrap_or_else(|| panic!("no invite event in {invite_state:?}"));
+    assert_eq!(invite["content"]["membership"], "invite");
+    assert_eq!(invite["content"]["is_direct"], true);
+    let name = invite_state
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .unwrap();
+    assert_eq!(name["content"]["name"], "Ann and Bob");
+    // Ann's server has Bob invited.
+    let (_, member) = a
+        .get(
+            &format!("/rooms/{}/state/m.room.member/{}", enc(&dm), enc(&bob)),
+            &ann_tok,
+        )
+        .await;
+    assert_eq!(member["membership"], "invite", "{member} {}", a.log_tail(30));
+
+    // Bob accepts (no server named: his server joins through the inviting one) and they talk.
+    let (status, body) = b
+        .post(&format!("/rooms/{}/join", enc(&dm)), &bob_tok, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+    b.send_text(&bob_tok, &dm, "t1", "hello Ann").await;
+    let (_, first) = a.get("/sync?timeout=0", &ann_tok).await;
+    let mut ann_since = first["next_batch"].as_str().unwrap().to_owned();
+    let seen = bodies(&first, &dm).contains(&"hello Ann".to_owned())
+        || sync_until(&a, &ann_tok, &mut ann_since, |s| {
+            bodies(s, &dm)
+                .contains(&"hello Ann".to_owned())
+                .then_some(true)
+        })
+        .await;
+    assert!(seen);
+
+    // Carol turns an invite down; it leaves her invites.
+    let room = a
+        .create_room(&ann_tok, &json!({ "name": "Book club" }))
+        .await;
+    let (status, body) = a
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            &ann_tok,
+            &json!({ "user_id": carol }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body} {}", a.log_tail(20));
+    sync_until(&b, &carol_tok, &mut carol_since, |s| {
+        s["rooms"]["invite"][&room].as_object().cloned()
+    })
+    .await;
+    let (status, body) = b
+        .post(
+            &format!("/rooms/{}/leave", enc(&room)),
+            &carol_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&b, &carol_tok, &mut carol_since, |s| {
+        s["rooms"]["leave"][&room].as_object().cloned()
+    })
+    .await;
+    let (_, full) = b.get("/sync?timeout=0", &carol_tok).await;
+    assert!(full["rooms"]["invite"][&room].is_null(), "{full}");
+
+    // Inviting someone the other server does not know fails.
+    let nobody = format!("@nobody:{b_name}");
+    let (status, body) = a
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            &ann_tok,
+            &json!({ "user_id": nobody }),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+}

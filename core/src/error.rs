@@ -27,6 +27,9 @@ pub enum Error {
     ExpiredToken,
     #[error("{0}")]
     UnsupportedRoomVersion(String),
+    /// Another server's request concerns a room of a version this server does not speak.
+    #[error("Room version {0} is not supported")]
+    IncompatibleRoomVersion(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]

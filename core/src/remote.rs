@@ -60,6 +60,19 @@ pub trait Remote: Send + Sync + 'static {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 
+    /// `PUT /invite` (v2) on the invitee's server: the invite as that server signed it, its
+    /// signature checked and the event otherwise unchanged.
+    fn send_invite<'a>(
+        &'a self,
+        _server: &'a ServerName,
+        _room_version: &'a ruma::RoomVersionId,
+        _event_id: &'a ruma::EventId,
+        _event: ruma::CanonicalJsonObject,
+        _invite_room_state: Vec<serde_json::Value>,
+    ) -> RemoteFuture<'a, ruma::CanonicalJsonObject> {
+        Box::pin(async { Err(Error::forbidden("Federation is disabled")) })
+    }
+
     /// `GET /query/directory` on the alias's server: the room and the servers to join through.
     fn query_directory<'a>(
         &'a self,

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use hearth_storage::{ChangeKey, MembershipRecord, Store, StreamPos};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde::Serialize;
 use serde_json::value::RawValue as RawJsonValue;
 
 use crate::account_data::{AccountData, to_event};
@@ -19,6 +18,7 @@ use crate::e2ee::{DeviceListChanges, E2ee};
 use crate::notifier::Notifier;
 use crate::presence::{self, Presence};
 use crate::receipts::Receipts;
+use crate::rooms::invites::{INVITE_STATE_TYPES, stripped};
 use crate::rooms::timeline::{Access, EventFilter, TimelineEvent};
 use crate::rooms::{PduRef, Rooms};
 use crate::streams::{EphemeralSerial, SyncToken};
@@ -187,17 +187,6 @@ pub struct SyncService {
     e2ee: Arc<E2ee>,
     ephemeral: Arc<EphemeralSerial>,
 }
-
-/// Events a client sees in the state of an invite it has not accepted ("stripped state").
-const INVITE_STATE_TYPES: [&str; 7] = [
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
 
 impl SyncService {
     pub fn new(src: SyncSources) -> Self {
@@ -556,6 +545,10 @@ impl SyncService {
         room_id: &RoomId,
         m: &MembershipRecord,
     ) -> Result<Vec<Box<RawJsonValue>>> {
+        if !self.rooms.exists(room_id)? {
+            // An invite from another server to a room this server is not in.
+            return self.rooms.kept_invite_state(&m.event_id);
+        }
         let state = self.rooms.current_state(room_id)?;
         let mut out: Vec<PduRef> = Vec::new();
         for t in INVITE_STATE_TYPES {
@@ -576,22 +569,4 @@ impl SyncService {
         }
         Ok(out.iter().map(stripped).collect())
     }
-}
-
-fn stripped(p: &PduRef) -> Box<RawJsonValue> {
-    #[derive(Serialize)]
-    struct Stripped<'a> {
-        content: &'a RawJsonValue,
-        sender: &'a UserId,
-        state_key: &'a str,
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    serde_json::value::to_raw_value(&Stripped {
-        content: &p.content,
-        sender: &p.sender,
-        state_key: p.state_key.as_deref().unwrap_or_default(),
-        kind: p.kind.to_string(),
-    })
-    .expect("stripped events serialise")
 }

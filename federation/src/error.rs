@@ -58,6 +58,13 @@ impl From<hearth_core::Error> for FedError {
             E::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", m),
             E::BadJson(m) => Self::bad_json(m),
             E::InvalidParam(m) => Self::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m),
+            E::Unknown(m) => Self::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", m),
+            E::IncompatibleRoomVersion(v) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("Room version {v} is not supported"),
+            )
+            .with_room_version(&v),
             other => {
                 tracing::error!(error = %other, "federation request failed");
                 Self::new(

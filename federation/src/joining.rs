@@ -16,7 +16,7 @@ use crate::error::FedError;
 use crate::pdu::check_signed_pdu;
 
 /// A path segment, percent-encoded.
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 

@@ -146,6 +146,24 @@ impl Remote for Federation {
         Box::pin(self.post_keys(server, "/_matrix/federation/v1/user/keys/claim", body))
     }
 
+    fn send_invite<'a>(
+        &'a self,
+        server: &'a ruma::ServerName,
+        room_version: &'a ruma::RoomVersionId,
+        event_id: &'a ruma::EventId,
+        event: ruma::CanonicalJsonObject,
+        invite_room_state: Vec<Value>,
+    ) -> RemoteFuture<'a, ruma::CanonicalJsonObject> {
+        Box::pin(membership::send_invite(
+            self,
+            server,
+            room_version,
+            event_id,
+            event,
+            invite_room_state,
+        ))
+    }
+
     fn query_directory<'a>(
         &'a self,
         alias: &'a ruma::RoomAliasId,
@@ -258,6 +276,10 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             axum::routing::put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            axum::routing::put(membership::invite),
         )
         .route(
             "/_matrix/federation/v1/send/{txn_id}",

@@ -131,3 +131,152 @@ pub async fn send_join(
         "servers_in_room": rooms.servers_in_room(&room_id)?,
     })))
 }
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: another server invites a user of
+/// this one. The event is checked (format, the sender server's signature, hash), must be an
+/// invite of a local user by a user of the sending server, and is answered signed by this
+/// server.
+pub async fn invite(
+    AxState(state): AxState<State>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        room_version: ruma::RoomVersionId,
+        event: Value,
+        #[serde(default)]
+        invite_room_state: Vec<Value>,
+    }
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
+    let event_id = OwnedEventId::try_from(event_id).map_err(|e| invalid(e.to_string()))?;
+    let body: Body =
+        serde_json::from_slice(&signed.body).map_err(|e| FedError::bad_json(e.to_string()))?;
+    if body.room_version.rules().is_none() {
+        return Err(FedError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("Room version {} is not supported", body.room_version),
+        )
+        .with_room_version(body.room_version.as_str()));
+    }
+    let Ok(CanonicalJsonValue::Object(pdu)) = CanonicalJsonValue::try_from(body.event) else {
+        return Err(FedError::bad_json(
+            "the event must be a canonical JSON object",
+        ));
+    };
+    let checked = check_signed_pdu(&state.federation, &body.room_version, pdu).await?;
+    if checked.redacted {
+        return Err(FedError::bad_json(
+            "the invite's content hash does not match",
+        ));
+    }
+    if checked.event_id != event_id {
+        return Err(FedError::bad_json("the event id does not match the event"));
+    }
+    let field = |k: &str| {
+        checked
+            .json
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let sender_server = field("sender")
+        .and_then(|s| OwnedUserId::try_from(s).ok())
+        .map(|u| u.server_name().to_owned());
+    if field("room_id").as_deref() != Some(room_id.as_str())
+        || sender_server.as_deref() != Some(&*signed.origin)
+    {
+        return Err(FedError::bad_json(
+            "not an invite to this room by a user of the sending server",
+        ));
+    }
+    let answered = state
+        .core
+        .rooms
+        .receive_invite(
+            &body.room_version,
+            event_id,
+            checked.json,
+            body.invite_room_state,
+        )
+        .await?;
+    Ok(Json(json!({ "event": answered })))
+}
+
+/// Sends an invite to the invitee's server and takes its signature back: the answer must be
+/// our event with only signatures added, and the invitee server's signature must verify.
+pub(crate) async fn send_invite(
+    federation: &crate::Federation,
+    server: &ruma::ServerName,
+    room_version: &ruma::RoomVersionId,
+    event_id: &ruma::EventId,
+    event: CanonicalJsonObject,
+    invite_room_state: Vec<Value>,
+) -> hearth_core::Result<CanonicalJsonObject> {
+    use hearth_core::Error as E;
+    let rules = room_version
+        .rules()
+        .ok_or_else(|| E::IncompatibleRoomVersion(room_version.to_string()))?;
+    let room_id = event
+        .get("room_id")
+        .and_then(|r| r.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        crate::joining::seg(&room_id),
+        crate::joining::seg(event_id.as_str())
+    );
+    let body = json!({
+        "room_version": room_version,
+        "event": event,
+        "invite_room_state": invite_room_state,
+    });
+    let answer = federation
+        .client
+        .request(server, http::Method::PUT, &path, Some(&body))
+        .await
+        .map_err(|e| match e.errcode {
+            "M_FORBIDDEN" => E::forbidden(e.to_string()),
+            "M_NOT_FOUND" => E::not_found(e.to_string()),
+            _ => E::Unknown(format!("{server} refused the invite: {e}")),
+        })?;
+    let Ok(CanonicalJsonValue::Object(returned)) =
+        CanonicalJsonValue::try_from(answer["event"].clone())
+    else {
+        return Err(E::Unknown(format!(
+            "{server} answered the invite without an event"
+        )));
+    };
+    // Same event: the reference hash covers everything but signatures and unsigned data.
+    let returned_id = ruma::signatures::reference_hash(&returned, &rules)
+        .map_err(|e| E::Unknown(e.to_string()))?;
+    if format!("${returned_id}") != event_id.as_str() {
+        return Err(E::Unknown(format!("{server} changed the invite")));
+    }
+    let keys = federation
+        .key_cache
+        .keys(&federation.client, &federation.keys, server)
+        .await
+        .map_err(|e| E::Unknown(e.to_string()))?;
+    let mut map = ruma::signatures::PublicKeyMap::new();
+    map.insert(server.to_string(), keys);
+    let mut redacted = ruma::canonical_json::redact(returned.clone(), &rules.redaction, None)
+        .map_err(|e| E::Unknown(e.to_string()))?;
+    // `verify_json` checks every signature present: keep only theirs.
+    if let Some(CanonicalJsonValue::Object(sigs)) = redacted.get_mut("signatures") {
+        sigs.retain(|k, _| k == server.as_str());
+    }
+    ruma::signatures::verify_json(&map, &redacted)
+        .map_err(|e| E::Unknown(format!("{server}'s signature on the invite: {e}")))?;
+    // Our event with their signatures added.
+    let mut merged = event;
+    if let (Some(CanonicalJsonValue::Object(theirs)), Some(CanonicalJsonValue::Object(ours))) =
+        (returned.get("signatures"), merged.get_mut("signatures"))
+        && let Some(sig) = theirs.get(server.as_str())
+    {
+        ours.insert(server.to_string(), sig.clone());
+    }
+    Ok(merged)
+}

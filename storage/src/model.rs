@@ -211,8 +211,14 @@ pub enum WriteOp {
         event_id: String,
         json: Vec<u8>,
         meta: EventMeta,
+        /// `(user id, record)` for an invite of a local user to a room this server is not in:
+        /// the membership row takes the outlier's position.
+        membership: Option<(String, MembershipRecord)>,
     },
     PutMembership(String, String, MembershipRecord),
+    /// Sets a membership with no event of this server behind it (a turned-down invite to a room
+    /// this server is not in) at the next stream position, so syncs see the change.
+    PutMembershipAtNext(String, String, MembershipRecord),
     /// `(server name, media id, record)`.
     PutMedia(String, String, MediaRecord),
     /// End-to-end encryption keys (see [`crate::e2ee`]).

@@ -180,7 +180,13 @@ fn change_keys(op: &WriteOp) -> Vec<ChangeKey> {
             }
             keys
         }
-        WriteOp::PutMembership(user, _, _) => vec![ChangeKey::Memberships(user.clone())],
+        WriteOp::PutMembership(user, _, _) | WriteOp::PutMembershipAtNext(user, _, _) => {
+            vec![ChangeKey::Memberships(user.clone())]
+        }
+        WriteOp::PutOutlier {
+            membership: Some((user, _)),
+            ..
+        } => vec![ChangeKey::Memberships(user.clone())],
         WriteOp::PutReceipt(r) => vec![ChangeKey::Room(r.room_id.clone())],
         WriteOp::PutToDevice {
             user_id, device_id, ..
@@ -362,14 +368,31 @@ fn apply(
                 serde_json::to_vec(&rec)?.as_slice(),
             )?;
         }
+        WriteOp::PutMembershipAtNext(user, room, mut rec) => {
+            *next_pos += 1;
+            rec.pos = *next_pos;
+            t.memberships.insert(
+                (user.as_str(), room.as_str()),
+                serde_json::to_vec(&rec)?.as_slice(),
+            )?;
+            return Ok(Some(rec.pos));
+        }
         WriteOp::PutOutlier {
             event_id,
             json,
             mut meta,
+            membership,
         } => {
             *next_pos += 1;
             let pos = *next_pos;
             meta.pos = pos;
+            if let Some((user, mut rec)) = membership {
+                rec.pos = pos;
+                t.memberships.insert(
+                    (user.as_str(), meta.room_id.as_str()),
+                    serde_json::to_vec(&rec)?.as_slice(),
+                )?;
+            }
             t.event_ids.insert(event_id.as_str(), pos)?;
             t.events.insert(pos, json.as_slice())?;
             t.event_meta

@@ -206,6 +206,10 @@ impl DeviceLists {
                 continue;
             }
             let room_id = RoomId::parse(room).map_err(Error::internal)?;
+            if m.membership != "join" && !self.rooms.exists(&room_id)? {
+                // An invite to (or a turned-down invite of) a room this server is not in.
+                continue;
+            }
             if m.pos > since {
                 // The user's own membership changed: everyone in the room is new to them, or
                 // possibly gone.

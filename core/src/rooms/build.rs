@@ -74,6 +74,21 @@ impl Rooms {
         ev: NewEvent,
         batch: &mut Batch,
     ) -> Result<PduRef> {
+        let txn = ev.txn.clone();
+        let (pdu, obj) = self.build(head, sender, ev)?;
+        self.append_to_head(head, pdu.clone(), obj, txn, batch)?;
+        self.queue_outbound(head, &pdu, batch);
+        Ok(pdu)
+    }
+
+    /// Builds, signs and authorises the next event of the room on top of `head`, without
+    /// touching the head.
+    pub(crate) fn build(
+        &self,
+        head: &RoomHead,
+        sender: &UserId,
+        ev: NewEvent,
+    ) -> Result<(PduRef, CanonicalJsonObject)> {
         if !ev.content.is_object() {
             return Err(Error::BadJson("event content must be a JSON object".into()));
         }
@@ -131,15 +146,13 @@ impl Rooms {
         let pdu = Arc::new(Pdu::from_canonical(event_id.clone(), &obj)?);
 
         self.authorize(&head.rules, &pdu, &head.state)?;
-        self.append_to_head(head, pdu.clone(), obj, ev.txn, batch)?;
-        self.queue_outbound(head, &pdu, batch);
-        Ok(pdu)
+        Ok((pdu, obj))
     }
 
     /// Queues a local event for every other server with a member joined to the room (after the
     /// event: a remote user's leave still reaches their server), in the event's own batch, so
     /// that an event is durable if and only if its sending is.
-    fn queue_outbound(&self, head: &RoomHead, pdu: &PduRef, batch: &mut Batch) {
+    pub(crate) fn queue_outbound(&self, head: &RoomHead, pdu: &PduRef, batch: &mut Batch) {
         let ours = self.server_name();
         let mut servers: std::collections::BTreeSet<ruma::OwnedServerName> = head
             .joined_servers()

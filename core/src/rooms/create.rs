@@ -67,10 +67,31 @@ impl Rooms {
         profile: MemberProfile,
         req: CreateRoom,
     ) -> Result<OwnedRoomId> {
+        let remote: Vec<OwnedUserId> = req
+            .invite
+            .iter()
+            .filter(|u| u.server_name() != self.server_name())
+            .cloned()
+            .collect();
+        let is_direct = req.is_direct;
         let (head, batch) = self.prepare_room(None, creator, profile, req)?;
         let room_id = head.room_id.clone();
         let queued = self.publish_room(head, batch);
         self.finish(queued).await?;
+        for invitee in remote {
+            let mut content = json!({ "membership": "invite" });
+            if is_direct {
+                content["is_direct"] = json!(true);
+            }
+            // The room exists whatever another server says; as in Synapse, a failed invite
+            // does not undo it.
+            if let Err(e) = self
+                .invite_remote(&room_id, creator, &invitee, content)
+                .await
+            {
+                tracing::warn!(%room_id, %invitee, error = %e, "inviting a remote user failed");
+            }
+        }
         Ok(room_id)
     }
 
@@ -257,7 +278,12 @@ impl Rooms {
                     &mut batch,
                 )?;
             }
-            for invitee in &req.invite {
+            // Other servers' users are invited once the room exists: their servers sign first.
+            for invitee in req
+                .invite
+                .iter()
+                .filter(|u| u.server_name() == self.server_name())
+            {
                 let mut content = json!({ "membership": "invite" });
                 if req.is_direct {
                     content["is_direct"] = json!(true);

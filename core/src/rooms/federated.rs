@@ -75,6 +75,7 @@ impl Rooms {
                     replaces_state: None,
                     redacted_by: None,
                 },
+                membership: None,
             });
             batch.events.push(pdu);
         }
@@ -167,28 +168,7 @@ impl Rooms {
         event_id: OwnedEventId,
         obj: CanonicalJsonObject,
     ) -> Result<PduRef> {
-        let head = self.head(room_id)?;
-        let queued = {
-            let mut h = head.lock();
-            if let Some(existing) = self.pdu(&event_id)? {
-                return Ok(existing);
-            }
-            let pdu = Arc::new(Pdu::from_canonical(event_id, &obj)?);
-            if pdu.room_id != room_id {
-                return Err(Error::BadJson("event is for another room".into()));
-            }
-            for prev in &pdu.prev_events {
-                if self.pdu(prev)?.is_none() {
-                    return Err(Error::Unknown(format!("unknown prev event {prev}")));
-                }
-            }
-            self.authorize(&h.rules, &pdu, &h.state)?;
-            let mut batch = Batch::default();
-            self.append_to_head(&mut h, pdu, obj, None, &mut batch)?;
-            self.enqueue(&h, batch)
-        };
-        let mut events = self.finish(queued).await?;
-        Ok(events.pop().expect("one event was appended"))
+        self.append_signed(room_id, event_id, obj, false).await
     }
 
     /// The room's current state and the auth chain of that state and of `extra` events, each as

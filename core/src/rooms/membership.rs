@@ -64,6 +64,13 @@ impl Rooms {
                 .filter(|s| *s != self.server_name())
                 .cloned()
                 .collect();
+            // The inviting server first: it is in the room for sure.
+            if let Some(s) = self.inviting_server(room_id, user)?
+                && s != self.server_name()
+            {
+                servers.retain(|v| *v != s);
+                servers.insert(0, s);
+            }
             if let Some(s) = room_id.server_name()
                 && s != self.server_name()
                 && !servers.iter().any(|v| v == s)
@@ -225,6 +232,9 @@ impl Rooms {
     }
 
     pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+        if !self.exists(room_id)? {
+            return self.reject_kept_invite(room_id, user).await;
+        }
         match self.membership(room_id, user)?.as_deref() {
             Some("leave") => Ok(()),
             None => Err(Error::forbidden("You are not a member of this room")),
@@ -257,6 +267,9 @@ impl Rooms {
             _ => {}
         }
         let content = member_content("invite", target_profile, reason);
+        if target.server_name() != self.server_name() {
+            return self.invite_remote(room_id, sender, target, content).await;
+        }
         self.send_member(room_id, sender, target, content).await
     }
 

@@ -10,6 +10,7 @@
 mod build;
 pub mod create;
 mod federated;
+pub mod invites;
 pub use federated::{RemoteJoin, StateAndAuthChain};
 pub mod membership;
 pub mod pdu;

@@ -1,0 +1,282 @@
+//! Invites across servers (Server-Server API: "Inviting to a room"). An invite of another
+//! server's user goes to that server first (`/invite`), which signs it; only then is it appended
+//! to the room. An invite of a local user to a room this server is not in arrives the same way:
+//! it is signed here and kept, with the room's stripped state, as an outlier the user's `/sync`
+//! shows; joining then goes through the inviting server.
+
+use std::sync::Arc;
+
+use hearth_storage::{EventMeta, MembershipRecord, WriteOp};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, UserId};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue as RawJsonValue;
+
+use super::build::NewEvent;
+use super::{Batch, Pdu, PduRef, RoomHead, Rooms};
+use crate::config::SUPPORTED_ROOM_VERSIONS;
+use crate::{Error, Result};
+
+/// Events an invitee sees of a room before joining it ("stripped state").
+pub(crate) const INVITE_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// An event as stripped state: type, state key, sender and content only.
+pub(crate) fn stripped(p: &PduRef) -> Box<RawJsonValue> {
+    #[derive(Serialize)]
+    struct Stripped<'a> {
+        content: &'a RawJsonValue,
+        sender: &'a UserId,
+        state_key: &'a str,
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::value::to_raw_value(&Stripped {
+        content: &p.content,
+        sender: &p.sender,
+        state_key: p.state_key.as_deref().unwrap_or_default(),
+        kind: p.kind.to_string(),
+    })
+    .expect("stripped events serialise")
+}
+
+impl Rooms {
+    /// The stripped state an invitee is shown: the room's description and the inviter's
+    /// member event.
+    fn invite_room_state(&self, head: &RoomHead, inviter: &UserId) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let slots = INVITE_STATE_TYPES
+            .iter()
+            .map(|t| (t.to_string(), String::new()))
+            .chain(std::iter::once((
+                "m.room.member".to_owned(),
+                inviter.to_string(),
+            )));
+        for slot in slots {
+            if let Some(id) = head.state.get(&slot)
+                && let Some(p) = self.pdu(id)?
+            {
+                out.push(serde_json::from_str(stripped(&p).get())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Invites a user of another server: their server signs the invite, then it is appended.
+    pub(crate) async fn invite_remote(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        content: Value,
+    ) -> Result<()> {
+        let head = self.head(room_id)?;
+        let (pdu, obj, version, room_state) = {
+            let h = head.lock();
+            let ev = NewEvent::state("m.room.member", target.as_str(), content);
+            let (pdu, obj) = self.build(&h, sender, ev)?;
+            let room_state = self.invite_room_state(&h, sender)?;
+            (pdu, obj, h.version.clone(), room_state)
+        };
+        // The other server checks the invite and signs it; the federation layer verifies that
+        // signature and that the event is otherwise unchanged.
+        let signed = self
+            .remote
+            .send_invite(
+                target.server_name(),
+                &version,
+                &pdu.event_id,
+                obj,
+                room_state,
+            )
+            .await?;
+        self.append_signed(room_id, pdu.event_id.clone(), signed, true)
+            .await?;
+        Ok(())
+    }
+
+    /// An invite of a local user from another server, its format, signatures and hash checked:
+    /// answers it signed by this server. For a room this server is not in, the invite is kept
+    /// with its stripped state (the sending server's `invite_room_state`) for the user's /sync.
+    pub async fn receive_invite(
+        &self,
+        version: &RoomVersionId,
+        event_id: OwnedEventId,
+        mut obj: CanonicalJsonObject,
+        invite_room_state: Vec<Value>,
+    ) -> Result<CanonicalJsonObject> {
+        if !SUPPORTED_ROOM_VERSIONS.contains(version) {
+            return Err(Error::IncompatibleRoomVersion(version.to_string()));
+        }
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::IncompatibleRoomVersion(version.to_string()))?;
+        let pdu = Pdu::from_canonical(event_id.clone(), &obj)?;
+        let target = pdu
+            .state_key
+            .as_deref()
+            .and_then(|k| UserId::parse(k).ok())
+            .filter(|_| pdu.kind.to_string() == "m.room.member")
+            .filter(|_| pdu.membership().as_deref() == Some("invite"))
+            .ok_or_else(|| Error::BadJson("not an invite event".into()))?;
+        if target.server_name() != self.server_name() {
+            return Err(Error::BadJson(
+                "the invitee is not a user of this server".into(),
+            ));
+        }
+        if self.store.user(target.as_str())?.is_none() {
+            return Err(Error::not_found("No such user"));
+        }
+        // Adds this server's signature (the hashes stay as they are: the content is unchanged).
+        ruma::signatures::hash_and_sign_event(
+            self.server_name().as_str(),
+            &self.keys.key_pair,
+            &mut obj,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::BadJson(e.to_string()))?;
+        if self.exists(&pdu.room_id)? {
+            // This server is in the room: the invite arrives in a transaction like any event.
+            return Ok(obj);
+        }
+        let mut kept = obj.clone();
+        let unsigned = kept
+            .entry("unsigned".to_owned())
+            .or_insert_with(|| CanonicalJsonValue::Object(Default::default()));
+        if let CanonicalJsonValue::Object(u) = unsigned {
+            let state = CanonicalJsonValue::try_from(Value::Array(invite_room_state))
+                .map_err(|e| Error::BadJson(e.to_string()))?;
+            u.insert("invite_room_state".to_owned(), state);
+        }
+        let commit = self.store.submit(vec![WriteOp::PutOutlier {
+            event_id: event_id.to_string(),
+            json: serde_json::to_vec(&kept)?,
+            meta: EventMeta {
+                room_id: pdu.room_id.to_string(),
+                pos: 0,
+                state_before: 0,
+                state_after: 0,
+                txn: None,
+                replaces_state: None,
+                redacted_by: None,
+            },
+            membership: Some((
+                target.to_string(),
+                MembershipRecord {
+                    membership: "invite".into(),
+                    event_id: event_id.to_string(),
+                    pos: 0,
+                    forgotten: false,
+                },
+            )),
+        }]);
+        commit.await?;
+        self.notifier.notify(std::iter::once(&*target));
+        tracing::info!(room_id = %pdu.room_id, %target, sender = %pdu.sender, "invited from another server");
+        Ok(obj)
+    }
+
+    /// The stripped state kept with an invite to a room this server is not in, and the invite.
+    pub fn kept_invite_state(&self, invite_id: &str) -> Result<Vec<Box<RawJsonValue>>> {
+        let Some(json) = self.store.event_json(invite_id)? else {
+            return Ok(Vec::new());
+        };
+        let value: Value = serde_json::from_slice(&json)?;
+        let mut out: Vec<Box<RawJsonValue>> = value["unsigned"]["invite_room_state"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| serde_json::value::to_raw_value(e).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let id = OwnedEventId::try_from(invite_id).map_err(Error::internal)?;
+        if let Some(invite) = self.pdu(&id)? {
+            out.push(stripped(&invite));
+        }
+        Ok(out)
+    }
+
+    /// The server that invited `user` to a room this server is not in, if one did: a join goes
+    /// through it.
+    pub(crate) fn inviting_server(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<ruma::OwnedServerName>> {
+        let Some(m) = self.store.membership(user.as_str(), room_id.as_str())? else {
+            return Ok(None);
+        };
+        if m.membership != "invite" {
+            return Ok(None);
+        }
+        let id = OwnedEventId::try_from(m.event_id.as_str()).map_err(Error::internal)?;
+        Ok(self.pdu(&id)?.map(|p| p.sender.server_name().to_owned()))
+    }
+
+    /// Turns down an invite to a room this server is not in, here only: the inviting server is
+    /// not told (Synapse falls back to the same when the inviter cannot be reached).
+    pub(crate) async fn reject_kept_invite(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let Some(m) = self.store.membership(user.as_str(), room_id.as_str())? else {
+            return Err(Error::forbidden("You are not a member of this room"));
+        };
+        let rec = MembershipRecord {
+            membership: "leave".into(),
+            pos: 0,
+            ..m
+        };
+        self.store
+            .submit(vec![WriteOp::PutMembershipAtNext(
+                user.to_string(),
+                room_id.to_string(),
+                rec,
+            )])
+            .await?;
+        self.notifier.notify(std::iter::once(user));
+        Ok(())
+    }
+
+    /// Appends a PDU whose signatures were checked, if the auth rules allow it against the
+    /// current state. `ours` marks an event this server made (an invite another server
+    /// countersigned): it is queued for the other servers in the room like any local event.
+    pub(crate) async fn append_signed(
+        &self,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        obj: CanonicalJsonObject,
+        ours: bool,
+    ) -> Result<PduRef> {
+        let head = self.head(room_id)?;
+        let queued = {
+            let mut h = head.lock();
+            if let Some(existing) = self.pdu(&event_id)? {
+                return Ok(existing);
+            }
+            let pdu = Arc::new(Pdu::from_canonical(event_id, &obj)?);
+            if pdu.room_id != room_id {
+                return Err(Error::BadJson("event is for another room".into()));
+            }
+            for prev in &pdu.prev_events {
+                if self.pdu(prev)?.is_none() {
+                    return Err(Error::Unknown(format!("unknown prev event {prev}")));
+                }
+            }
+            self.authorize(&h.rules, &pdu, &h.state)?;
+            let mut batch = Batch::default();
+            self.append_to_head(&mut h, pdu.clone(), obj, None, &mut batch)?;
+            if ours {
+                self.queue_outbound(&h, &pdu, &mut batch);
+            }
+            self.enqueue(&h, batch)
+        };
+        let mut events = self.finish(queued).await?;
+        Ok(events.pop().expect("one event was appended"))
+    }
+}
