@@ -79,7 +79,9 @@ fn main() -> ExitCode {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // ruma's state resolution logs every auth check at info: two lines per event.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ruma_state_res=warn,tantivy=warn"));
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,ruma_state_res=warn,tantivy=warn")
+        });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();

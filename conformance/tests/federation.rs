@@ -642,7 +642,12 @@ async fn invites_cross_servers_and_can_be_accepted_or_turned_down() {
             &ann_tok,
         )
         .await;
-    assert_eq!(member["membership"], "invite", "{member} {}", a.log_tail(30));
+    assert_eq!(
+        member["membership"],
+        "invite",
+        "{member} {}",
+        a.log_tail(30)
+    );
 
     // Bob accepts (no server named: his server joins through the inviting one) and they talk.
     let (status, body) = b

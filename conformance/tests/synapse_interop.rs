@@ -690,3 +690,86 @@ async fn media_travels_between_hearth_and_synapse() {
     );
     let _ = std::fs::remove_dir_all(tls);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_go_both_ways_between_hearth_and_synapse() {
+    let synapse = Synapse::start().await;
+    let (hearth, _tls) = hearth_beside(&synapse).await;
+    let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let (syd_id, syd_tok) = synapse_user(&synapse, "syd").await;
+
+    // Hearth → Synapse: a direct chat; Synapse countersigns the invite, its user accepts.
+    let dm = hearth
+        .create_room(
+            &hal_tok,
+            &json!({ "preset": "trusted_private_chat", "is_direct": true, "invite": [syd_id] }),
+        )
+        .await;
+    let mut syd_since = None;
+    let invited = synapse_sees(&synapse, &syd_tok, &mut syd_since, |s| {
+        s["rooms"]["invite"][&dm]["invite_state"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == syd_id.as_str()
+                        && e["content"]["is_direct"] == true
+                })
+            })
+    })
+    .await;
+    assert!(invited, "Synapse shows the invite: {}", hearth.log_tail(20));
+    let joined = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("/rooms/{}/join", enc(&dm)),
+            Some(&syd_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined["room_id"], dm.as_str(), "{}", hearth.log_tail(20));
+    let (_, members) = hearth
+        .get(&format!("/rooms/{}/joined_members", enc(&dm)), &hal_tok)
+        .await;
+    assert!(members["joined"][&syd_id].is_object(), "{members}");
+
+    // Synapse → Hearth: Synapse's invite reaches Hearth's user, who joins through Synapse.
+    let created = synapse
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(&syd_tok),
+            json!({ "name": "synapse side", "invite": [hal] }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let mut hal_since = None;
+    let seen = hearth_sees(&hearth, &hal_tok, &mut hal_since, |s| {
+        s["rooms"]["invite"][&room]["invite_state"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events
+                    .iter()
+                    .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "synapse side")
+            })
+    })
+    .await;
+    assert!(
+        seen,
+        "Hearth shows Synapse's invite: {}",
+        hearth.log_tail(20)
+    );
+    let (status, body) = hearth
+        .post(&format!("/rooms/{}/join", enc(&room)), &hal_tok, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body} {}", hearth.log_tail(20));
+    let members = synapse
+        .call(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/joined_members", enc(&room)),
+            Some(&syd_tok),
+            json!({}),
+        )
+        .await;
+    assert!(members["joined"][&hal].is_object(), "{members}");
+}
