@@ -773,3 +773,69 @@ async fn invites_go_both_ways_between_hearth_and_synapse() {
         .await;
     assert!(members["joined"][&hal].is_object(), "{members}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_backfills_history_from_hearth() {
+    let synapse = Synapse::start().await;
+    let (hearth, _tls) = hearth_beside(&synapse).await;
+    let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let room = hearth
+        .create_room(
+            &hal_tok,
+            &json!({ "preset": "public_chat", "name": "old news" }),
+        )
+        .await;
+    for i in 0..30 {
+        hearth
+            .send_text(&hal_tok, &room, &format!("h{i}"), &format!("history {i}"))
+            .await;
+    }
+    let hearth_name = hal.split_once(':').unwrap().1.to_owned();
+    let (_, syd_tok) = synapse_user(&synapse, "syd").await;
+    let joined = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("/join/{}?server_name={}", enc(&room), enc(&hearth_name)),
+            Some(&syd_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined["room_id"], room.as_str(), "{}", hearth.log_tail(20));
+
+    // Synapse has the room's state but none of its history: paging back makes it backfill
+    // from Hearth (`/backfill`, and `/event` or `/state_ids` for whatever it lacks).
+    let mut bodies = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &from {
+            Some(f) => format!(
+                "/rooms/{}/messages?dir=b&limit=20&from={}",
+                enc(&room),
+                enc(f)
+            ),
+            None => format!("/rooms/{}/messages?dir=b&limit=20", enc(&room)),
+        };
+        let page = synapse
+            .call(reqwest::Method::GET, &path, Some(&syd_tok), json!({}))
+            .await;
+        bodies.extend(hearth_conformance::message_bodies(
+            page["chunk"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        ));
+        match page["end"].as_str() {
+            Some(end) if page["chunk"].as_array().is_some_and(|c| !c.is_empty()) => {
+                from = Some(end.to_owned())
+            }
+            _ => break,
+        }
+    }
+    for i in [0, 15, 29] {
+        assert!(
+            bodies.contains(&format!("history {i}")),
+            "Synapse backfilled message {i}: {bodies:?}\n{}",
+            hearth.log_tail(30)
+        );
+    }
+}

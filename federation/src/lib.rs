@@ -9,6 +9,7 @@ mod auth;
 pub mod client;
 mod discovery;
 mod error;
+mod events;
 mod joining;
 mod keys;
 mod media;
@@ -280,6 +281,27 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             axum::routing::put(membership::invite),
+        )
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(events::event),
+        )
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(events::state_ids),
+        )
+        .route("/_matrix/federation/v1/state/{room_id}", get(events::state))
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(events::event_auth),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(events::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            axum::routing::post(events::missing_events),
         )
         .route(
             "/_matrix/federation/v1/send/{txn_id}",

@@ -14,6 +14,7 @@ pub mod invites;
 pub use federated::{RemoteJoin, StateAndAuthChain};
 pub mod membership;
 pub mod pdu;
+pub mod peer_reads;
 pub mod redaction;
 pub mod relations;
 pub mod state;
