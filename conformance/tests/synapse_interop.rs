@@ -839,3 +839,81 @@ async fn synapse_backfills_history_from_hearth() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_receives_what_was_said_while_it_was_down() {
+    let synapse = Synapse::start().await;
+    let (mut hearth, _tls) = hearth_beside(&synapse).await;
+    let (hal, _, _) = hearth.register("hal", "pw-hal-1").await;
+    let (_, syd_tok) = synapse_user(&synapse, "syd").await;
+    let created = synapse
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(&syd_tok),
+            json!({ "preset": "public_chat", "invite": [hal] }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
+    let mut hal_since = None;
+    assert!(
+        hearth_sees(&hearth, &hal_tok, &mut hal_since, |s| {
+            s["rooms"]["invite"][&room].is_object()
+        })
+        .await
+    );
+    let (status, body) = hearth
+        .post(&format!("/rooms/{}/join", enc(&room)), &hal_tok, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Hearth goes down; Synapse's user talks meanwhile, and Synapse's tries fail and back off.
+    hearth.kill9();
+    for i in 0..4 {
+        say(&synapse, &syd_tok, &room, i).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    hearth.restart().await;
+    // Past Synapse's backoff, one more message: everything reaches Hearth, in order.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    say(&synapse, &syd_tok, &room, 4).await;
+    let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut since: Option<String> = None;
+    for _ in 0..40 {
+        let path = match &since {
+            Some(s) => format!("/sync?since={s}&timeout=1000"),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let (_, sync) = hearth.get(&path, &hal_tok).await;
+        since = sync["next_batch"].as_str().map(str::to_owned);
+        seen.extend(hearth_conformance::message_bodies(
+            sync["rooms"]["join"][&room]["timeline"]["events"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        ));
+        if seen.len() >= 5 {
+            break;
+        }
+    }
+    for i in 0..5 {
+        assert!(
+            seen.contains(&format!("while down {i}")),
+            "message {i} reached Hearth: {seen:?}\n{}",
+            hearth.log_tail(30)
+        );
+    }
+}
+
+async fn say(synapse: &Synapse, token: &str, room: &str, i: usize) {
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/d{i}", enc(room)),
+            Some(token),
+            json!({ "msgtype": "m.text", "body": format!("while down {i}") }),
+        )
+        .await;
+}

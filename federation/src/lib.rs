@@ -10,6 +10,7 @@ pub mod client;
 mod discovery;
 mod error;
 mod events;
+mod gaps;
 mod joining;
 mod keys;
 mod media;

@@ -244,6 +244,28 @@ impl Rooms {
             .collect())
     }
 
+    /// The room's forward extremities: the newest events this server has of it.
+    pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        Ok(self.head(room_id)?.lock().extremities.clone())
+    }
+
+    /// The prev events of a PDU that this server does not have.
+    pub fn missing_prevs(&self, obj: &CanonicalJsonObject) -> Result<Vec<OwnedEventId>> {
+        let prevs = match obj.get("prev_events") {
+            Some(ruma::CanonicalJsonValue::Array(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for p in prevs {
+            if let Some(id) = p.as_str().and_then(|s| OwnedEventId::try_from(s).ok())
+                && self.pdu(&id)?.is_none()
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// The servers with joined members in a room, this one included.
     pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let head = self.head(room_id)?;
