@@ -696,6 +696,14 @@ async fn invites_cross_servers_and_can_be_accepted_or_turned_down() {
     .await;
     let (_, full) = b.get("/sync?timeout=0", &carol_tok).await;
     assert!(full["rooms"]["invite"][&room].is_null(), "{full}");
+    // The inviting server was told (make_leave, send_leave): Carol is no longer invited there.
+    let (_, member) = a
+        .get(
+            &format!("/rooms/{}/state/m.room.member/{}", enc(&room), enc(&carol)),
+            &ann_tok,
+        )
+        .await;
+    assert_eq!(member["membership"], "leave", "{member} {}", a.log_tail(20));
 
     // Inviting someone the other server does not know fails.
     let nobody = format!("@nobody:{b_name}");

@@ -733,6 +733,42 @@ async fn invites_go_both_ways_between_hearth_and_synapse() {
         .await;
     assert!(members["joined"][&syd_id].is_object(), "{members}");
 
+    // Synapse's user turns the next invite down: Synapse runs make_leave and send_leave on
+    // Hearth, and Hearth's room no longer has them invited.
+    let other = hearth
+        .create_room(&hal_tok, &json!({ "invite": [syd_id] }))
+        .await;
+    assert!(
+        synapse_sees(&synapse, &syd_tok, &mut syd_since, |s| s["rooms"]["invite"]
+            [&other]
+            .is_object())
+        .await
+    );
+    synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("/rooms/{}/leave", enc(&other)),
+            Some(&syd_tok),
+            json!({}),
+        )
+        .await;
+    let (_, member) = hearth
+        .get(
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&other),
+                enc(&syd_id)
+            ),
+            &hal_tok,
+        )
+        .await;
+    assert_eq!(
+        member["membership"],
+        "leave",
+        "{member} {}",
+        hearth.log_tail(20)
+    );
+
     // Synapse → Hearth: Synapse's invite reaches Hearth's user, who joins through Synapse.
     let created = synapse
         .call(

@@ -34,6 +34,17 @@ pub trait Remote: Send + Sync + 'static {
         content: serde_json::Value,
     ) -> RemoteFuture<'a, RemoteJoin>;
 
+    /// Turns down an invite to a room this server is not in, through one of `servers`
+    /// (`make_leave`, sign, `send_leave`).
+    fn leave_remote<'a>(
+        &'a self,
+        _room_id: &'a RoomId,
+        _user: &'a UserId,
+        _servers: &'a [OwnedServerName],
+    ) -> RemoteFuture<'a, ()> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
     /// Events for these servers were queued durably in the outbox (see [`crate::outbox`]): send
     /// them. Called after the commit; whatever is queued is also sent after a restart.
     fn outbound_ready(&self, _destinations: &[OwnedServerName]) {}

@@ -109,30 +109,7 @@ impl Federation {
         if event.get("origin").is_some() {
             event["origin"] = self.keys.server_name.as_str().into();
         }
-        let mut obj = match CanonicalJsonValue::try_from(event) {
-            Ok(CanonicalJsonValue::Object(o)) => o,
-            _ => {
-                return Err(FedError::bad_json(
-                    "make_join template is not canonical JSON",
-                ));
-            }
-        };
-        for k in ["event_id", "hashes", "signatures", "unsigned"] {
-            obj.remove(k);
-        }
-        ruma::signatures::hash_and_sign_event(
-            self.keys.server_name.as_str(),
-            &self.keys.key_pair,
-            &mut obj,
-            &rules.redaction,
-        )
-        .map_err(|e| FedError::bad_json(e.to_string()))?;
-        let event_id = ruma::signatures::reference_hash(&obj, &rules)
-            .map_err(|e| FedError::bad_json(e.to_string()))
-            .and_then(|h| {
-                OwnedEventId::try_from(format!("${h}"))
-                    .map_err(|e| FedError::bad_json(e.to_string()))
-            })?;
+        let (mut obj, event_id) = self.sign_template(event, &rules)?;
 
         let path = format!(
             "/_matrix/federation/v2/send_join/{}/{}",
@@ -162,6 +139,105 @@ impl Federation {
             state,
             auth_chain,
         })
+    }
+
+    /// Signs a `make_join`/`make_leave` template as this server's event: answers it with its
+    /// event id.
+    fn sign_template(
+        &self,
+        event: Value,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<(ruma::CanonicalJsonObject, OwnedEventId), FedError> {
+        let mut obj = match CanonicalJsonValue::try_from(event) {
+            Ok(CanonicalJsonValue::Object(o)) => o,
+            _ => {
+                return Err(FedError::bad_json(
+                    "make_join template is not canonical JSON",
+                ));
+            }
+        };
+        for k in ["event_id", "hashes", "signatures", "unsigned"] {
+            obj.remove(k);
+        }
+        ruma::signatures::hash_and_sign_event(
+            self.keys.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut obj,
+            &rules.redaction,
+        )
+        .map_err(|e| FedError::bad_json(e.to_string()))?;
+        let event_id = ruma::signatures::reference_hash(&obj, rules)
+            .map_err(|e| FedError::bad_json(e.to_string()))
+            .and_then(|h| {
+                OwnedEventId::try_from(format!("${h}"))
+                    .map_err(|e| FedError::bad_json(e.to_string()))
+            })?;
+
+        Ok((obj, event_id))
+    }
+
+    /// Turns down an invite through one of `servers`: `make_leave`, sign, `send_leave` (v2).
+    pub(crate) async fn leave_remote_room(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        servers: &[OwnedServerName],
+    ) -> Result<(), hearth_core::Error> {
+        let mut last = None;
+        for server in servers {
+            match self.leave_via(server, room_id, user).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(hearth_core::Error::Unknown(last.map_or_else(
+            || "No known servers for this room".to_owned(),
+            |e| e.message,
+        )))
+    }
+
+    async fn leave_via(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<(), FedError> {
+        let path = format!(
+            "/_matrix/federation/v1/make_leave/{}/{}",
+            seg(room_id.as_str()),
+            seg(user.as_str())
+        );
+        let template = self
+            .client
+            .request(server, Method::GET, &path, None)
+            .await?;
+        let version = template["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .and_then(|v| v.rules())
+            .ok_or_else(|| FedError::bad_json("make_leave named no room version we know"))?;
+        let mut event = template["event"].clone();
+        if !event.is_object()
+            || event["sender"] != user.as_str()
+            || event["state_key"] != user.as_str()
+            || event["content"]["membership"] != "leave"
+        {
+            return Err(FedError::bad_json(
+                "make_leave returned a template for something else",
+            ));
+        }
+        event["origin_server_ts"] = hearth_core::util::now_ms().into();
+        let (obj, event_id) = self.sign_template(event, &version)?;
+        let path = format!(
+            "/_matrix/federation/v2/send_leave/{}/{}",
+            seg(room_id.as_str()),
+            seg(event_id.as_str())
+        );
+        let body = serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))?;
+        self.client
+            .request(server, Method::PUT, &path, Some(&body))
+            .await?;
+        Ok(())
     }
 
     /// Every PDU of a list, with its signatures and hashes checked; one bad PDU fails the join

@@ -110,6 +110,15 @@ impl Remote for Federation {
         Box::pin(self.join_remote_room(room_id, user, servers, content))
     }
 
+    fn leave_remote<'a>(
+        &'a self,
+        room_id: &'a ruma::RoomId,
+        user: &'a UserId,
+        servers: &'a [ruma::OwnedServerName],
+    ) -> RemoteFuture<'a, ()> {
+        Box::pin(self.leave_remote_room(room_id, user, servers))
+    }
+
     fn send_edu(&self, destinations: &[ruma::OwnedServerName], edu: Value) {
         {
             let mut edus = self.edus.lock();
@@ -278,6 +287,14 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             axum::routing::put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(membership::make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            axum::routing::put(membership::send_leave),
         )
         .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",

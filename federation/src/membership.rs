@@ -64,15 +64,18 @@ pub async fn make_join(
     Ok(Json(json!({ "room_version": version, "event": template })))
 }
 
-/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
-pub async fn send_join(
-    AxState(state): AxState<State>,
-    Path((room_id, event_id)): Path<(String, String)>,
-    signed: Signed,
-) -> Result<Json<Value>, FedError> {
+/// The signed member event of `send_join`/`send_leave`: checked (signatures, hash, event id)
+/// and a `membership` event of a user of the sending server about themselves.
+async fn checked_member_event(
+    state: &State,
+    room_id: String,
+    event_id: String,
+    signed: &Signed,
+    membership_wanted: &str,
+) -> Result<(OwnedRoomId, OwnedEventId, CanonicalJsonObject, String), FedError> {
     let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
     let event_id = OwnedEventId::try_from(event_id).map_err(|e| invalid(e.to_string()))?;
-    check_acl(&state, &room_id, &signed.origin)?;
+    check_acl(state, &room_id, &signed.origin)?;
     let value: Value = serde_json::from_slice(&signed.body)
         .map_err(|_| FedError::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Content not JSON."))?;
     let Ok(CanonicalJsonValue::Object(pdu)) = CanonicalJsonValue::try_from(value) else {
@@ -85,7 +88,7 @@ pub async fn send_join(
     let checked = check_signed_pdu(&state.federation, &version, pdu).await?;
     if checked.redacted {
         return Err(FedError::bad_json(
-            "the join event's content hash does not match",
+            "the member event's content hash does not match",
         ));
     }
     if checked.event_id != event_id {
@@ -110,16 +113,27 @@ pub async fn send_join(
         .ok();
     if field("type").as_deref() != Some("m.room.member")
         || field("state_key").as_deref() != Some(sender.as_str())
-        || membership != Some("join")
+        || membership != Some(membership_wanted)
         || sender_server.as_deref() != Some(&*signed.origin)
     {
         return Err(FedError::bad_json(
-            "not a join event of a user of the sending server",
+            "not a member event of a user of the sending server about themselves",
         ));
     }
+    Ok((room_id, event_id, checked.json, sender))
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+pub async fn send_join(
+    AxState(state): AxState<State>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let (room_id, event_id, json, sender) =
+        checked_member_event(&state, room_id, event_id, &signed, "join").await?;
     let rooms = &state.core.rooms;
     rooms
-        .append_remote(&room_id, event_id.clone(), checked.json)
+        .append_remote(&room_id, event_id.clone(), json)
         .await?;
     tracing::info!(%room_id, %sender, "remote user joined");
     let chain = rooms.state_and_auth_chain(&room_id, &[event_id])?;
@@ -279,4 +293,42 @@ pub(crate) async fn send_invite(
         ours.insert(server.to_string(), sig.clone());
     }
     Ok(merged)
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`: a template for a user of the
+/// asking server to turn an invite down (or leave).
+pub async fn make_leave(
+    AxState(state): AxState<State>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
+    let user_id = OwnedUserId::try_from(user_id).map_err(|e| invalid(e.to_string()))?;
+    check_acl(&state, &room_id, &signed.origin)?;
+    if user_id.server_name() != signed.origin {
+        return Err(FedError::new(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "The user is not of the asking server",
+        ));
+    }
+    let (version, template) = state.core.rooms.leave_template(&room_id, &user_id)?;
+    Ok(Json(json!({ "room_version": version, "event": template })))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+pub async fn send_leave(
+    AxState(state): AxState<State>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let (room_id, event_id, json, sender) =
+        checked_member_event(&state, room_id, event_id, &signed, "leave").await?;
+    state
+        .core
+        .rooms
+        .append_remote(&room_id, event_id, json)
+        .await?;
+    tracing::info!(%room_id, %sender, "remote user left (or turned an invite down)");
+    Ok(Json(json!({})))
 }

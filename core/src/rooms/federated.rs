@@ -119,9 +119,28 @@ impl Rooms {
     /// The join event `user` (of another server) would send, unsigned, and the room version.
     /// Refused early when the auth rules would refuse the join.
     pub fn join_template(&self, room_id: &RoomId, user: &UserId) -> Result<(RoomVersionId, Value)> {
+        self.member_template(room_id, user, "join")
+    }
+
+    /// A `make_leave` template: the member event of a remote user turning an invite down (or
+    /// leaving), checked against the current state.
+    pub fn leave_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<(RoomVersionId, Value)> {
+        self.member_template(room_id, user, "leave")
+    }
+
+    fn member_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &str,
+    ) -> Result<(RoomVersionId, Value)> {
         let head = self.head(room_id)?;
         let h = head.lock();
-        let content = json!({ "membership": "join" });
+        let content = json!({ "membership": membership });
         let kind = TimelineEventType::RoomMember;
         let raw = serde_json::value::to_raw_value(&content)?;
         let auth_types = ruma::state_res::auth_types_for_event(
@@ -149,8 +168,8 @@ impl Rooms {
             "prev_events": h.extremities,
             "auth_events": auth_events,
         });
-        // Try the join against the current state before the other server signs anything.
-        let probe_id = OwnedEventId::try_from("$make_join_probe").map_err(Error::internal)?;
+        // Try the event against the current state before the other server signs anything.
+        let probe_id = OwnedEventId::try_from("$make_member_probe").map_err(Error::internal)?;
         let probe = Arc::new(Pdu::parse(
             probe_id,
             &serde_json::to_vec(&template)?,

@@ -221,12 +221,19 @@ impl Rooms {
         Ok(self.pdu(&id)?.map(|p| p.sender.server_name().to_owned()))
     }
 
-    /// Turns down an invite to a room this server is not in, here only: the inviting server is
-    /// not told (Synapse falls back to the same when the inviter cannot be reached).
+    /// Turns down an invite to a room this server is not in: through the inviting server
+    /// (`make_leave`/`send_leave`), or here only when it cannot be reached, as Synapse falls
+    /// back to.
     pub(crate) async fn reject_kept_invite(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         let Some(m) = self.store.membership(user.as_str(), room_id.as_str())? else {
             return Err(Error::forbidden("You are not a member of this room"));
         };
+        if m.membership == "invite"
+            && let Some(server) = self.inviting_server(room_id, user)?
+            && let Err(e) = self.remote.leave_remote(room_id, user, &[server]).await
+        {
+            tracing::info!(%room_id, %user, error = %e, "the inviting server could not be told; turning the invite down here only");
+        }
         let rec = MembershipRecord {
             membership: "leave".into(),
             pos: 0,
