@@ -5,7 +5,7 @@ use std::future::Future;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{MethodFilter, get, on, post, put};
-use ruma::api::{IncomingRequest, path_builder::PathBuilder};
+use ruma::api::{IncomingRequest, Metadata, path_builder::PathBuilder};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
@@ -179,7 +179,19 @@ pub fn router(state: AppState) -> Router {
         );
     }
     // Sync
-    r = add::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    // `/sync` answers with its own response type (see `sync::SyncAnswer`).
+    for path in c::sync::sync_events::v3::Request::PATH_BUILDER.all_paths() {
+        r =
+            r.route(
+                path,
+                get(
+                    |State(state): State<AppState>,
+                     req: Ruma<c::sync::sync_events::v3::Request>| async move {
+                        sync::sync(state, req).await.map(RumaResponse)
+                    },
+                ),
+            );
+    }
     r = add::<c::sync::sync_events::v5::Request, _, _>(r, sliding_sync::sync);
     // Typing, receipts, read markers, presence, to-device
     r = add::<c::typing::create_typing_event::v3::Request, _, _>(r, typing::set_typing);

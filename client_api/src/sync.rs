@@ -31,7 +31,7 @@ fn unread(c: hearth_core::unread::Counts) -> UnreadNotificationsCount {
 /// Long-polls longer than this are cut short; clients simply poll again.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Response> {
+pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<SyncAnswer> {
     // Only what the answer needs stays alive across the wait: the request and the parsed
     // filter are dropped here, which keeps an idle long-poll small.
     let (sync_req, state_after, thread_counts) = {
@@ -64,8 +64,62 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<v3::Resp
     Ok(to_response(out, state_after, thread_counts))
 }
 
+/// A `/sync` answer. Ruma's response type drops `rooms` when only `rooms.knock` has
+/// something (its emptiness check forgets knocks), so knocks are written into the JSON after
+/// ruma serialised the rest.
+pub struct SyncAnswer {
+    resp: v3::Response,
+    knocks: Option<serde_json::Value>,
+}
+
+impl ruma::api::OutgoingResponse for SyncAnswer {
+    fn try_into_http_response<T: Default + bytes::BufMut>(
+        self,
+    ) -> Result<http::Response<T>, ruma::api::error::IntoHttpError> {
+        let Some(knocks) = self.knocks else {
+            return self.resp.try_into_http_response();
+        };
+        let http = self.resp.try_into_http_response::<Vec<u8>>()?;
+        let (parts, body) = http.into_parts();
+        let mut value: serde_json::Value = serde_json::from_slice(&body)?;
+        if !value["rooms"].is_object() {
+            value["rooms"] = serde_json::json!({});
+        }
+        value["rooms"]["knock"] = knocks;
+        let mut out = T::default();
+        out.put_slice(&serde_json::to_vec(&value)?);
+        Ok(http::Response::from_parts(parts, out))
+    }
+}
+
 /// The spec's `/sync` response for what the core computed (shared with the WebSocket transport).
 pub(crate) fn to_response(
+    out: hearth_core::sync::SyncResponse,
+    state_after: bool,
+    thread_counts: bool,
+) -> SyncAnswer {
+    let knocks = (!out.knocked.is_empty()).then(|| {
+        let rooms: serde_json::Map<String, serde_json::Value> = out
+            .knocked
+            .iter()
+            .map(|(room, state)| {
+                let events: Vec<&serde_json::value::RawValue> =
+                    state.iter().map(|e| &**e).collect();
+                (
+                    room.to_string(),
+                    serde_json::json!({ "knock_state": { "events": events } }),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(rooms)
+    });
+    SyncAnswer {
+        resp: ruma_response(out, state_after, thread_counts),
+        knocks,
+    }
+}
+
+fn ruma_response(
     out: hearth_core::sync::SyncResponse,
     state_after: bool,
     thread_counts: bool,

@@ -716,3 +716,87 @@ async fn invites_cross_servers_and_can_be_accepted_or_turned_down() {
         .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knocks_cross_servers() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (bob, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let (_, first) = b.get("/sync?timeout=0", &bob_tok).await;
+    let mut bob_since = first["next_batch"].as_str().unwrap().to_owned();
+    let room = a
+        .create_room(
+            &ann_tok,
+            &json!({
+                "name": "By the door",
+                "initial_state": [{
+                    "type": "m.room.join_rules", "state_key": "",
+                    "content": { "join_rule": "knock" },
+                }],
+            }),
+        )
+        .await;
+
+    // Bob knocks through A (make_knock, send_knock) and his sync shows the knock.
+    let (status, body) = b
+        .post(
+            &format!("/knock/{}?via={}", enc(&room), enc(&a_name)),
+            &bob_tok,
+            &json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+    let knock_state = sync_until(&b, &bob_tok, &mut bob_since, |s| {
+        s["rooms"]["knock"][&room]["knock_state"]["events"]
+            .as_array()
+            .cloned()
+    })
+    .await;
+    assert!(
+        knock_state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "By the door"),
+        "{knock_state:?}"
+    );
+    assert!(
+        knock_state.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob
+            && e["content"]["membership"] == "knock"),
+        "{knock_state:?}"
+    );
+    let (_, member) = a
+        .get(
+            &format!("/rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob)),
+            &ann_tok,
+        )
+        .await;
+    assert_eq!(member["membership"], "knock", "{member}");
+    assert_eq!(member["reason"], "let me in");
+
+    // Ann lets him in: an invite across servers, then Bob joins.
+    let (status, body) = a
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            &ann_tok,
+            &json!({ "user_id": bob }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body} {}", a.log_tail(20));
+    sync_until(&b, &bob_tok, &mut bob_since, |s| {
+        s["rooms"]["invite"][&room].as_object().cloned()
+    })
+    .await;
+    let (status, body) = b
+        .post(&format!("/rooms/{}/join", enc(&room)), &bob_tok, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+    let (_, member) = a
+        .get(
+            &format!("/rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob)),
+            &ann_tok,
+        )
+        .await;
+    assert_eq!(member["membership"], "join", "{member}");
+}

@@ -17,6 +17,13 @@ pub struct RemoteMedia {
     pub body: Pin<Box<dyn tokio::io::AsyncRead + Send>>,
 }
 
+/// A knock made through another server: the signed event and the room's stripped state.
+pub struct RemoteKnock {
+    pub event_id: ruma::OwnedEventId,
+    pub event: ruma::CanonicalJsonObject,
+    pub room_state: Vec<serde_json::Value>,
+}
+
 pub type RemoteFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 pub trait Remote: Send + Sync + 'static {
@@ -43,6 +50,18 @@ pub trait Remote: Send + Sync + 'static {
         _servers: &'a [OwnedServerName],
     ) -> RemoteFuture<'a, ()> {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
+    /// Knocks on a room this server is not in, through one of `servers` (`make_knock`, sign,
+    /// `send_knock`).
+    fn knock_remote<'a>(
+        &'a self,
+        _room_id: &'a RoomId,
+        _user: &'a UserId,
+        _servers: &'a [OwnedServerName],
+        _content: serde_json::Value,
+    ) -> RemoteFuture<'a, RemoteKnock> {
+        Box::pin(async { Err(Error::not_found("No known servers for this room")) })
     }
 
     /// Events for these servers were queued durably in the outbox (see [`crate::outbox`]): send

@@ -109,6 +109,8 @@ pub struct SyncResponse {
     pub to_device: Vec<Box<RawJsonValue>>,
     pub joined: Vec<RoomUpdate>,
     pub invited: Vec<(OwnedRoomId, Vec<Box<RawJsonValue>>)>,
+    /// Rooms the user knocked on, with their stripped state.
+    pub knocked: Vec<(OwnedRoomId, Vec<Box<RawJsonValue>>)>,
     pub left: Vec<RoomUpdate>,
     pub device_lists: DeviceListChanges,
     /// The device's one-time key counts by algorithm, in every response.
@@ -123,6 +125,7 @@ impl SyncResponse {
         self.device_lists.is_empty()
             && self.joined.is_empty()
             && self.invited.is_empty()
+            && self.knocked.is_empty()
             && self.left.is_empty()
             && self.account_data.is_empty()
             && self.presence.is_empty()
@@ -358,6 +361,10 @@ impl SyncService {
                     resp.invited
                         .push((room_id.clone(), self.invite_state(&room_id, m)?));
                 }
+                "knock" if changed_membership => {
+                    resp.knocked
+                        .push((room_id.clone(), self.invite_state(&room_id, m)?));
+                }
                 // As Synapse: a first sync leaves out rooms the user left by themselves
                 // (unless asked), but shows those they were kicked or banned from.
                 "leave" | "ban"
@@ -546,8 +553,8 @@ impl SyncService {
         m: &MembershipRecord,
     ) -> Result<Vec<Box<RawJsonValue>>> {
         if !self.rooms.exists(room_id)? {
-            // An invite from another server to a room this server is not in.
-            return self.rooms.kept_invite_state(&m.event_id);
+            // An invite from (or a knock on) another server's room this server is not in.
+            return self.rooms.kept_stripped_state(&m.event_id);
         }
         let state = self.rooms.current_state(room_id)?;
         let mut out: Vec<PduRef> = Vec::new();
@@ -560,7 +567,9 @@ impl SyncService {
         }
         let invite_id = ruma::EventId::parse(&m.event_id).map_err(Error::internal)?;
         if let Some(invite) = self.rooms.pdu(&invite_id)? {
+            // The sender's member event (for a knock, the knock itself: once).
             if let Some(id) = state.get(&("m.room.member".to_owned(), invite.sender.to_string()))
+                && *id != invite.event_id
                 && let Some(p) = self.rooms.pdu(id)?
             {
                 out.push(p);

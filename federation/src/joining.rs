@@ -240,6 +240,99 @@ impl Federation {
         Ok(())
     }
 
+    /// Knocks through one of `servers`: `make_knock`, sign, `send_knock`.
+    pub(crate) async fn knock_remote_room(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        servers: &[OwnedServerName],
+        content: Value,
+    ) -> Result<hearth_core::remote::RemoteKnock, hearth_core::Error> {
+        let mut last = None;
+        for server in servers {
+            match self.knock_via(server, room_id, user, content.clone()).await {
+                Ok(k) => return Ok(k),
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some(e) = last else {
+            return Err(hearth_core::Error::not_found(
+                "No known servers for this room",
+            ));
+        };
+        Err(match e.errcode {
+            "M_FORBIDDEN" => hearth_core::Error::Forbidden(e.message),
+            "M_NOT_FOUND" => hearth_core::Error::NotFound(e.message),
+            _ => hearth_core::Error::Unknown(e.message),
+        })
+    }
+
+    async fn knock_via(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        content: Value,
+    ) -> Result<hearth_core::remote::RemoteKnock, FedError> {
+        let versions: String = SUPPORTED_ROOM_VERSIONS
+            .iter()
+            .map(|v| format!("&ver={v}"))
+            .collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{}",
+            seg(room_id.as_str()),
+            seg(user.as_str()),
+            versions.trim_start_matches('&')
+        );
+        let template = self
+            .client
+            .request(server, Method::GET, &path, None)
+            .await?;
+        let rules = template["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
+            .and_then(|v| v.rules())
+            .ok_or_else(|| FedError::bad_json("make_knock named no room version we support"))?;
+        let mut event = template["event"].clone();
+        if !event.is_object()
+            || event["sender"] != user.as_str()
+            || event["state_key"] != user.as_str()
+            || event["content"]["membership"] != "knock"
+        {
+            return Err(FedError::bad_json(
+                "make_knock returned a template for something else",
+            ));
+        }
+        if let (Some(ours), Some(theirs)) = (content.as_object(), event["content"].as_object_mut())
+        {
+            for (k, v) in ours {
+                theirs.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        event["origin_server_ts"] = hearth_core::util::now_ms().into();
+        let (obj, event_id) = self.sign_template(event, &rules)?;
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            seg(room_id.as_str()),
+            seg(event_id.as_str())
+        );
+        let body = serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))?;
+        let answer = self
+            .client
+            .request(server, Method::PUT, &path, Some(&body))
+            .await?;
+        let room_state = answer["knock_room_state"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(hearth_core::remote::RemoteKnock {
+            event_id,
+            event: obj,
+            room_state,
+        })
+    }
+
     /// Every PDU of a list, with its signatures and hashes checked; one bad PDU fails the join
     /// (a room whose state cannot be trusted is not taken in).
     async fn checked_pdus(

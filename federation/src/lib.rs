@@ -110,6 +110,16 @@ impl Remote for Federation {
         Box::pin(self.join_remote_room(room_id, user, servers, content))
     }
 
+    fn knock_remote<'a>(
+        &'a self,
+        room_id: &'a ruma::RoomId,
+        user: &'a UserId,
+        servers: &'a [ruma::OwnedServerName],
+        content: Value,
+    ) -> RemoteFuture<'a, hearth_core::remote::RemoteKnock> {
+        Box::pin(self.knock_remote_room(room_id, user, servers, content))
+    }
+
     fn leave_remote<'a>(
         &'a self,
         room_id: &'a ruma::RoomId,
@@ -287,6 +297,14 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             axum::routing::put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(membership::make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            axum::routing::put(membership::send_knock),
         )
         .route(
             "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",

@@ -332,3 +332,54 @@ pub async fn send_leave(
     tracing::info!(%room_id, %sender, "remote user left (or turned an invite down)");
     Ok(Json(json!({})))
 }
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…`: a template for a user of the
+/// asking server to knock.
+pub async fn make_knock(
+    AxState(state): AxState<State>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    uri: http::Uri,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
+    let user_id = OwnedUserId::try_from(user_id).map_err(|e| invalid(e.to_string()))?;
+    check_acl(&state, &room_id, &signed.origin)?;
+    if user_id.server_name() != signed.origin {
+        return Err(FedError::new(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "The user is not of the asking server",
+        ));
+    }
+    let (version, template) = state.core.rooms.knock_template(&room_id, &user_id)?;
+    if !query_params(&uri, "ver")
+        .iter()
+        .any(|v| v == version.as_str())
+    {
+        return Err(FedError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("Your server does not support room version {version}"),
+        )
+        .with_room_version(version.as_str()));
+    }
+    Ok(Json(json!({ "room_version": version, "event": template })))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: the knock is appended; the
+/// answer is the room's stripped state.
+pub async fn send_knock(
+    AxState(state): AxState<State>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let (room_id, event_id, json, sender) =
+        checked_member_event(&state, room_id, event_id, &signed, "knock").await?;
+    let rooms = &state.core.rooms;
+    rooms.append_remote(&room_id, event_id, json).await?;
+    tracing::info!(%room_id, %sender, "remote user knocked");
+    let knocker = OwnedUserId::try_from(sender).map_err(|e| invalid(e.to_string()))?;
+    Ok(Json(json!({
+        "knock_room_state": rooms.knock_room_state(&room_id, &knocker)?,
+    })))
+}

@@ -70,12 +70,17 @@ pub async fn knock(
     req: Ruma<knock_room::v3::Request>,
 ) -> ApiResult<knock_room::v3::Response> {
     let user = req.session().user_id.clone();
-    let (room_id, _) = resolve(&state, req.body.room_id_or_alias.as_str(), Vec::new()).await?;
+    let (room_id, via) = resolve(
+        &state,
+        req.body.room_id_or_alias.as_str(),
+        req.body.via.clone(),
+    )
+    .await?;
     let profile = state.core.profiles.get(&user)?;
     state
         .core
         .rooms
-        .knock(&room_id, &user, &profile, req.body.reason.as_deref())
+        .knock(&room_id, &user, &profile, req.body.reason.as_deref(), &via)
         .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }

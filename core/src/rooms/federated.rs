@@ -132,6 +132,15 @@ impl Rooms {
         self.member_template(room_id, user, "leave")
     }
 
+    /// A `make_knock` template: the member event of a remote user asking to be let in.
+    pub fn knock_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<(RoomVersionId, Value)> {
+        self.member_template(room_id, user, "knock")
+    }
+
     fn member_template(
         &self,
         room_id: &RoomId,

@@ -17,6 +17,10 @@ use super::{Batch, Pdu, PduRef, RoomHead, Rooms};
 use crate::config::SUPPORTED_ROOM_VERSIONS;
 use crate::{Error, Result};
 
+/// Where the stripped state of a room this server is not in is kept, in the `unsigned` data of
+/// the invite or knock it came with.
+const KEPT_STATE: &str = "hearth.stripped_state";
+
 /// Events an invitee sees of a room before joining it ("stripped state").
 pub(crate) const INVITE_STATE_TYPES: [&str; 7] = [
     "m.room.create",
@@ -146,14 +150,32 @@ impl Rooms {
             // This server is in the room: the invite arrives in a transaction like any event.
             return Ok(obj);
         }
+        self.keep_outlier_membership(&pdu, &obj, &target, "invite", invite_room_state)
+            .await?;
+        tracing::info!(room_id = %pdu.room_id, %target, sender = %pdu.sender, "invited from another server");
+        Ok(obj)
+    }
+
+    /// Keeps a member event of a local user for a room this server is not in (an invite from
+    /// another server, or a knock made through one), with the room's stripped state, and sets
+    /// the user's membership from it.
+    async fn keep_outlier_membership(
+        &self,
+        pdu: &Pdu,
+        obj: &CanonicalJsonObject,
+        target: &UserId,
+        membership: &str,
+        stripped_state: Vec<Value>,
+    ) -> Result<()> {
+        let event_id = &pdu.event_id;
         let mut kept = obj.clone();
         let unsigned = kept
             .entry("unsigned".to_owned())
             .or_insert_with(|| CanonicalJsonValue::Object(Default::default()));
         if let CanonicalJsonValue::Object(u) = unsigned {
-            let state = CanonicalJsonValue::try_from(Value::Array(invite_room_state))
+            let state = CanonicalJsonValue::try_from(Value::Array(stripped_state))
                 .map_err(|e| Error::BadJson(e.to_string()))?;
-            u.insert("invite_room_state".to_owned(), state);
+            u.insert(KEPT_STATE.to_owned(), state);
         }
         let commit = self.store.submit(vec![WriteOp::PutOutlier {
             event_id: event_id.to_string(),
@@ -170,7 +192,7 @@ impl Rooms {
             membership: Some((
                 target.to_string(),
                 MembershipRecord {
-                    membership: "invite".into(),
+                    membership: membership.into(),
                     event_id: event_id.to_string(),
                     pos: 0,
                     forgotten: false,
@@ -178,18 +200,46 @@ impl Rooms {
             )),
         }]);
         commit.await?;
-        self.notifier.notify(std::iter::once(&*target));
-        tracing::info!(room_id = %pdu.room_id, %target, sender = %pdu.sender, "invited from another server");
-        Ok(obj)
+        self.notifier.notify(std::iter::once(target));
+        Ok(())
     }
 
-    /// The stripped state kept with an invite to a room this server is not in, and the invite.
-    pub fn kept_invite_state(&self, invite_id: &str) -> Result<Vec<Box<RawJsonValue>>> {
+    /// The stripped state of a room, as `send_knock` answers a knocking server.
+    pub fn knock_room_state(&self, room_id: &RoomId, knocker: &UserId) -> Result<Vec<Value>> {
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        self.invite_room_state(&h, knocker)
+    }
+
+    /// Knocks on a room this server is not in, through one of `servers`, and keeps the knock.
+    pub(crate) async fn knock_remote(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        servers: &[ruma::OwnedServerName],
+        content: Value,
+    ) -> Result<()> {
+        let knock = self
+            .remote
+            .knock_remote(room_id, user, servers, content)
+            .await?;
+        let pdu = Pdu::parse(
+            knock.event_id.clone(),
+            &serde_json::to_vec(&knock.event)?,
+            Some(room_id),
+        )?;
+        self.keep_outlier_membership(&pdu, &knock.event, user, "knock", knock.room_state)
+            .await
+    }
+
+    /// The stripped state kept with an invite to (or a knock on) a room this server is not in,
+    /// and the event itself.
+    pub fn kept_stripped_state(&self, invite_id: &str) -> Result<Vec<Box<RawJsonValue>>> {
         let Some(json) = self.store.event_json(invite_id)? else {
             return Ok(Vec::new());
         };
         let value: Value = serde_json::from_slice(&json)?;
-        let mut out: Vec<Box<RawJsonValue>> = value["unsigned"]["invite_room_state"]
+        let mut out: Vec<Box<RawJsonValue>> = value["unsigned"][KEPT_STATE]
             .as_array()
             .map(|a| {
                 a.iter()

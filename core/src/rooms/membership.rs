@@ -218,17 +218,27 @@ impl Rooms {
         user: &UserId,
         profile: &MemberProfile,
         reason: Option<&str>,
+        via: &[ruma::OwnedServerName],
     ) -> Result<()> {
+        let content = member_content("knock", Some(profile), reason);
         if !self.exists(room_id)? {
-            return Err(Error::not_found("No known servers for this room"));
+            let mut servers: Vec<ruma::OwnedServerName> = via
+                .iter()
+                .filter(|s| *s != self.server_name())
+                .cloned()
+                .collect();
+            if let Some(s) = room_id.server_name()
+                && s != self.server_name()
+                && !servers.iter().any(|v| v == s)
+            {
+                servers.push(s.to_owned());
+            }
+            if servers.is_empty() {
+                return Err(Error::not_found("No known servers for this room"));
+            }
+            return self.knock_remote(room_id, user, &servers, content).await;
         }
-        self.send_member(
-            room_id,
-            user,
-            user,
-            member_content("knock", Some(profile), reason),
-        )
-        .await
+        self.send_member(room_id, user, user, content).await
     }
 
     pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
