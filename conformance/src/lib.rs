@@ -183,7 +183,7 @@ impl TestServer {
             .env("HEARTH_REGISTRATION", "open")
             .env("HEARTH_RATE_LIMIT", "false");
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+            cmd.env("RUST_LOG", "info,tantivy=warn,ruma_state_res=warn");
         }
         for (k, v) in &self.extra_env {
             cmd.env(k, v);

@@ -800,3 +800,126 @@ async fn knocks_cross_servers() {
         .await;
     assert_eq!(member["membership"], "join", "{member}");
 }
+
+/// The current `m.room.name` of a room on a server, as its user sees it.
+async fn room_name(server: &TestServer, token: &str, room: &str) -> Option<String> {
+    let (_, body) = server
+        .get(&format!("/rooms/{}/state/m.room.name/", enc(room)), token)
+        .await;
+    body["name"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_conflict_resolves_the_same_on_both_servers() {
+    let ca = TestCa::new();
+    let (mut a, a_name, _) = federating_server(&ca).await;
+    let (mut b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (bob, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let room = a
+        .create_room(
+            &ann_tok,
+            &json!({ "preset": "public_chat", "name": "first name" }),
+        )
+        .await;
+    let (status, body) = b
+        .post(
+            &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
+            &bob_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Bob may rename the room too.
+    let (_, mut pl) = a
+        .get(
+            &format!("/rooms/{}/state/m.room.power_levels/", enc(&room)),
+            &ann_tok,
+        )
+        .await;
+    pl["users"][&bob] = json!(100);
+    let (status, _) = a
+        .put(
+            &format!("/rooms/{}/state/m.room.power_levels/", enc(&room)),
+            &ann_tok,
+            &pl,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut promoted = false;
+    for _ in 0..100 {
+        // Read from the timeline, which shows only what is durable (the current state may
+        // show an event still on its way to the disk, which a kill -9 would lose).
+        let (_, page) = b
+            .get(
+                &format!("/rooms/{}/messages?dir=b&limit=20", enc(&room)),
+                &bob_tok,
+            )
+            .await;
+        let durable = page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.room.power_levels" && e["content"]["users"][&bob] == 100);
+        if durable {
+            promoted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(promoted, "B never saw Bob promoted: {}", b.log_tail(20));
+
+    // Each renames the room while the other server is down: the graph forks.
+    b.kill9();
+    let rename = |name: &str| json!({ "name": name });
+    let path = format!("/rooms/{}/state/m.room.name/", enc(&room));
+    let (status, _) = a.put(&path, &ann_tok, &rename("Ann's name")).await;
+    assert_eq!(status, 200);
+    a.kill9();
+    b.restart().await;
+    let (_, bob_tok, _) = b.login("bob", "pw-bob-1").await;
+    let (status, body) = b.put(&path, &bob_tok, &rename("Bob's name")).await;
+    assert_eq!(status, 200, "{body} {}", b.log_tail(30));
+    a.restart().await;
+    let (_, ann_tok, _) = a.login("ann", "pw-ann-1").await;
+
+    // Both outboxes deliver; each server resolves the fork, and they agree.
+    let mut agreed = None;
+    let mut last = String::new();
+    for _ in 0..100 {
+        let on_a = room_name(&a, &ann_tok, &room).await;
+        let on_b = room_name(&b, &bob_tok, &room).await;
+        let a_has_bobs = a_has_event_named(&a, &ann_tok, &room, "Bob's name").await;
+        let b_has_anns = a_has_event_named(&b, &bob_tok, &room, "Ann's name").await;
+        last =
+            format!("A: {on_a:?} (has Bob's: {a_has_bobs}), B: {on_b:?} (has Ann's: {b_has_anns})");
+        if a_has_bobs && b_has_anns && on_a == on_b {
+            agreed = on_a;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let agreed = agreed.unwrap_or_else(|| {
+        panic!(
+            "the servers never agreed on the room's name: {last}\nA: {}\nB: {}",
+            a.log_tail(20),
+            b.log_tail(20)
+        )
+    });
+    assert!(agreed == "Ann's name" || agreed == "Bob's name", "{agreed}");
+}
+
+/// Whether a server's timeline of the room has a rename to `name`.
+async fn a_has_event_named(server: &TestServer, token: &str, room: &str, name: &str) -> bool {
+    let (_, page) = server
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=50", enc(room)),
+            token,
+        )
+        .await;
+    page["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == name)
+}

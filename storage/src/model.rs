@@ -215,6 +215,8 @@ pub enum WriteOp {
         /// the membership row takes the outlier's position.
         membership: Option<(String, MembershipRecord)>,
     },
+    /// Rewrites a room's head record (its current state changed by state resolution).
+    PutRoom(String, RoomRecord),
     PutMembership(String, String, MembershipRecord),
     /// Sets a membership with no event of this server behind it (a turned-down invite to a room
     /// this server is not in) at the next stream position, so syncs see the change.

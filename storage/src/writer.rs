@@ -368,6 +368,10 @@ fn apply(
                 serde_json::to_vec(&rec)?.as_slice(),
             )?;
         }
+        WriteOp::PutRoom(room, rec) => {
+            t.rooms
+                .insert(room.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
+        }
         WriteOp::PutMembershipAtNext(user, room, mut rec) => {
             *next_pos += 1;
             rec.pos = *next_pos;

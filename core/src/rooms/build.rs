@@ -265,6 +265,9 @@ impl Rooms {
         self.pending_events
             .lock()
             .insert(pdu.event_id.clone(), pdu.clone());
+        self.pending_state_after
+            .lock()
+            .insert(pdu.event_id.clone(), head.state_group);
         if let Some(t) = &txn {
             self.pending_txns
                 .lock()

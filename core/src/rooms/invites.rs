@@ -325,15 +325,40 @@ impl Rooms {
                     return Err(Error::Unknown(format!("unknown prev event {prev}")));
                 }
             }
-            self.authorize(&h.rules, &pdu, &h.state)?;
+            // Against the state before it (resolved where it joins branches)...
+            let state_before = self.state_before_remote(&h, &pdu)?;
+            self.authorize(&h.rules, &pdu, &state_before)?;
             let mut batch = Batch::default();
-            self.append_to_head(&mut h, pdu.clone(), obj, None, &mut batch)?;
-            if ours {
-                self.queue_outbound(&h, &pdu, &mut batch);
+            let forked = !Arc::ptr_eq(&state_before, &h.state);
+            // ...and against the current state: an event that passes the first check but not
+            // this one is soft-failed, kept in the graph but not in the timeline or the state.
+            if forked && let Err(e) = self.authorize(&h.rules, &pdu, &h.state) {
+                tracing::info!(room_id = %h.room_id, event_id = %pdu.event_id, error = %e, "soft-failed a remote event");
+                self.keep_soft_failed(&h, &pdu, obj, &mut batch)?;
+                (self.enqueue(&h, batch), Some(pdu))
+            } else {
+                if forked {
+                    self.set_head_state(&mut h, (*state_before).clone(), &mut batch);
+                    self.refresh_members(&mut h)?;
+                }
+                self.append_to_head(&mut h, pdu.clone(), obj, None, &mut batch)?;
+                if ours {
+                    self.queue_outbound(&h, &pdu, &mut batch);
+                }
+                if self.resolve_current(&mut h, &mut batch)? {
+                    self.refresh_members(&mut h)?;
+                    batch
+                        .ops
+                        .push(WriteOp::PutRoom(h.room_id.to_string(), h.record()));
+                }
+                (self.enqueue(&h, batch), None)
             }
-            self.enqueue(&h, batch)
         };
+        let (queued, soft_failed) = queued;
         let mut events = self.finish(queued).await?;
+        if let Some(pdu) = soft_failed {
+            return Ok(pdu);
+        }
         Ok(events.pop().expect("one event was appended"))
     }
 }

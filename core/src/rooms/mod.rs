@@ -10,6 +10,7 @@
 mod build;
 pub mod create;
 mod federated;
+mod forks;
 pub mod invites;
 pub use federated::{RemoteJoin, StateAndAuthChain};
 pub mod membership;
@@ -88,6 +89,11 @@ impl RoomHead {
         }
     }
 
+    /// Empties the joined count, before the member map is rebuilt.
+    pub(crate) fn reset_joined(&mut self) {
+        self.joined = 0;
+    }
+
     /// The servers with a member joined to the room.
     pub fn joined_servers(&self) -> std::collections::BTreeSet<&ruma::ServerName> {
         self.members
@@ -105,7 +111,7 @@ impl RoomHead {
             .map(|(u, _)| u)
     }
 
-    fn record(&self) -> RoomRecord {
+    pub(crate) fn record(&self) -> RoomRecord {
         RoomRecord {
             room_version: self.version.to_string(),
             forward_extremities: self.extremities.iter().map(|e| e.to_string()).collect(),
@@ -150,6 +156,9 @@ pub struct Rooms {
     metas: Mutex<LruCache<OwnedEventId, hearth_storage::EventMeta>>,
     /// Events queued but not yet durable, visible to auth checks of the events that follow.
     pending_events: Mutex<HashMap<OwnedEventId, PduRef>>,
+    /// The state group after each queued event, for state resolution over extremities that
+    /// are not durable yet.
+    pending_state_after: Mutex<HashMap<OwnedEventId, u64>>,
     state_cache: Mutex<LruCache<u64, SharedState>>,
     /// Each event's aggregated children, with the room change position they were read at.
     aggregations: Mutex<LruCache<OwnedEventId, relations::CachedAggregations>>,
@@ -182,6 +191,7 @@ impl Rooms {
             metas: Mutex::new(LruCache::new(cap(50_000))),
             user_memberships: Mutex::new(LruCache::new(cap(20_000))),
             pending_events: Mutex::new(HashMap::new()),
+            pending_state_after: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(LruCache::new(cap(2_000))),
             aggregations: Mutex::new(LruCache::new(cap(50_000))),
             pending_groups: Mutex::new(HashMap::new()),
@@ -412,8 +422,10 @@ impl Rooms {
     /// be.
     fn clear_pending(&self, batch: &Batch) {
         let mut events = self.pending_events.lock();
+        let mut state_after = self.pending_state_after.lock();
         for e in &batch.events {
             events.remove(&e.event_id);
+            state_after.remove(&e.event_id);
         }
         let mut groups = self.pending_groups.lock();
         for (id, _) in &batch.groups {
