@@ -43,11 +43,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Replace the server's signing key by a new one; the old one stays published as an old
+    /// verify key. Restart the server afterwards.
+    RotateKey {
+        /// TOML configuration file; every key can also be set as HEARTH_<KEY>.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve { config } = cli.command;
+    let (config, rotate) = match cli.command {
+        Command::Serve { config } => (config, false),
+        Command::RotateKey { config } => (config, true),
+    };
     let config = match Config::load(config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -55,6 +65,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if rotate {
+        return rotate_key(&config);
+    }
     init_logging(&config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -286,4 +299,25 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+/// `hearth rotate-key`: a new signing key in the data directory, the old one retired.
+fn rotate_key(config: &Config) -> ExitCode {
+    let server_name = match OwnedServerName::try_from(config.server_name.as_str()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("hearth: server_name: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match ServerKeys::rotate(&config.data_dir, server_name) {
+        Ok((old, new)) => {
+            println!("signing key rotated: {old} retired, {new} in use from the next start");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hearth: rotating the signing key: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -165,6 +165,20 @@ impl TestServer {
         bin
     }
 
+    /// Runs another `hearth` command (`rotate-key`, …) against this server's configuration and
+    /// data directory; stop the server first where the command needs it.
+    pub fn run_command(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(Self::binary());
+        cmd.args(args)
+            .env("HEARTH_SERVER_NAME", self.server_name())
+            .env("HEARTH_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("HEARTH_DATA_DIR", &self.data_dir);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run hearth")
+    }
+
     async fn spawn_and_wait(&mut self) {
         self.starts += 1;
         let log_path = self.log_path();

@@ -923,3 +923,59 @@ async fn a_has_event_named(server: &TestServer, token: &str, room: &str, name: &
         .flatten()
         .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == name)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_signing_key_is_published_and_peers_follow_it() {
+    let ca = TestCa::new();
+    let (mut a, a_name, a_port) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (bob, _, _) = b.register("bob", "pw-bob-1").await;
+    let http = https_client(&ca.dir.join("ca.pem"));
+    let key_doc = || async {
+        http.get(format!("https://127.0.0.1:{a_port}/_matrix/key/v2/server"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let before = key_doc().await;
+    let old_id = before["verify_keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    // B learns A's current key by checking a request A signs.
+    let profile = format!("/profile/{}", enc(&bob));
+    let (status, body) = a.get(&profile, &ann_tok).await;
+    assert_eq!(status, 200, "{body}");
+
+    a.kill9();
+    let out = a.run_command(&["rotate-key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.restart().await;
+    let after = key_doc().await;
+    let new_ids: Vec<&String> = after["verify_keys"].as_object().unwrap().keys().collect();
+    assert_eq!(new_ids.len(), 1, "{after}");
+    assert_ne!(*new_ids[0], old_id, "{after}");
+    let old = &after["old_verify_keys"][&old_id];
+    assert_eq!(old["key"], before["verify_keys"][&old_id]["key"], "{after}");
+    assert!(old["expired_ts"].as_u64().is_some(), "{after}");
+    assert!(
+        after["signatures"][&a_name][new_ids[0]].is_string(),
+        "{after}"
+    );
+
+    // A signs with the new key; B, which cached the old one, fetches A's keys again.
+    let (_, ann_tok, _) = a.login("ann", "pw-ann-1").await;
+    let (status, body) = a.get(&profile, &ann_tok).await;
+    assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+}

@@ -38,7 +38,12 @@ impl FromRequest<State> for Signed {
         let fed = &state.federation;
         let keys = fed
             .key_cache
-            .key_map(&fed.client, &fed.keys, &x_matrix.origin)
+            .key_map_with(
+                &fed.client,
+                &fed.keys,
+                &x_matrix.origin,
+                x_matrix.key.as_str(),
+            )
             .await?;
         let request = http::Request::from_parts(parts, bytes);
         x_matrix

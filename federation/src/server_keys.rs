@@ -37,9 +37,17 @@ impl KeyCache {
         server: &ServerName,
     ) -> Result<KeySet, FedError> {
         if server == ours.server_name {
-            let key = Base64::parse(ours.public_key_base64())
-                .map_err(|e| FedError::bad_json(e.to_string()))?;
-            return Ok(BTreeMap::from([(ours.key_id(), key)]));
+            // Our retired keys too: what we signed before a rotation still verifies.
+            let mut set = BTreeMap::new();
+            for (id, key) in std::iter::once((ours.key_id(), ours.public_key_base64())).chain(
+                ours.old_keys
+                    .iter()
+                    .map(|k| (k.key_id.clone(), k.public_key.clone())),
+            ) {
+                let key = Base64::parse(key).map_err(|e| FedError::bad_json(e.to_string()))?;
+                set.insert(id, key);
+            }
+            return Ok(set);
         }
         Ok(self.fetch(client, server).await?.1)
     }
@@ -99,6 +107,26 @@ impl KeyCache {
         let keys = self.keys(client, ours, server).await?;
         Ok(PublicKeyMap::from([(server.to_string(), keys)]))
     }
+
+    /// The key map of a server that must hold `key_id`: a cached document without it (the
+    /// server rotated its key since) is fetched again.
+    pub async fn key_map_with(
+        &self,
+        client: &Client,
+        ours: &ServerKeys,
+        server: &ServerName,
+        key_id: &str,
+    ) -> Result<PublicKeyMap, FedError> {
+        let map = self.key_map(client, ours, server).await?;
+        let known = map
+            .get(server.as_str())
+            .is_some_and(|set| set.contains_key(key_id));
+        if known || server == ours.server_name {
+            return Ok(map);
+        }
+        self.servers.write().remove(server);
+        self.key_map(client, ours, server).await
+    }
 }
 
 /// How long peers may cache our key document.
@@ -109,7 +137,11 @@ pub fn own_key_document(keys: &ServerKeys) -> Value {
     let body = serde_json::json!({
         "server_name": keys.server_name,
         "verify_keys": { keys.key_id(): { "key": keys.public_key_base64() } },
-        "old_verify_keys": {},
+        "old_verify_keys": keys
+            .old_keys
+            .iter()
+            .map(|k| (k.key_id.clone(), serde_json::json!({ "key": k.public_key, "expired_ts": k.expired_ts })))
+            .collect::<serde_json::Map<_, _>>(),
         "valid_until_ts": now_ms() + KEY_VALIDITY_MS,
     });
     let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(body.clone()) else {
