@@ -65,6 +65,10 @@ pub fn router(state: AppState) -> Router {
     r = add::<c::session::logout::v3::Request, _, _>(r, account::login::logout);
     r = add::<c::session::logout_all::v3::Request, _, _>(r, account::login::logout_all);
     r = add::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
+    r = add::<c::account::request_openid_token::v3::Request, _, _>(
+        r,
+        account::openid::request_token,
+    );
     r = add::<c::account::change_password::v3::Request, _, _>(
         r,
         account::password::change_password,

@@ -298,3 +298,35 @@ async fn token_only_registration() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], "@tok:localhost");
 }
+
+#[tokio::test]
+async fn an_openid_token_tells_a_third_party_who_the_user_is() {
+    let server = TestServer::start().await;
+    let (alice, token, _) = server.register("alice", "pw-alice-1").await;
+    let (bob, _, _) = server.register("bob", "pw-bob-1").await;
+    let path = |user: &str| format!("/user/{}/openid/request_token", enc(user));
+    let (status, issued) = server.post(&path(&alice), &token, &json!({})).await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(issued["matrix_server_name"], server.server_name());
+    assert_eq!(issued["expires_in"], 3600);
+    let openid = issued["access_token"].as_str().unwrap();
+
+    // The third party asks the user's server (its federation API; no request signature).
+    let userinfo = |t: &str| {
+        format!(
+            "/_matrix/federation/v1/openid/userinfo?access_token={}",
+            enc(t)
+        )
+    };
+    let (status, info) = server.get_anon(&userinfo(openid)).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["sub"], alice.as_str());
+    let resp = server.get_anon(&userinfo("forged")).await;
+    assert_matrix_error(&resp, 401, "M_UNKNOWN_TOKEN");
+    // Nobody asks for another user's token, and the client's access token is no OpenID token.
+    let resp = server.post(&path(&bob), &token, &json!({})).await;
+    assert_matrix_error(&resp, 403, "M_FORBIDDEN");
+    let resp = server.get_anon(&userinfo(&token)).await;
+    assert_matrix_error(&resp, 401, "M_UNKNOWN_TOKEN");
+}

@@ -25,6 +25,7 @@ pub mod error;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod openid;
 pub mod outbox;
 pub mod presence;
 pub mod profiles;
@@ -68,6 +69,7 @@ pub struct Core {
     pub outbox: Arc<outbox::Outbox>,
     pub media: Arc<media::Media>,
     pub directory: Arc<directory::Directory>,
+    pub openid: Arc<openid::OpenId>,
     pub search: Arc<search::Search>,
     pub reports: Arc<reports::Reports>,
     pub sync: Arc<sync::SyncService>,
@@ -230,6 +232,7 @@ impl Core {
             outbox,
             media,
             directory,
+            openid: Arc::default(),
             search,
             reports,
             sync,

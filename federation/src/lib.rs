@@ -283,6 +283,10 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
         .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(query::openid_userinfo),
+        )
+        .route(
             "/_matrix/federation/v1/query/directory",
             get(query::directory),
         )

@@ -176,3 +176,26 @@ fn room_list(
     }
     Ok(Json(body))
 }
+
+/// `GET /_matrix/federation/v1/openid/userinfo?access_token=…`: who an OpenID token belongs to.
+/// Asked by third parties, not servers: no request signature.
+pub async fn openid_userinfo(
+    AxState(state): AxState<State>,
+    uri: http::Uri,
+) -> Result<Json<Value>, FedError> {
+    let token = query_param(&uri, "access_token").ok_or_else(|| {
+        FedError::new(
+            http::StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+            "Missing access token",
+        )
+    })?;
+    match state.core.openid.user_of(&token) {
+        Some(user) => Ok(Json(json!({ "sub": user }))),
+        None => Err(FedError::new(
+            http::StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+            "Access token unknown or expired",
+        )),
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod devices;
 pub mod login;
+pub mod openid;
 pub mod password;
 pub mod register;
 
