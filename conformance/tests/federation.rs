@@ -979,3 +979,183 @@ async fn a_rotated_signing_key_is_published_and_peers_follow_it() {
     let (status, body) = a.get(&profile, &ann_tok).await;
     assert_eq!(status, 200, "{body} {}", b.log_tail(20));
 }
+
+/// The signing key of a Hearth under test, read from its data directory: the test plays that
+/// server to send events it made up.
+fn server_key(server: &TestServer) -> ruma::signatures::Ed25519KeyPair {
+    use base64::Engine;
+    let text = std::fs::read_to_string(server.data_dir().join("signing.key")).unwrap();
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(parts[2].trim_end_matches('='))
+        .unwrap();
+    ruma::signatures::Ed25519KeyPair::from_der(&der, parts[1].to_owned()).unwrap()
+}
+
+/// `PUT /send/{txn}` to `to` as server `origin`, signed with `key`.
+async fn send_as(
+    http: &reqwest::Client,
+    key: &ruma::signatures::Ed25519KeyPair,
+    origin: &str,
+    to: &str,
+    to_port: u16,
+    txn: &str,
+    pdus: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let uri = format!("/_matrix/federation/v1/send/{txn}");
+    let content = json!({
+        "origin": origin,
+        "origin_server_ts": 1_700_000_000_000u64,
+        "pdus": pdus,
+    });
+    let request = json!({
+        "method": "PUT", "uri": uri, "origin": origin, "destination": to, "content": content,
+    });
+    let ruma::CanonicalJsonValue::Object(mut obj) =
+        ruma::CanonicalJsonValue::try_from(request).unwrap()
+    else {
+        unreachable!()
+    };
+    ruma::signatures::sign_json(origin, key, &mut obj).unwrap();
+    let key_id = format!("ed25519:{}", key.version());
+    let sig = obj["signatures"].as_object().unwrap()[origin]
+        .as_object()
+        .unwrap()[&key_id]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    http.put(format!("https://127.0.0.1:{to_port}{uri}"))
+        .header(
+            "Authorization",
+            format!(
+                "X-Matrix origin=\"{origin}\",destination=\"{to}\",key=\"{key_id}\",sig=\"{sig}\""
+            ),
+        )
+        .json(&content)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_events_do_not_enter_a_room() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, b_name, b_port) = federating_server(&ca).await;
+    let (ann, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let room = a
+        .create_room(&ann_tok, &json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = b
+        .post(
+            &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
+            &bob_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // What B knows of the room: the auth events and the newest event to build on.
+    let (_, state) = b
+        .get(&format!("/rooms/{}/state", enc(&room)), &bob_tok)
+        .await;
+    let id_of = |kind: &str, key: &str| {
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == kind && e["state_key"] == key)
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let (_, latest) = b
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=1", enc(&room)),
+            &bob_tok,
+        )
+        .await;
+    let prev = latest["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let key = server_key(&a);
+    let rules = ruma::RoomVersionId::V11.rules().unwrap();
+    let event = |sender: &str, body: &str, ts: u64| {
+        let mut auth = vec![id_of("m.room.create", ""), id_of("m.room.power_levels", "")];
+        if sender == ann {
+            auth.push(id_of("m.room.member", &ann));
+        }
+        let pdu = json!({
+            "room_id": room, "sender": sender, "type": "m.room.message",
+            "content": { "msgtype": "m.text", "body": body },
+            "origin_server_ts": ts, "depth": 1000,
+            "prev_events": [prev], "auth_events": auth,
+        });
+        let ruma::CanonicalJsonValue::Object(obj) =
+            ruma::CanonicalJsonValue::try_from(pdu).unwrap()
+        else {
+            unreachable!()
+        };
+        obj
+    };
+    let sign = |mut obj: ruma::CanonicalJsonObject, with: &ruma::signatures::Ed25519KeyPair| {
+        ruma::signatures::hash_and_sign_event(&a_name, with, &mut obj, &rules.redaction).unwrap();
+        obj
+    };
+
+    // A genuine event, to show the path works.
+    let genuine = sign(event(&ann, "genuine", 1), &key);
+    // Signed with a key A never had, under A's key id.
+    let doc = ruma::signatures::Ed25519KeyPair::generate();
+    let impostor =
+        ruma::signatures::Ed25519KeyPair::from_der(&doc, key.version().to_owned()).unwrap();
+    let bad_signature = sign(event(&ann, "forged signature", 2), &impostor);
+    // Signed, then changed: the content hash no longer matches.
+    let mut bad_hash = sign(event(&ann, "original", 3), &key);
+    if let Some(ruma::CanonicalJsonValue::Object(c)) = bad_hash.get_mut("content") {
+        c.insert(
+            "body".into(),
+            ruma::CanonicalJsonValue::String("tampered".into()),
+        );
+    }
+    // Properly signed, but by a user of A who is not in the room: the auth rules refuse it.
+    let outsider = sign(event(&format!("@mallory:{a_name}"), "outsider", 4), &key);
+
+    let pdus = [genuine, bad_signature, bad_hash, outsider]
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    let http = https_client(&ca.dir.join("ca.pem"));
+    let answer = send_as(&http, &key, &a_name, &b_name, b_port, "forged1", pdus).await;
+    let results = answer["pdus"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{answer}"));
+    let errors = results
+        .values()
+        .filter(|r| r.get("error").is_some())
+        .count();
+    assert!(
+        errors >= 2,
+        "the forged signature and the outsider are refused: {answer}"
+    );
+
+    let (_, page) = b
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=20", enc(&room)),
+            &bob_tok,
+        )
+        .await;
+    let bodies = hearth_conformance::message_bodies(page["chunk"].as_array().unwrap());
+    assert!(
+        bodies.contains(&"genuine".to_owned()),
+        "{bodies:?} {}",
+        b.log_tail(20)
+    );
+    for forged in ["forged signature", "tampered", "original", "outsider"] {
+        assert!(
+            !bodies.contains(&forged.to_owned()),
+            "{forged} entered: {bodies:?}"
+        );
+    }
+}

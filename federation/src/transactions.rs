@@ -76,9 +76,14 @@ async fn handle_pdu(state: &State, origin: &ServerName, pdu: Value) -> (Option<S
             json!({ "error": "The room's server ACL denies this server" }),
         );
     }
+    // The sender learns of a refusal under the event's id, which the checks do not need.
+    let claimed_id = pdu_event_id(&obj, &version);
     let checked = match check_signed_pdu(&state.federation, &version, obj).await {
         Ok(c) => c,
-        Err(e) => return (None, json!({ "error": e.message })),
+        Err(e) => {
+            tracing::info!(%room_id, %origin, error = %e.message, "refused a PDU that failed its checks");
+            return (claimed_id, json!({ "error": e.message }));
+        }
     };
     let id = checked.event_id.to_string();
     if !rooms
