@@ -48,14 +48,16 @@ pub fn log_line(args: std::fmt::Arguments<'_>) {
     name = "hearth-bench",
     about = "Client-Server API load generator for Matrix homeservers (Hearth, Synapse, ...)",
     after_help = "Scenarios: dm_latency, ws_latency, typing_latency, group_fanout, throughput, \
-                  history, idle_connections, media, push, sliding_sync. See docs/benchmark.md."
+                  history, idle_connections, media, push, sliding_sync, search (not run unless named: \
+                  its load is large). See docs/benchmark.md."
 )]
 pub struct Args {
     /// Homeserver base URL.
     #[arg(long, default_value = "http://127.0.0.1:8008")]
     pub url: String,
-    /// Comma-separated scenarios to run, in the listed order.
-    #[arg(long, default_value = scenarios::ALL_CSV)]
+    /// Comma-separated scenarios to run, always in the canonical order. `search` runs only when
+    /// named.
+    #[arg(long, default_value = scenarios::DEFAULT_CSV)]
     pub scenarios: String,
     /// Comma-separated scenarios to leave out.
     #[arg(long, default_value = "")]
@@ -214,6 +216,33 @@ pub struct Args {
     /// sliding_sync: pause between starting the long-poll and sending, so that it is parked.
     #[arg(long, default_value_t = 100)]
     pub ss_park_ms: u64,
+    /// search: messages loaded before the queries.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub search_messages: usize,
+    /// search: rooms the messages are spread over.
+    #[arg(long, default_value_t = 20)]
+    pub search_rooms: usize,
+    /// search: users, each joined to every room; they take turns sending and searching.
+    #[arg(long, default_value_t = 4)]
+    pub search_users: usize,
+    /// search: sends in flight during the load.
+    #[arg(long, default_value_t = 64)]
+    pub search_send_concurrency: usize,
+    /// search: distinct words; message bodies draw 5-20 of them with Zipf weights (s = 1).
+    #[arg(long, default_value_t = 20_000)]
+    pub search_vocabulary: usize,
+    /// search: seconds to wait, after the last send, for the index to find the marker.
+    #[arg(long, default_value_t = 600.0)]
+    pub search_catch_up_timeout: f64,
+    /// search: concurrent searchers.
+    #[arg(long, default_value_t = 8)]
+    pub search_concurrency: usize,
+    /// search: seconds each query kind runs alone, and then all kinds mixed.
+    #[arg(long, default_value_t = 10.0)]
+    pub search_seconds: f64,
+    /// search: results per search (`filter.limit`).
+    #[arg(long, default_value_t = 10)]
+    pub search_limit: usize,
 }
 
 impl Args {
@@ -478,7 +507,13 @@ mod tests {
 
     #[test]
     fn picks_scenarios_in_canonical_order() {
-        assert_eq!(args(&[]).scenario_list().unwrap(), scenarios::ALL);
+        let all_but_search: Vec<&str> = scenarios::ALL
+            .into_iter()
+            .filter(|s| *s != "search")
+            .collect();
+        assert_eq!(args(&[]).scenario_list().unwrap(), all_but_search);
+        let a = args(&["--scenarios", scenarios::ALL_CSV]);
+        assert_eq!(a.scenario_list().unwrap(), scenarios::ALL);
         let a = args(&["--scenarios", "history,dm_latency", "--skip", "history"]);
         assert_eq!(a.scenario_list().unwrap(), ["dm_latency"]);
         let a = args(&["--scenarios", "throughput,dm_latency"]);
@@ -489,6 +524,10 @@ mod tests {
     #[test]
     fn scenario_names_agree() {
         assert_eq!(scenarios::ALL.join(","), scenarios::ALL_CSV);
+        assert_eq!(
+            scenarios::DEFAULT_CSV,
+            scenarios::ALL_CSV.strip_suffix(",search").unwrap()
+        );
     }
 
     #[test]

@@ -150,13 +150,14 @@ fn pngs(n: usize, run_id: &str) -> Result<Vec<Bytes>, image::ImageError> {
 }
 
 /// Starts a phase of the sampler (its RSS peak is kept apart); answers the RSS at its start.
-fn enter(ctx: &Ctx, phase: &str) -> Option<u64> {
+pub(super) fn enter(ctx: &Ctx, phase: &str) -> Option<u64> {
     let s = ctx.sampler.as_ref()?;
     s.set_phase(phase);
     s.sample()
 }
 
-fn peak(ctx: &Ctx, phase: &str) -> Option<u64> {
+/// The RSS peak of one phase of the sampler.
+pub(super) fn peak(ctx: &Ctx, phase: &str) -> Option<u64> {
     ctx.sampler
         .as_ref()?
         .phase_report(phase)
