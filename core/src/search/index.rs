@@ -6,11 +6,13 @@
 //! the stream position it covers, so after a crash the indexer resumes from there and the index
 //! and the event store never disagree for long.
 
+use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tantivy::collector::{Count, TopDocs};
+use tantivy::collector::{Count, FilterCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermSetQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
@@ -27,13 +29,24 @@ use tantivy::{
 use crate::{Error, Result};
 
 const TOKENIZER: &str = "hearth_en";
+/// A fast column with a hash of each document's room: searches keep the user's rooms by
+/// reading it for the text matches only. (A term set over room ids read every posting of every
+/// room the user is in, on every search.)
+const ROOM_FIELD: &str = "room";
+
+/// The room column's value for a room.
+fn room_hash(room_id: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(room_id.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("eight bytes"))
+}
 /// The writer's indexing memory: tantivy flushes a segment when it is full.
 const WRITER_HEAP: usize = 50_000_000;
 
 #[derive(Clone, Copy)]
 struct Fields {
     event_id: Field,
-    room_id: Field,
+    room: Field,
     sender: Field,
     key: Field,
     text: Field,
@@ -50,7 +63,7 @@ fn schema() -> (Schema, Fields) {
     );
     let fields = Fields {
         event_id: b.add_text_field("event_id", STRING | STORED),
-        room_id: b.add_text_field("room_id", STRING),
+        room: b.add_u64_field(ROOM_FIELD, FAST),
         sender: b.add_text_field("sender", STRING),
         key: b.add_text_field("key", STRING),
         text: b.add_text_field("text", text),
@@ -173,7 +186,7 @@ impl SearchIndex {
         let f = self.fields;
         let mut d = TantivyDocument::default();
         d.add_text(f.event_id, doc.event_id);
-        d.add_text(f.room_id, doc.room_id);
+        d.add_u64(f.room, room_hash(doc.room_id));
         d.add_text(f.sender, doc.sender);
         d.add_text(f.key, doc.key);
         d.add_text(f.text, doc.text);
@@ -216,11 +229,11 @@ impl SearchIndex {
                 values.iter().map(|v| Term::from_field_text(field, v)),
             ))
         };
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, text),
-            (Occur::Must, terms(f.room_id, &q.rooms)),
-            (Occur::Must, terms(f.key, &q.keys)),
-        ];
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, text)];
+        // Every document has one of the three keys: asking for all of them filters nothing.
+        if q.keys.len() < crate::search::ALL_KEYS.len() {
+            clauses.push((Occur::Must, terms(f.key, &q.keys)));
+        }
         if let Some(senders) = &q.senders {
             clauses.push((Occur::Must, terms(f.sender, senders)));
         }
@@ -252,13 +265,29 @@ impl SearchIndex {
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
+        let rooms: Arc<HashSet<u64>> = Arc::new(q.rooms.iter().map(|r| room_hash(r)).collect());
+        let in_rooms = move |h: u64| rooms.contains(&h);
         let top = TopDocs::with_limit(q.limit.max(1)).and_offset(q.offset);
+        let count = FilterCollector::new(ROOM_FIELD.to_owned(), in_rooms.clone(), Count);
         let (found, count): (Vec<(f32, DocAddress)>, usize) = match q.order {
-            SearchOrder::Rank => searcher.search(&query, &(top, Count)),
+            SearchOrder::Rank => searcher.search(
+                &query,
+                &(
+                    FilterCollector::new(ROOM_FIELD.to_owned(), in_rooms.clone(), top),
+                    count,
+                ),
+            ),
             SearchOrder::Recent => searcher
                 .search(
                     &query,
-                    &(top.order_by_fast_field::<u64>("pos", Order::Desc), Count),
+                    &(
+                        FilterCollector::new(
+                            ROOM_FIELD.to_owned(),
+                            in_rooms.clone(),
+                            top.order_by_fast_field::<u64>("pos", Order::Desc),
+                        ),
+                        count,
+                    ),
                 )
                 .map(|(docs, n)| (docs.into_iter().map(|(_, a)| (0.0, a)).collect(), n)),
         }
