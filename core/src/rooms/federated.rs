@@ -199,6 +199,70 @@ impl Rooms {
         self.append_signed(room_id, event_id, obj, false).await
     }
 
+    /// Appends a PDU whose signatures were checked, if the auth rules allow it against the
+    /// state before it (see `forks.rs`); one they allow there but not against the current state
+    /// is soft-failed. `ours` marks an event this server made (an invite another server
+    /// countersigned): it is queued for the other servers in the room like any local event.
+    pub(crate) async fn append_signed(
+        &self,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        obj: CanonicalJsonObject,
+        ours: bool,
+    ) -> Result<PduRef> {
+        let head = self.head(room_id)?;
+        let queued = {
+            let mut h = head.lock();
+            if let Some(existing) = self.pdu(&event_id)? {
+                return Ok(existing);
+            }
+            let pdu = Arc::new(Pdu::from_canonical(event_id, &obj)?);
+            if pdu.room_id != room_id {
+                return Err(Error::BadJson("event is for another room".into()));
+            }
+            for prev in &pdu.prev_events {
+                if self.pdu(prev)?.is_none() {
+                    return Err(Error::Unknown(format!("unknown prev event {prev}")));
+                }
+            }
+            // Against the state before it (resolved where it joins branches)...
+            let state_before = self.state_before_remote(&h, &pdu)?;
+            self.authorize(&h.rules, &pdu, &state_before)?;
+            let mut batch = Batch::default();
+            let forked = !Arc::ptr_eq(&state_before, &h.state);
+            // ...and against the current state: an event that passes the first check but not
+            // this one is soft-failed, kept in the graph but not in the timeline or the state.
+            if forked && let Err(e) = self.authorize(&h.rules, &pdu, &h.state) {
+                tracing::info!(room_id = %h.room_id, event_id = %pdu.event_id, error = %e, "soft-failed a remote event");
+                self.keep_soft_failed(&h, &pdu, obj, &mut batch)?;
+                (self.enqueue(&h, batch), Some(pdu))
+            } else {
+                if forked {
+                    self.set_head_state(&mut h, (*state_before).clone(), &mut batch);
+                    self.refresh_members(&mut h)?;
+                }
+                self.append_to_head(&mut h, pdu.clone(), obj, None, &mut batch)?;
+                if ours {
+                    self.queue_outbound(&h, &pdu, &mut batch);
+                }
+                if self.resolve_current(&mut h, &mut batch)? {
+                    self.refresh_members(&mut h)?;
+                    batch.ops.push(hearth_storage::WriteOp::PutRoom(
+                        h.room_id.to_string(),
+                        h.record(),
+                    ));
+                }
+                (self.enqueue(&h, batch), None)
+            }
+        };
+        let (queued, soft_failed) = queued;
+        let mut events = self.finish(queued).await?;
+        if let Some(pdu) = soft_failed {
+            return Ok(pdu);
+        }
+        Ok(events.pop().expect("one event was appended"))
+    }
+
     /// The room's current state and the auth chain of that state and of `extra` events, each as
     /// the PDUs' JSON.
     pub fn state_and_auth_chain(
