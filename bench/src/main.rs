@@ -49,7 +49,8 @@ pub fn log_line(args: std::fmt::Arguments<'_>) {
     about = "Client-Server API load generator for Matrix homeservers (Hearth, Synapse, ...)",
     after_help = "Scenarios: dm_latency, ws_latency, typing_latency, group_fanout, throughput, \
                   history, idle_connections, media, push, sliding_sync, search (not run unless named: \
-                  its load is large). See docs/benchmark.md."
+                  its load is large), federation (not run unless named: needs --peer-url). \
+                  See docs/benchmark.md."
 )]
 pub struct Args {
     /// Homeserver base URL.
@@ -243,6 +244,23 @@ pub struct Args {
     /// search: results per search (`filter.limit`).
     #[arg(long, default_value_t = 10)]
     pub search_limit: usize,
+    /// federation: base URL of the second homeserver (B); `--url` is A. The scenario is skipped
+    /// without it.
+    #[arg(long)]
+    pub peer_url: Option<String>,
+    /// federation: A's server name, which B joins through (default: the part of A's user ID
+    /// after the first colon).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// federation: messages per direction sent one at a time, each timed until B (or A) sees it.
+    #[arg(long, default_value_t = 300)]
+    pub fed_messages: usize,
+    /// federation: untimed messages per direction first (key fetches, connection set-up).
+    #[arg(long, default_value_t = 5)]
+    pub fed_warmup: usize,
+    /// federation: sends in flight in the concurrent variant; 0 leaves it out.
+    #[arg(long, default_value_t = 8)]
+    pub fed_concurrency: usize,
 }
 
 impl Args {
@@ -509,7 +527,7 @@ mod tests {
     fn picks_scenarios_in_canonical_order() {
         let all_but_search: Vec<&str> = scenarios::ALL
             .into_iter()
-            .filter(|s| *s != "search")
+            .filter(|s| *s != "search" && *s != "federation")
             .collect();
         assert_eq!(args(&[]).scenario_list().unwrap(), all_but_search);
         let a = args(&["--scenarios", scenarios::ALL_CSV]);
@@ -526,7 +544,9 @@ mod tests {
         assert_eq!(scenarios::ALL.join(","), scenarios::ALL_CSV);
         assert_eq!(
             scenarios::DEFAULT_CSV,
-            scenarios::ALL_CSV.strip_suffix(",search").unwrap()
+            scenarios::ALL_CSV
+                .strip_suffix(",search,federation")
+                .unwrap()
         );
     }
 

@@ -3,6 +3,7 @@
 
 mod dm;
 mod fanout;
+mod federation;
 mod history;
 mod idle;
 mod media;
@@ -28,7 +29,7 @@ use crate::syncloop::{self, Pollers, SyncOpts, Update};
 use crate::users::{User, UserPool};
 use crate::{Args, BoxError};
 
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     "dm_latency",
     "ws_latency",
     "typing_latency",
@@ -40,13 +41,15 @@ pub const ALL: [&str; 11] = [
     "push",
     "sliding_sync",
     "search",
+    "federation",
 ];
 pub const ALL_CSV: &str = concat!(
     "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,",
-    "idle_connections,media,push,sliding_sync,search"
+    "idle_connections,media,push,sliding_sync,search,federation"
 );
 /// What runs when `--scenarios` is not given: all but `search`, whose load (a million messages
-/// by default) takes minutes on Hearth and hours on Synapse. Name it to run it.
+/// by default) takes minutes on Hearth and hours on Synapse, and `federation`, which needs a
+/// second server (`--peer-url`). Name them to run them.
 pub const DEFAULT_CSV: &str = concat!(
     "dm_latency,ws_latency,typing_latency,group_fanout,throughput,history,",
     "idle_connections,media,push,sliding_sync"
@@ -134,6 +137,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<Value, BoxError> {
         "push" => push::run(ctx).await,
         "sliding_sync" => sliding_sync::run(ctx).await,
         "search" => search::run(ctx).await,
+        "federation" => federation::run(ctx).await,
         _ => Err(format!("unknown scenario {name}").into()),
     }
 }
@@ -198,6 +202,20 @@ pub async fn send_and_time(
     tag: &str,
     n: usize,
 ) -> Result<SendTimings, BoxError> {
+    send_and_time_on(ctx, &ctx.api, sender, room, rx, tag, n).await
+}
+
+/// [`send_and_time`] with the sender on the server `api` talks to (the receiver's updates may
+/// come from another: `federation`).
+pub async fn send_and_time_on(
+    ctx: &Ctx,
+    api: &Api,
+    sender: &User,
+    room: &str,
+    rx: &mut mpsc::UnboundedReceiver<Update>,
+    tag: &str,
+    n: usize,
+) -> Result<SendTimings, BoxError> {
     let room_enc = crate::api::enc(room);
     let mut t = SendTimings {
         delivery: Vec::new(),
@@ -208,10 +226,7 @@ pub async fn send_and_time(
         let body = format!("hb {} {tag} {i}", ctx.run_id);
         let txn = format!("{}-{tag}-{i}", ctx.run_id);
         let t0 = Instant::now();
-        let r = ctx
-            .api
-            .send_text(&sender.auth, &room_enc, &txn, &body)
-            .await?;
+        let r = api.send_text(&sender.auth, &room_enc, &txn, &body).await?;
         t.puts.push(ms(r.at - t0));
         let deadline = Instant::now() + ctx.msg_timeout();
         match wait_for(rx, deadline, |u| {

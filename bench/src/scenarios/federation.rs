@@ -1,0 +1,249 @@
+//! federation: delivery latency between two homeservers, from the start of a send on one to the
+//! receiver's /sync long-poll on the other returning it. A user on A (`--url`) creates a public
+//! room, a user on B (`--peer-url`) joins it through A's server name; then messages go A→B one at
+//! a time, B→A one at a time, and (with `--fed-concurrency`) A→B and B→A with several in flight.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{Ctx, send_and_time_on, skipped};
+use crate::BoxError;
+use crate::api::{Api, enc};
+use crate::stats::{Summary, ms, rate, round3};
+use crate::syncloop::{self, Update};
+use crate::users::{User, UserPool};
+
+/// The server name in a user ID: everything after the first colon (it may carry a port).
+fn server_of(user_id: &str) -> Option<&str> {
+    user_id.split_once(':').map(|(_, s)| s)
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
+    let Some(peer_url) = ctx.args.peer_url.as_deref() else {
+        return Ok(skipped("no --peer-url"));
+    };
+    let peer = Arc::new(Api::new(
+        peer_url,
+        Duration::from_secs_f64(ctx.args.request_timeout),
+        ctx.args.max_429_retries,
+    )?);
+    peer.versions().await?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let peer_pool = UserPool::new(
+        format!("{}p", ctx.run_id),
+        format!("hb-fed-{nanos:x}{:x}", std::process::id()),
+        ctx.args.registration_token.clone(),
+        1,
+    );
+    let a = ctx.pool.take(&ctx.api, 1).await?.pop().expect("one user");
+    let b = peer_pool.take(&peer, 1).await?.pop().expect("one user");
+    let a_name = match &ctx.args.server_name {
+        Some(n) => n.clone(),
+        None => server_of(&a.user_id)
+            .ok_or_else(|| format!("no server name in {}", a.user_id))?
+            .to_owned(),
+    };
+    let room = ctx
+        .api
+        .create_room(
+            &a.auth,
+            &json!({ "preset": "public_chat", "name": "hearth-bench federation" }),
+        )
+        .await?;
+    crate::log!(
+        "federation: {} on {} joins {room} through {a_name}",
+        b.user_id,
+        peer_url
+    );
+    let t_join = Instant::now();
+    peer.post_json(
+        &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
+        Some(&b.auth),
+        &json!({}),
+    )
+    .await?;
+    let join_ms = ms(t_join.elapsed());
+
+    let opts = ctx.sync_opts();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let pollers_b = syncloop::start(&peer, std::slice::from_ref(&b), &opts, 1, tx_b).await?;
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let pollers_a = syncloop::start(&ctx.api, std::slice::from_ref(&a), &opts, 1, tx_a).await?;
+
+    let (n, warm, c) = (
+        ctx.args.fed_messages,
+        ctx.args.fed_warmup,
+        ctx.args.fed_concurrency,
+    );
+    // Untimed: the first events make each side fetch the other's keys and open connections.
+    let w_ab = send_and_time_on(ctx, &ctx.api, &a, &room, &mut rx_b, "fwab", warm).await?;
+    let w_ba = send_and_time_on(ctx, &peer, &b, &room, &mut rx_a, "fwba", warm).await?;
+    if warm > 0 && (w_ab.delivery.is_empty() || w_ba.delivery.is_empty()) {
+        return Err(format!(
+            "warm-up: no message arrived (A→B {} of {warm}, B→A {} of {warm}); is federation up?",
+            w_ab.delivery.len(),
+            w_ba.delivery.len()
+        )
+        .into());
+    }
+    ctx.mark_measured();
+    crate::log!(
+        "federation: {n} messages each way, one at a time, gap {} ms",
+        ctx.args.gap_ms
+    );
+    let mut out = json!({
+        "server_name_a": a_name,
+        "server_name_b": server_of(&b.user_id),
+        "peer_url": peer_url,
+        "join_ms": join_ms,
+        "messages": n,
+        "warmup_messages": warm,
+    });
+    for (key, api, sender, rx, tag) in [
+        ("a_to_b", &ctx.api, &a, &mut rx_b, "fab"),
+        ("b_to_a", &peer, &b, &mut rx_a, "fba"),
+    ] {
+        let t0 = Instant::now();
+        let mut t = send_and_time_on(ctx, api, sender, &room, rx, tag, n).await?;
+        let latency = Summary::of(&mut t.delivery);
+        crate::log!(
+            "federation {key}: {} (missed {})",
+            latency.brief(),
+            t.missed
+        );
+        out[key] = json!({
+            "delivered": latency.n,
+            "missed": t.missed,
+            "latency_ms": latency,
+            "send_put_ms": Summary::of(&mut t.puts),
+            "elapsed_s": round3(t0.elapsed().as_secs_f64()),
+        });
+    }
+    if c > 0 {
+        for (key, api, sender, rx, tag) in [
+            ("a_to_b_concurrent", &ctx.api, &a, &mut rx_b, "fcab"),
+            ("b_to_a_concurrent", &peer, &b, &mut rx_a, "fcba"),
+        ] {
+            let v = concurrent(ctx, api, sender, &room, rx, tag, n, c).await?;
+            out[key] = v;
+        }
+    }
+    out["sync_errors"] = json!({ "a": pollers_a.errors(), "b": pollers_b.errors() });
+    Ok(out)
+}
+
+/// `n` messages with `c` sends in flight; each timed from its send's start until the receiver's
+/// /sync returns it.
+#[allow(clippy::too_many_arguments)]
+async fn concurrent(
+    ctx: &Ctx,
+    api: &Api,
+    sender: &User,
+    room: &str,
+    rx: &mut mpsc::UnboundedReceiver<Update>,
+    tag: &str,
+    n: usize,
+    c: usize,
+) -> Result<Value, BoxError> {
+    let room_enc = enc(room);
+    let bodies: Vec<String> = (0..n)
+        .map(|i| format!("hb {} {tag} {i}", ctx.run_id))
+        .collect();
+    let index: HashMap<&str, usize> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.as_str(), i))
+        .collect();
+    let sends_done: Cell<Option<Instant>> = Cell::new(None);
+    let t_start = Instant::now();
+    let send = async {
+        let r: Vec<Result<(usize, Instant, f64), BoxError>> = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let (room_enc, body) = (&room_enc, &bodies[i]);
+                async move {
+                    let txn = format!("{}-{tag}-{i}", ctx.run_id);
+                    let t0 = Instant::now();
+                    let r = api.send_text(&sender.auth, room_enc, &txn, body).await?;
+                    Ok((i, t0, ms(r.at - t0)))
+                }
+            })
+            .buffer_unordered(c)
+            .collect()
+            .await;
+        sends_done.set(Some(Instant::now()));
+        r
+    };
+    let receive = async {
+        let mut seen: Vec<Option<Instant>> = vec![None; n];
+        let mut count = 0;
+        while count < n {
+            if sends_done
+                .get()
+                .is_some_and(|d| d.elapsed() > ctx.msg_timeout())
+            {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                Ok(Some(u)) => {
+                    for b in u.sync.message_bodies(room) {
+                        if let Some(&i) = index.get(b)
+                            && seen[i].is_none()
+                        {
+                            seen[i] = Some(u.at);
+                            count += 1;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        seen
+    };
+    let (sent, seen) = tokio::join!(send, receive);
+    let elapsed = t_start.elapsed().as_secs_f64();
+    let (mut delivery, mut puts) = (Vec::new(), Vec::new());
+    let mut missed = 0;
+    for r in sent {
+        let (i, t0, put) = r?;
+        puts.push(put);
+        match seen[i] {
+            Some(at) => delivery.push(ms(at.saturating_duration_since(t0))),
+            None => missed += 1,
+        }
+    }
+    let latency = Summary::of(&mut delivery);
+    crate::log!(
+        "federation {tag} ({c} in flight): {} (missed {missed})",
+        latency.brief()
+    );
+    Ok(json!({
+        "in_flight": c,
+        "delivered": latency.n,
+        "missed": missed,
+        "latency_ms": latency,
+        "send_put_ms": Summary::of(&mut puts),
+        "elapsed_s": round3(elapsed),
+        "delivered_per_s": rate(latency.n, elapsed),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_of;
+
+    #[test]
+    fn server_names_keep_their_port() {
+        assert_eq!(server_of("@a:localhost:8448"), Some("localhost:8448"));
+        assert_eq!(server_of("@a:example.org"), Some("example.org"));
+        assert_eq!(server_of("nope"), None);
+    }
+}
