@@ -90,12 +90,70 @@ impl Synapse {
     }
 }
 
+impl Synapse {
+    /// Restarts Synapse with `extra` (YAML) on top of the script's configuration: later `-c`
+    /// files win per top-level key, as the script relies on for its own overrides.
+    async fn restart_with(&self, extra: &str) {
+        let pid_file = self.data.join("synapse.pid");
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            let pid = pid.trim().to_owned();
+            let _ = Command::new("kill").arg(&pid).status();
+            for _ in 0..100 {
+                let alive = Command::new("kill")
+                    .args(["-0", &pid])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !alive {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        let extra_path = self.data.join("test-extra.yaml");
+        std::fs::write(&extra_path, extra).unwrap();
+        let venv = std::env::var_os("SYNAPSE_VENV").map_or_else(
+            || {
+                let home = std::env::var_os("HOME").expect("HOME");
+                PathBuf::from(home).join(".cache/hearth-anchors/synapse-venv")
+            },
+            PathBuf::from,
+        );
+        // Detached, as the script starts it: Drop stops it through the pid file.
+        let script = format!(
+            "nohup '{}' -m synapse.app.homeserver -c homeserver.yaml -c bench-overrides.yaml \
+             -c test-extra.yaml >stdout-restarted.log 2>&1 </dev/null & echo $!",
+            venv.join("bin/python").display()
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(&self.data)
+            .output()
+            .expect("start Synapse");
+        std::fs::write(&pid_file, &out.stdout).unwrap();
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            let up = http
+                .get(format!("{}/_matrix/client/versions", self.client_url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("Synapse did not come back after a restart");
+    }
+}
+
 impl Drop for Synapse {
     fn drop(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(self.data.join("synapse.pid")) {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
-        let _ = std::fs::remove_dir_all(&self.root);
+        if std::env::var_os("HEARTH_KEEP_DATA").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
 
@@ -905,42 +963,224 @@ async fn hearth_receives_what_was_said_while_it_was_down() {
     assert_eq!(status, 200, "{body}");
 
     // Hearth goes down; Synapse's user talks meanwhile, and Synapse's tries fail and back off.
+    // Synapse then catches up by sending only the room's latest event: Hearth has to fetch the
+    // 30 before it, more than one `/get_missing_events` round of 10.
     hearth.kill9();
-    for i in 0..4 {
+    for i in 0..DOWN_MESSAGES {
         say(&synapse, &syd_tok, &room, i).await;
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     hearth.restart().await;
     // Past Synapse's backoff, one more message: everything reaches Hearth, in order.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    say(&synapse, &syd_tok, &room, 4).await;
+    say(&synapse, &syd_tok, &room, DOWN_MESSAGES).await;
     let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut since: Option<String> = None;
-    for _ in 0..40 {
-        let path = match &since {
-            Some(s) => format!("/sync?since={s}&timeout=1000"),
-            None => "/sync?timeout=0".to_owned(),
-        };
-        let (_, sync) = hearth.get(&path, &hal_tok).await;
-        since = sync["next_batch"].as_str().map(str::to_owned);
-        seen.extend(hearth_conformance::message_bodies(
-            sync["rooms"]["join"][&room]["timeline"]["events"]
+    let wanted: Vec<String> = (0..=DOWN_MESSAGES)
+        .map(|i| format!("while down {i}"))
+        .collect();
+    let mut bodies = Vec::new();
+    for _ in 0..60 {
+        let (status, page) = hearth
+            .get(
+                &format!("/rooms/{}/messages?dir=b&limit=100", enc(&room)),
+                &hal_tok,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let mut chunk = hearth_conformance::message_bodies(
+            page["chunk"]
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default(),
-        ));
-        if seen.len() >= 5 {
+        );
+        chunk.reverse();
+        bodies = chunk
+            .into_iter()
+            .filter(|b| b.starts_with("while down "))
+            .collect();
+        if bodies.last() == wanted.last() {
             break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    for i in 0..5 {
-        assert!(
-            seen.contains(&format!("while down {i}")),
-            "message {i} reached Hearth: {seen:?}\n{}",
-            hearth.log_tail(30)
-        );
+    assert_eq!(
+        bodies,
+        wanted,
+        "every message reached Hearth once, in order\n{}",
+        hearth.log_tail(30)
+    );
+}
+
+const DOWN_MESSAGES: usize = 30;
+
+/// Synapse's catch-up after a long outage (its backoff past an hour) sends only the room's
+/// latest event. Hearth fetches the gap before it in `/get_missing_events` rounds up to 200
+/// events, keeps the far edge with the state Synapse reports there (`/state_ids`), and the
+/// room goes on in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_fills_a_long_gap_after_synapse_catches_up() {
+    let synapse = Synapse::start().await;
+    // A failed transaction (its retries 100 ms apart) backs off for two hours: past Synapse's
+    // one-hour mark, it stops queuing events for Hearth and later catches up with each room's
+    // latest event only.
+    synapse
+        .restart_with(
+            "federation:\n  client_timeout: 20s\n  max_short_retry_delay: 100\n  \
+             max_long_retry_delay: 100\n  destination_min_retry_interval: 2h\n  \
+             destination_retry_multiplier: 2\n  destination_max_retry_interval: 4h\n",
+        )
+        .await;
+    let (mut hearth, _tls) = hearth_beside(&synapse).await;
+    let (hal, _, _) = hearth.register("hal", "pw-hal-1").await;
+    let (_, syd_tok) = synapse_user(&synapse, "syd").await;
+    let created = synapse
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(&syd_tok),
+            json!({ "preset": "public_chat", "invite": [hal] }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
+    let mut hal_since = None;
+    assert!(
+        hearth_sees(&hearth, &hal_tok, &mut hal_since, |s| {
+            s["rooms"]["invite"][&room].is_object()
+        })
+        .await
+    );
+    let (status, body) = hearth
+        .post(&format!("/rooms/{}/join", enc(&room)), &hal_tok, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // One delivered message first: Synapse catches up only from a PDU it knows was received.
+    synapse
+        .call(
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/first", enc(&room)),
+            Some(&syd_tok),
+            json!({ "msgtype": "m.text", "body": "before the outage" }),
+        )
+        .await;
+    let mut arrived = false;
+    for _ in 0..60 {
+        if hearth_history(&hearth, &hal_tok, &room)
+            .await
+            .iter()
+            .any(|b| b == "before the outage")
+        {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+    assert!(arrived, "{}", hearth.log_tail(20));
+
+    hearth.kill9();
+    say(&synapse, &syd_tok, &room, 0).await;
+    // Until Synapse has given up on that first transaction.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    for i in 1..LONG_GAP {
+        say(&synapse, &syd_tok, &room, i).await;
+    }
+    hearth.restart().await;
+    // Hearth speaks first: a request from it tells Synapse it is back, and Synapse catches up.
+    let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
+    let (status, body) = hearth
+        .put(
+            &format!("/rooms/{}/send/m.room.message/back", enc(&room)),
+            &hal_tok,
+            &json!({ "msgtype": "m.text", "body": "hal is back" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Synapse marks Hearth as up once that transaction arrives.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+
+    // Synapse's next message builds on all it said: Hearth must fetch what it missed first.
+    // (Synapse's catch-up may already have sent the latest event; this one needs the gap filled
+    // either way.)
+    say(&synapse, &syd_tok, &room, LONG_GAP).await;
+    let next = format!("while down {LONG_GAP}");
+    let mut bodies = Vec::new();
+    for _ in 0..120 {
+        bodies = hearth_history(&hearth, &hal_tok, &room).await;
+        if bodies.contains(&next) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let down: Vec<usize> = bodies
+        .iter()
+        .filter_map(|b| b.strip_prefix("while down ")?.parse().ok())
+        .collect();
+    // The newest 200 and the one after are there once each, in order; older ones may stay
+    // beyond the gap's edge, as history.
+    let tail: Vec<usize> = (LONG_GAP - 200..=LONG_GAP).collect();
+    assert!(
+        down.ends_with(&tail),
+        "the last 200 messages reached Hearth once each, in order: {down:?}\n{}",
+        hearth.log_tail(30)
+    );
+    assert!(
+        down.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {down:?}"
+    );
+
+    // And Hearth's own messages still reach Synapse.
+    let (status, body) = hearth
+        .put(
+            &format!("/rooms/{}/send/m.room.message/after", enc(&room)),
+            &hal_tok,
+            &json!({ "msgtype": "m.text", "body": "hal after the gap" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut seen = false;
+    for _ in 0..60 {
+        let page = synapse
+            .call(
+                reqwest::Method::GET,
+                &format!("/rooms/{}/messages?dir=b&limit=20", enc(&room)),
+                Some(&syd_tok),
+                json!({}),
+            )
+            .await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        if hearth_conformance::message_bodies(&chunk).contains(&"hal after the gap".to_owned()) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        seen,
+        "Synapse got Hearth's message after the gap\n{}",
+        hearth.log_tail(30)
+    );
+}
+
+const LONG_GAP: usize = 240;
+
+/// The room's last 500 message bodies on Hearth, oldest first.
+async fn hearth_history(hearth: &TestServer, token: &str, room: &str) -> Vec<String> {
+    let (status, page) = hearth
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=500", enc(room)),
+            token,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut bodies = hearth_conformance::message_bodies(
+        page["chunk"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default(),
+    );
+    bodies.reverse();
+    bodies
 }
 
 async fn say(synapse: &Synapse, token: &str, room: &str, i: usize) {

@@ -18,8 +18,6 @@ use crate::pdu::check_signed_pdu;
 /// A transaction carries at most 50 PDUs and 100 EDUs (spec).
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
-/// How far below a new event's depth missing events are asked for.
-const MISSING_DEPTH_WINDOW: u64 = 100;
 /// How long a remote user types unless their server says they stopped (as Synapse).
 const REMOTE_TYPING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -91,23 +89,13 @@ async fn handle_pdu(state: &State, origin: &ServerName, pdu: Value) -> (Option<S
         .unwrap_or_default()
         .is_empty()
     {
-        let depth = checked
-            .json
-            .get("depth")
-            .and_then(|d| match d {
-                CanonicalJsonValue::Integer(i) => u64::try_from(i64::from(*i)).ok(),
-                _ => None,
-            })
-            .unwrap_or(0);
-        // Ask for what lies between, down to a little below the new event.
-        let min_depth = depth.saturating_sub(MISSING_DEPTH_WINDOW);
         crate::gaps::fill(
             state,
             origin,
             &room_id,
             &version,
+            &checked.json,
             &checked.event_id,
-            min_depth,
         )
         .await;
     }

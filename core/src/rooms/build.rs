@@ -196,6 +196,34 @@ impl Rooms {
             .map_err(|e| Error::Forbidden(format!("auth check failed: {e}")))
     }
 
+    /// Queues an event outside the timeline; `state_after` is its state group, or 0 when none
+    /// is known.
+    pub(crate) fn put_outlier(
+        &self,
+        room_id: &ruma::RoomId,
+        pdu: &PduRef,
+        obj: CanonicalJsonObject,
+        state_after: u64,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        batch.ops.push(hearth_storage::WriteOp::PutOutlier {
+            event_id: pdu.event_id.to_string(),
+            json: serde_json::to_vec(&obj)?,
+            meta: hearth_storage::EventMeta {
+                room_id: room_id.to_string(),
+                pos: 0,
+                state_before: 0,
+                state_after,
+                txn: None,
+                replaces_state: None,
+                redacted_by: None,
+            },
+            membership: None,
+        });
+        batch.events.push(pdu.clone());
+        Ok(())
+    }
+
     /// Advances the head past an authorised event and queues its writes.
     pub(crate) fn append_to_head(
         &self,

@@ -63,21 +63,7 @@ impl Rooms {
                 continue;
             }
             self.pending_events.lock().insert(id.clone(), pdu.clone());
-            batch.ops.push(hearth_storage::WriteOp::PutOutlier {
-                event_id: id.to_string(),
-                json: serde_json::to_vec(obj)?,
-                meta: hearth_storage::EventMeta {
-                    room_id: room.clone(),
-                    pos: 0,
-                    state_before: 0,
-                    state_after: 0,
-                    txn: None,
-                    replaces_state: None,
-                    redacted_by: None,
-                },
-                membership: None,
-            });
-            batch.events.push(pdu);
+            self.put_outlier(room_id, &pdu, obj.clone(), 0, &mut batch)?;
         }
         let join_pdu = Arc::new(Pdu::from_canonical(join.event_id.clone(), &join.event)?);
         let group = self.allocate_group();

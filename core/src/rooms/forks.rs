@@ -276,21 +276,6 @@ impl Rooms {
         self.pending_events
             .lock()
             .insert(pdu.event_id.clone(), pdu.clone());
-        batch.ops.push(hearth_storage::WriteOp::PutOutlier {
-            event_id: pdu.event_id.to_string(),
-            json: serde_json::to_vec(&obj)?,
-            meta: hearth_storage::EventMeta {
-                room_id: head.room_id.to_string(),
-                pos: 0,
-                state_before: 0,
-                state_after: 0,
-                txn: None,
-                replaces_state: None,
-                redacted_by: None,
-            },
-            membership: None,
-        });
-        batch.events.push(pdu.clone());
-        Ok(())
+        self.put_outlier(&head.room_id, pdu, obj, 0, batch)
     }
 }
