@@ -261,6 +261,10 @@ pub struct Args {
     /// federation: sends in flight in the concurrent variant; 0 leaves it out.
     #[arg(long, default_value_t = 8)]
     pub fed_concurrency: usize,
+    /// federation: members (all on A) of a second room that a fresh user on B then joins, timed;
+    /// 0 leaves it out.
+    #[arg(long, default_value_t = 500)]
+    pub fed_room_members: usize,
 }
 
 impl Args {

@@ -2,6 +2,7 @@
 //! receiver's /sync long-poll on the other returning it. A user on A (`--url`) creates a public
 //! room, a user on B (`--peer-url`) joins it through A's server name; then messages go A→B one at
 //! a time, B→A one at a time, and (with `--fed-concurrency`) A→B and B→A with several in flight.
+//! Last (with `--fed-room-members`), a fresh user on B joins a room of that many members on A.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -95,10 +96,6 @@ pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
         .into());
     }
     ctx.mark_measured();
-    crate::log!(
-        "federation: {n} messages each way, one at a time, gap {} ms",
-        ctx.args.gap_ms
-    );
     let mut out = json!({
         "server_name_a": a_name,
         "server_name_b": server_of(&b.user_id),
@@ -107,37 +104,130 @@ pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
         "messages": n,
         "warmup_messages": warm,
     });
-    for (key, api, sender, rx, tag) in [
-        ("a_to_b", &ctx.api, &a, &mut rx_b, "fab"),
-        ("b_to_a", &peer, &b, &mut rx_a, "fba"),
-    ] {
-        let t0 = Instant::now();
-        let mut t = send_and_time_on(ctx, api, sender, &room, rx, tag, n).await?;
-        let latency = Summary::of(&mut t.delivery);
+    if n > 0 {
         crate::log!(
-            "federation {key}: {} (missed {})",
-            latency.brief(),
-            t.missed
+            "federation: {n} messages each way, one at a time, gap {} ms",
+            ctx.args.gap_ms
         );
-        out[key] = json!({
-            "delivered": latency.n,
-            "missed": t.missed,
-            "latency_ms": latency,
-            "send_put_ms": Summary::of(&mut t.puts),
-            "elapsed_s": round3(t0.elapsed().as_secs_f64()),
-        });
-    }
-    if c > 0 {
         for (key, api, sender, rx, tag) in [
-            ("a_to_b_concurrent", &ctx.api, &a, &mut rx_b, "fcab"),
-            ("b_to_a_concurrent", &peer, &b, &mut rx_a, "fcba"),
+            ("a_to_b", &ctx.api, &a, &mut rx_b, "fab"),
+            ("b_to_a", &peer, &b, &mut rx_a, "fba"),
         ] {
-            let v = concurrent(ctx, api, sender, &room, rx, tag, n, c).await?;
-            out[key] = v;
+            let t0 = Instant::now();
+            let mut t = send_and_time_on(ctx, api, sender, &room, rx, tag, n).await?;
+            let latency = Summary::of(&mut t.delivery);
+            crate::log!(
+                "federation {key}: {} (missed {})",
+                latency.brief(),
+                t.missed
+            );
+            out[key] = json!({
+                "delivered": latency.n,
+                "missed": t.missed,
+                "latency_ms": latency,
+                "send_put_ms": Summary::of(&mut t.puts),
+                "elapsed_s": round3(t0.elapsed().as_secs_f64()),
+            });
         }
+        if c > 0 {
+            for (key, from, to, rx, tag) in [
+                (
+                    "a_to_b_concurrent",
+                    (&*ctx.api, &a),
+                    (&*peer, &b),
+                    &mut rx_b,
+                    "fcab",
+                ),
+                (
+                    "b_to_a_concurrent",
+                    (&*peer, &b),
+                    (&*ctx.api, &a),
+                    &mut rx_a,
+                    "fcba",
+                ),
+            ] {
+                let v = concurrent(ctx, from, to, &room, rx, tag, n, c).await?;
+                out[key] = v;
+            }
+        }
+    }
+    if ctx.args.fed_room_members > 0 {
+        out["big_room_join"] = big_room_join(
+            ctx,
+            &peer,
+            &peer_pool,
+            &a,
+            &a_name,
+            ctx.args.fed_room_members,
+        )
+        .await?;
     }
     out["sync_errors"] = json!({ "a": pollers_a.errors(), "b": pollers_b.errors() });
     Ok(out)
+}
+
+/// A room of `members` on A (its creator `a` and `members - 1` fresh users), which a fresh user
+/// on B then joins through A's server name: the join is timed from the request to its answer,
+/// and B's `/joined_members` must then list everyone.
+async fn big_room_join(
+    ctx: &Ctx,
+    peer: &Api,
+    peer_pool: &UserPool,
+    a: &User,
+    a_name: &str,
+    members: usize,
+) -> Result<Value, BoxError> {
+    let others = ctx.pool.take(&ctx.api, members.saturating_sub(1)).await?;
+    let room = ctx
+        .api
+        .create_room(
+            &a.auth,
+            &json!({ "preset": "public_chat", "name": "hearth-bench big room" }),
+        )
+        .await?;
+    crate::log!("federation: {} members join {room} on A", others.len());
+    let t_fill = Instant::now();
+    let joins: Vec<Result<(), crate::api::ApiError>> = futures_util::stream::iter(&others)
+        .map(|u| ctx.api.join(&u.auth, &room))
+        .buffer_unordered(ctx.args.setup_concurrency.max(1))
+        .collect()
+        .await;
+    joins.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let fill_s = t_fill.elapsed().as_secs_f64();
+
+    let b = peer_pool.take(peer, 1).await?.pop().expect("one user");
+    crate::log!("federation: {} joins the room of {members}", b.user_id);
+    let t_join = Instant::now();
+    peer.post_json(
+        &format!("/join/{}?server_name={}", enc(&room), enc(a_name)),
+        Some(&b.auth),
+        &json!({}),
+    )
+    .await?;
+    let join_ms = ms(t_join.elapsed());
+    let t_members = Instant::now();
+    let listed: Value = peer
+        .get(
+            &format!("/rooms/{}/joined_members", enc(&room)),
+            Some(&b.auth),
+        )
+        .await?
+        .json("joined_members")?;
+    let members_ms = ms(t_members.elapsed());
+    let seen = listed["joined"].as_object().map_or(0, |m| m.len());
+    crate::log!(
+        "federation: join of a {members}-member room took {join_ms:.0} ms; B lists {seen} members"
+    );
+    if seen != members + 1 {
+        return Err(format!("B lists {seen} joined members, expected {}", members + 1).into());
+    }
+    Ok(json!({
+        "members": members,
+        "join_ms": join_ms,
+        "joined_members_ms": members_ms,
+        "members_listed_by_b": seen,
+        "fill_s": round3(fill_s),
+    }))
 }
 
 /// `n` messages with `c` sends in flight; each timed from its send's start until the receiver's
@@ -145,8 +235,8 @@ pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
 #[allow(clippy::too_many_arguments)]
 async fn concurrent(
     ctx: &Ctx,
-    api: &Api,
-    sender: &User,
+    (api, sender): (&Api, &User),
+    (receiver_api, receiver): (&Api, &User),
     room: &str,
     rx: &mut mpsc::UnboundedReceiver<Update>,
     tag: &str,
@@ -225,15 +315,61 @@ async fn concurrent(
         "federation {tag} ({c} in flight): {} (missed {missed})",
         latency.brief()
     );
+    // A receiver may leave messages out of /sync and have them only in history: Synapse prunes
+    // a room's inbound queue above 100 staged events, keeping the newest, and gets the rest
+    // by backfill when a client pages back. Count what paging back finds.
+    let mut found_by_paging = Value::Null;
+    if missed > 0 {
+        let unseen: std::collections::HashSet<&str> = seen
+            .iter()
+            .zip(&bodies)
+            .filter(|(s, _)| s.is_none())
+            .map(|(_, b)| b.as_str())
+            .collect();
+        let n = paged_back(ctx, receiver_api, receiver, room, &unseen).await?;
+        crate::log!("federation {tag}: paging back found {n} of the {missed} missed");
+        found_by_paging = json!(n);
+    }
     Ok(json!({
         "in_flight": c,
         "delivered": latency.n,
         "missed": missed,
+        "missed_found_by_paging_back": found_by_paging,
         "latency_ms": latency,
         "send_put_ms": Summary::of(&mut puts),
         "elapsed_s": round3(elapsed),
         "delivered_per_s": rate(latency.n, elapsed),
     }))
+}
+
+/// How many of `wanted` the receiver finds paging back through the room's history (at most
+/// 50 pages of 100).
+async fn paged_back(
+    ctx: &Ctx,
+    api: &Api,
+    user: &User,
+    room: &str,
+    wanted: &std::collections::HashSet<&str>,
+) -> Result<usize, BoxError> {
+    let room_enc = enc(room);
+    let mut token = syncloop::initial_sync(api, user, &ctx.args.set_presence).await?;
+    let mut found = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let page = api.messages(&user.auth, &room_enc, &token, 100).await?;
+        found.extend(
+            page.chunk
+                .iter()
+                .filter(|e| e.kind == "m.room.message")
+                .filter_map(|e| e.body())
+                .filter(|b| wanted.contains(b))
+                .map(str::to_owned),
+        );
+        match page.end {
+            Some(end) if found.len() < wanted.len() && !page.chunk.is_empty() => token = end,
+            _ => break,
+        }
+    }
+    Ok(found.len())
 }
 
 #[cfg(test)]
