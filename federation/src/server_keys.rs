@@ -23,9 +23,16 @@ struct Cached {
     document: Value,
 }
 
+/// How often a server's keys may be fetched again for a key id its cached document lacks. A
+/// request may claim any origin and key id, so without a bound anyone could make this server
+/// fetch a third server's keys on every request.
+const REFETCH_EVERY_MS: u64 = 30_000;
+
 #[derive(Default)]
 pub struct KeyCache {
     servers: RwLock<HashMap<OwnedServerName, Cached>>,
+    /// When each server's keys were last fetched again for an unknown key id.
+    refetched: parking_lot::Mutex<HashMap<OwnedServerName, u64>>,
 }
 
 impl KeyCache {
@@ -123,6 +130,17 @@ impl KeyCache {
             .is_some_and(|set| set.contains_key(key_id));
         if known || server == ours.server_name {
             return Ok(map);
+        }
+        {
+            let now = now_ms();
+            let mut refetched = self.refetched.lock();
+            if refetched
+                .get(server)
+                .is_some_and(|at| now.saturating_sub(*at) < REFETCH_EVERY_MS)
+            {
+                return Ok(map);
+            }
+            refetched.insert(server.to_owned(), now);
         }
         self.servers.write().remove(server);
         self.key_map(client, ours, server).await

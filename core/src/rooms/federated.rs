@@ -224,7 +224,7 @@ impl Rooms {
                 (self.enqueue(&h, batch), Some(pdu))
             } else {
                 if forked {
-                    self.set_head_state(&mut h, (*state_before).clone(), &mut batch);
+                    self.set_head_state(&mut h, (*state_before).clone(), &mut batch)?;
                     self.refresh_members(&mut h)?;
                 }
                 self.append_to_head(&mut h, pdu.clone(), obj, None, &mut batch)?;

@@ -191,16 +191,45 @@ impl Rooms {
         Ok(Arc::new(self.resolve_states(&head.rules, &states)?))
     }
 
-    /// Makes `map` the head's state, in a new state group written with the batch.
-    pub(crate) fn set_head_state(&self, head: &mut RoomHead, map: StateMap, batch: &mut Batch) {
+    /// Makes `map` the head's state, in a new state group written with the batch. Memberships
+    /// the new state changes are written too: the `memberships` table (each user's rooms, which
+    /// `/sync` reads) follows the state, not only the events appended.
+    pub(crate) fn set_head_state(
+        &self,
+        head: &mut RoomHead,
+        map: StateMap,
+        batch: &mut Batch,
+    ) -> Result<()> {
         if *head.state == map {
-            return;
+            return Ok(());
         }
         let changes: Vec<((String, String), OwnedEventId)> = map
             .iter()
             .filter(|(k, v)| head.state.get(*k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        for ((kind, key), id) in &changes {
+            if kind != "m.room.member" {
+                continue;
+            }
+            let (Some(membership), Ok(user)) = (
+                self.pdu(id)?.and_then(|p| p.membership()),
+                ruma::UserId::parse(key.as_str()),
+            ) else {
+                continue;
+            };
+            batch.ops.push(hearth_storage::WriteOp::PutMembershipAtNext(
+                key.clone(),
+                head.room_id.to_string(),
+                hearth_storage::MembershipRecord {
+                    membership,
+                    event_id: id.to_string(),
+                    pos: 0,
+                    forgotten: false,
+                },
+            ));
+            batch.notify.insert(user);
+        }
         // A state that lost an entry cannot be a delta over the current one: a snapshot then.
         let lost = head.state.keys().any(|k| !map.contains_key(k));
         let prev =
@@ -215,6 +244,7 @@ impl Rooms {
         head.state_group = id;
         head.state_group_rec = rec;
         head.state = Arc::new(map);
+        Ok(())
     }
 
     /// Right after a remote event was appended (the head's state is the state after it): when
@@ -241,7 +271,7 @@ impl Rooms {
         if *head.state == resolved {
             return Ok(false);
         }
-        self.set_head_state(head, resolved, batch);
+        self.set_head_state(head, resolved, batch)?;
         Ok(true)
     }
 
