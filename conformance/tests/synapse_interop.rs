@@ -938,33 +938,10 @@ async fn synapse_backfills_history_from_hearth() {
 async fn hearth_receives_what_was_said_while_it_was_down() {
     let synapse = Synapse::start().await;
     let (mut hearth, _tls) = hearth_beside(&synapse).await;
-    let (hal, _, _) = hearth.register("hal", "pw-hal-1").await;
-    let (_, syd_tok) = synapse_user(&synapse, "syd").await;
-    let created = synapse
-        .call(
-            reqwest::Method::POST,
-            "/createRoom",
-            Some(&syd_tok),
-            json!({ "preset": "public_chat", "invite": [hal] }),
-        )
-        .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
-    let mut hal_since = None;
-    assert!(
-        hearth_sees(&hearth, &hal_tok, &mut hal_since, |s| {
-            s["rooms"]["invite"][&room].is_object()
-        })
-        .await
-    );
-    let (status, body) = hearth
-        .post(&format!("/rooms/{}/join", enc(&room)), &hal_tok, &json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let (room, syd_tok, _) = room_on_synapse_joined_by_hal(&synapse, &hearth).await;
 
-    // Hearth goes down; Synapse's user talks meanwhile, and Synapse's tries fail and back off.
-    // Synapse then catches up by sending only the room's latest event: Hearth has to fetch the
-    // 30 before it, more than one `/get_missing_events` round of 10.
+    // Hearth goes down; Synapse's user talks meanwhile, and Synapse's tries fail and back off
+    // (for seconds: with this configuration it keeps the events queued and sends them all).
     hearth.kill9();
     for i in 0..DOWN_MESSAGES {
         say(&synapse, &syd_tok, &room, i).await;
@@ -1011,6 +988,38 @@ async fn hearth_receives_what_was_said_while_it_was_down() {
     );
 }
 
+/// A public room on Synapse, created by its user `syd`, which Hearth's user `hal` (registered
+/// here) joins after the invite reaches Hearth. Answers the room and both access tokens.
+async fn room_on_synapse_joined_by_hal(
+    synapse: &Synapse,
+    hearth: &TestServer,
+) -> (String, String, String) {
+    let (hal, _, _) = hearth.register("hal", "pw-hal-1").await;
+    let (_, syd_tok) = synapse_user(synapse, "syd").await;
+    let created = synapse
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(&syd_tok),
+            json!({ "preset": "public_chat", "invite": [hal] }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
+    let mut hal_since = None;
+    assert!(
+        hearth_sees(hearth, &hal_tok, &mut hal_since, |s| {
+            s["rooms"]["invite"][&room].is_object()
+        })
+        .await
+    );
+    let (status, body) = hearth
+        .post(&format!("/rooms/{}/join", enc(&room)), &hal_tok, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    (room, syd_tok, hal_tok)
+}
+
 const DOWN_MESSAGES: usize = 30;
 
 /// Synapse's catch-up after a long outage (its backoff past an hour) sends only the room's
@@ -1031,29 +1040,7 @@ async fn hearth_fills_a_long_gap_after_synapse_catches_up() {
         )
         .await;
     let (mut hearth, _tls) = hearth_beside(&synapse).await;
-    let (hal, _, _) = hearth.register("hal", "pw-hal-1").await;
-    let (_, syd_tok) = synapse_user(&synapse, "syd").await;
-    let created = synapse
-        .call(
-            reqwest::Method::POST,
-            "/createRoom",
-            Some(&syd_tok),
-            json!({ "preset": "public_chat", "invite": [hal] }),
-        )
-        .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (_, hal_tok, _) = hearth.login("hal", "pw-hal-1").await;
-    let mut hal_since = None;
-    assert!(
-        hearth_sees(&hearth, &hal_tok, &mut hal_since, |s| {
-            s["rooms"]["invite"][&room].is_object()
-        })
-        .await
-    );
-    let (status, body) = hearth
-        .post(&format!("/rooms/{}/join", enc(&room)), &hal_tok, &json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let (room, syd_tok, hal_tok) = room_on_synapse_joined_by_hal(&synapse, &hearth).await;
 
     // One delivered message first: Synapse catches up only from a PDU it knows was received.
     synapse
