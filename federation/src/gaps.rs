@@ -105,9 +105,15 @@ async fn try_fill(
             if obj.get("room_id").and_then(|r| r.as_str()) != Some(room_id.as_str()) {
                 continue;
             }
-            let checked = check_signed_pdu(&state.federation, version, obj)
-                .await
-                .map_err(|e| e.message.clone())?;
+            // A forged or broken event is left out, as it would be from a transaction; what
+            // builds on it is then refused for its unknown prev event.
+            let checked = match check_signed_pdu(&state.federation, version, obj).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(%room_id, %origin, error = %e.message, "a missing event failed its checks");
+                    continue;
+                }
+            };
             if known(&checked.event_id) || !have.insert(checked.event_id.clone()) {
                 continue;
             }
