@@ -227,29 +227,59 @@ fn bodies(sync: &serde_json::Value, room: &str) -> Vec<String> {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_of_two_servers_share_a_room_and_nothing_is_lost_while_one_is_down() {
-    let ca = TestCa::new();
-    let (a, a_name, _) = federating_server(&ca).await;
-    let (mut b, _, _) = federating_server(&ca).await;
-    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
-    let (bob, bob_tok, _) = b.register("bob", "pw-bob-1").await;
-    let room = a
-        .create_room(
-            &ann_tok,
-            &json!({ "preset": "public_chat", "name": "two servers" }),
-        )
-        .await;
+/// A room on A that Bob (of B) has joined.
+struct Shared {
+    room: String,
+    ann: String,
+    ann_tok: String,
+    bob: String,
+    bob_tok: String,
+}
 
-    // Bob (on B) joins the room on A.
+/// Ann (registered on A) creates a room from `create`; Bob (registered on B) joins it through
+/// A's server name.
+async fn bob_joins_anns_room(
+    (a, a_name): (&TestServer, &str),
+    b: &TestServer,
+    create: serde_json::Value,
+) -> Shared {
+    let (ann, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (bob, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let room = a.create_room(&ann_tok, &create).await;
     let (status, body) = b
         .post(
-            &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
+            &format!("/join/{}?server_name={}", enc(&room), enc(a_name)),
             &bob_tok,
             &json!({}),
         )
         .await;
     assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+    Shared {
+        room,
+        ann,
+        ann_tok,
+        bob,
+        bob_tok,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_two_servers_share_a_room_and_nothing_is_lost_while_one_is_down() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (mut b, _, _) = federating_server(&ca).await;
+    let Shared {
+        room,
+        ann_tok,
+        bob,
+        bob_tok,
+        ..
+    } = bob_joins_anns_room(
+        (&a, &a_name),
+        &b,
+        json!({ "preset": "public_chat", "name": "two servers" }),
+    )
+    .await;
     let (_, first) = a.get("/sync?timeout=0", &ann_tok).await;
     let mut ann_since = first["next_batch"].as_str().unwrap().to_owned();
     let (_, first) = b.get("/sync?timeout=0", &bob_tok).await;
@@ -814,22 +844,18 @@ async fn a_state_conflict_resolves_the_same_on_both_servers() {
     let ca = TestCa::new();
     let (mut a, a_name, _) = federating_server(&ca).await;
     let (mut b, _, _) = federating_server(&ca).await;
-    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
-    let (bob, bob_tok, _) = b.register("bob", "pw-bob-1").await;
-    let room = a
-        .create_room(
-            &ann_tok,
-            &json!({ "preset": "public_chat", "name": "first name" }),
-        )
-        .await;
-    let (status, body) = b
-        .post(
-            &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
-            &bob_tok,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let Shared {
+        room,
+        ann_tok,
+        bob,
+        bob_tok,
+        ..
+    } = bob_joins_anns_room(
+        (&a, &a_name),
+        &b,
+        json!({ "preset": "public_chat", "name": "first name" }),
+    )
+    .await;
     // Bob may rename the room too.
     let (_, mut pl) = a
         .get(
@@ -1045,19 +1071,9 @@ async fn forged_events_do_not_enter_a_room() {
     let ca = TestCa::new();
     let (a, a_name, _) = federating_server(&ca).await;
     let (b, b_name, b_port) = federating_server(&ca).await;
-    let (ann, ann_tok, _) = a.register("ann", "pw-ann-1").await;
-    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
-    let room = a
-        .create_room(&ann_tok, &json!({ "preset": "public_chat" }))
-        .await;
-    let (status, body) = b
-        .post(
-            &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
-            &bob_tok,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let Shared {
+        room, ann, bob_tok, ..
+    } = bob_joins_anns_room((&a, &a_name), &b, json!({ "preset": "public_chat" })).await;
 
     // What B knows of the room: the auth events and the newest event to build on.
     let (_, state) = b

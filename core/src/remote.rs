@@ -61,7 +61,7 @@ pub trait Remote: Send + Sync + 'static {
         _servers: &'a [OwnedServerName],
         _content: serde_json::Value,
     ) -> RemoteFuture<'a, RemoteKnock> {
-        Box::pin(async { Err(Error::not_found("No known servers for this room")) })
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 
     /// Events for these servers were queued durably in the outbox (see [`crate::outbox`]): send

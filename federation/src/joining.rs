@@ -5,6 +5,7 @@
 use hearth_core::config::SUPPORTED_ROOM_VERSIONS;
 use hearth_core::rooms::RemoteJoin;
 use http::Method;
+use ruma::room_version_rules::RoomVersionRules;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
     ServerName, UserId,
@@ -20,6 +21,68 @@ pub(crate) fn seg(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// The membership a `make_*` template is asked for.
+#[derive(Clone, Copy)]
+enum Membership {
+    Join,
+    Leave,
+    Knock,
+}
+
+impl Membership {
+    fn as_str(self) -> &'static str {
+        match self {
+            Membership::Join => "join",
+            Membership::Leave => "leave",
+            Membership::Knock => "knock",
+        }
+    }
+}
+
+/// A membership event of ours, made from a resident's template and signed.
+struct SignedMember {
+    version: RoomVersionId,
+    rules: RoomVersionRules,
+    event: CanonicalJsonObject,
+    event_id: OwnedEventId,
+}
+
+/// Tries `attempt` through each server in turn; the first success wins. The last failure
+/// becomes the core's error.
+async fn through_servers<T, Fut>(
+    servers: &[OwnedServerName],
+    what: &str,
+    room_id: &RoomId,
+    mut attempt: impl FnMut(OwnedServerName) -> Fut,
+) -> Result<T, hearth_core::Error>
+where
+    Fut: std::future::Future<Output = Result<T, FedError>>,
+{
+    let mut last = None;
+    for server in servers {
+        match attempt(server.clone()).await {
+            Ok(done) => return Ok(done),
+            Err(e) => {
+                tracing::warn!(%room_id, %server, error = %e.message, "{what} through a server failed");
+                last = Some(e);
+            }
+        }
+    }
+    let Some(e) = last else {
+        return Err(hearth_core::Error::not_found(
+            "No known servers for this room",
+        ));
+    };
+    Err(match e.errcode {
+        "M_FORBIDDEN" => hearth_core::Error::Forbidden(e.message),
+        "M_NOT_FOUND" => hearth_core::Error::NotFound(e.message),
+        "M_INCOMPATIBLE_ROOM_VERSION" | "M_UNSUPPORTED_ROOM_VERSION" => {
+            hearth_core::Error::UnsupportedRoomVersion(e.message)
+        }
+        _ => hearth_core::Error::Unknown(e.message),
+    })
+}
+
 impl Federation {
     pub(crate) async fn join_remote_room(
         &self,
@@ -28,29 +91,11 @@ impl Federation {
         servers: &[OwnedServerName],
         content: Value,
     ) -> Result<RemoteJoin, hearth_core::Error> {
-        let mut last = None;
-        for server in servers {
-            match self.join_via(server, room_id, user, content.clone()).await {
-                Ok(joined) => return Ok(joined),
-                Err(e) => {
-                    tracing::warn!(%room_id, %server, error = %e.message, "joining through a server failed");
-                    last = Some(e);
-                }
-            }
-        }
-        let Some(e) = last else {
-            return Err(hearth_core::Error::not_found(
-                "No known servers for this room",
-            ));
-        };
-        Err(match e.errcode {
-            "M_FORBIDDEN" => hearth_core::Error::Forbidden(e.message),
-            "M_NOT_FOUND" => hearth_core::Error::NotFound(e.message),
-            "M_INCOMPATIBLE_ROOM_VERSION" | "M_UNSUPPORTED_ROOM_VERSION" => {
-                hearth_core::Error::UnsupportedRoomVersion(e.message)
-            }
-            _ => hearth_core::Error::Unknown(e.message),
+        through_servers(servers, "joining", room_id, |server| {
+            let content = &content;
+            async move { self.join_via(&server, room_id, user, content).await }
         })
+        .await
     }
 
     async fn join_via(
@@ -58,69 +103,20 @@ impl Federation {
         server: &ServerName,
         room_id: &RoomId,
         user: &UserId,
-        content: Value,
+        content: &Value,
     ) -> Result<RemoteJoin, FedError> {
-        let versions: String = SUPPORTED_ROOM_VERSIONS
-            .iter()
-            .map(|v| format!("&ver={v}"))
-            .collect();
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{}",
-            seg(room_id.as_str()),
-            seg(user.as_str()),
-            versions.trim_start_matches('&')
-        );
-        let template = self
-            .client
-            .request(server, Method::GET, &path, None)
+        let signed = self
+            .signed_template(server, Membership::Join, room_id, user, content)
             .await?;
-        let version = template["room_version"]
-            .as_str()
-            .and_then(|v| RoomVersionId::try_from(v).ok())
-            .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
-            .ok_or_else(|| {
-                FedError::new(
-                    http::StatusCode::BAD_REQUEST,
-                    "M_UNSUPPORTED_ROOM_VERSION",
-                    format!("{server} offered a room version this server does not support"),
-                )
-            })?;
-        let rules = version.rules().expect("supported versions have rules");
-
-        // The template's content may carry what the resident filled in (a restricted join's
-        // authorising user); ours adds the profile.
-        let mut event = template["event"].clone();
-        if !event.is_object()
-            || event["sender"] != user.as_str()
-            || event["state_key"] != user.as_str()
-        {
-            return Err(FedError::bad_json(
-                "make_join returned a template for someone else",
-            ));
-        }
-        if let (Some(ours), Some(theirs)) = (content.as_object(), event["content"].as_object_mut())
-        {
-            for (k, v) in ours {
-                theirs.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        event["content"]["membership"] = "join".into();
-        event["origin_server_ts"] = hearth_core::util::now_ms().into();
-        if event.get("origin").is_some() {
-            event["origin"] = self.keys.server_name.as_str().into();
-        }
-        let (mut obj, event_id) = self.sign_template(event, &rules)?;
-
-        let path = format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            seg(room_id.as_str()),
-            seg(event_id.as_str())
-        );
-        let body = serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))?;
         let resp = self
-            .client
-            .request(server, Method::PUT, &path, Some(&body))
+            .send_member_event(server, "v2/send_join", room_id, &signed)
             .await?;
+        let SignedMember {
+            version,
+            rules,
+            event: mut obj,
+            event_id,
+        } = signed;
         // The resident may have countersigned our event (restricted joins): take its copy when
         // it is still the same event.
         if let Some(Ok(CanonicalJsonValue::Object(theirs))) =
@@ -141,19 +137,76 @@ impl Federation {
         })
     }
 
-    /// Signs a `make_join`/`make_leave` template as this server's event: answers it with its
-    /// event id.
-    fn sign_template(
+    /// Asks `server` for a template (`make_join`, `make_leave` or `make_knock`) and makes it our
+    /// event: it must be `user`'s member event in a room version this server supports; `content`
+    /// goes under what the resident filled in (a restricted join's authorising user); then it is
+    /// dated and signed.
+    async fn signed_template(
         &self,
-        event: Value,
-        rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> Result<(ruma::CanonicalJsonObject, OwnedEventId), FedError> {
+        server: &ServerName,
+        membership: Membership,
+        room_id: &RoomId,
+        user: &UserId,
+        content: &Value,
+    ) -> Result<SignedMember, FedError> {
+        let m = membership.as_str();
+        let mut path = format!(
+            "/_matrix/federation/v1/make_{m}/{}/{}",
+            seg(room_id.as_str()),
+            seg(user.as_str()),
+        );
+        // `make_leave` takes no versions: the leaving server is already in the room.
+        if !matches!(membership, Membership::Leave) {
+            let versions: Vec<String> = SUPPORTED_ROOM_VERSIONS
+                .iter()
+                .map(|v| format!("ver={v}"))
+                .collect();
+            path = format!("{path}?{}", versions.join("&"));
+        }
+        let template = self
+            .client
+            .request(server, Method::GET, &path, None)
+            .await?;
+        let version = template["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
+            .ok_or_else(|| {
+                FedError::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "M_UNSUPPORTED_ROOM_VERSION",
+                    format!("{server} offered a room version this server does not support"),
+                )
+            })?;
+        let rules = version.rules().expect("supported versions have rules");
+        let mut event = template["event"].clone();
+        if !event.is_object()
+            || event["type"] != "m.room.member"
+            || event["sender"] != user.as_str()
+            || event["state_key"] != user.as_str()
+        {
+            return Err(FedError::bad_json(format!(
+                "make_{m} returned a template for something else"
+            )));
+        }
+        if let (Some(ours), Some(theirs)) = (content.as_object(), event["content"].as_object_mut())
+        {
+            for (k, v) in ours {
+                theirs.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        event["content"]["membership"] = m.into();
+        event["origin_server_ts"] = hearth_core::util::now_ms().into();
+        if event.get("origin").is_some() {
+            event["origin"] = self.keys.server_name.as_str().into();
+        }
+
         let mut obj = match CanonicalJsonValue::try_from(event) {
             Ok(CanonicalJsonValue::Object(o)) => o,
             _ => {
-                return Err(FedError::bad_json(
-                    "make_join template is not canonical JSON",
-                ));
+                return Err(FedError::bad_json(format!(
+                    "make_{m} template is not canonical JSON"
+                )));
             }
         };
         for k in ["event_id", "hashes", "signatures", "unsigned"] {
@@ -166,14 +219,18 @@ impl Federation {
             &rules.redaction,
         )
         .map_err(|e| FedError::bad_json(e.to_string()))?;
-        let event_id = ruma::signatures::reference_hash(&obj, rules)
+        let event_id = ruma::signatures::reference_hash(&obj, &rules)
             .map_err(|e| FedError::bad_json(e.to_string()))
             .and_then(|h| {
                 OwnedEventId::try_from(format!("${h}"))
                     .map_err(|e| FedError::bad_json(e.to_string()))
             })?;
-
-        Ok((obj, event_id))
+        Ok(SignedMember {
+            version,
+            rules,
+            event: obj,
+            event_id,
+        })
     }
 
     /// Turns down an invite through one of `servers`: `make_leave`, sign, `send_leave` (v2).
@@ -183,61 +240,15 @@ impl Federation {
         user: &UserId,
         servers: &[OwnedServerName],
     ) -> Result<(), hearth_core::Error> {
-        let mut last = None;
-        for server in servers {
-            match self.leave_via(server, room_id, user).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(hearth_core::Error::Unknown(last.map_or_else(
-            || "No known servers for this room".to_owned(),
-            |e| e.message,
-        )))
-    }
-
-    async fn leave_via(
-        &self,
-        server: &ServerName,
-        room_id: &RoomId,
-        user: &UserId,
-    ) -> Result<(), FedError> {
-        let path = format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
-            seg(room_id.as_str()),
-            seg(user.as_str())
-        );
-        let template = self
-            .client
-            .request(server, Method::GET, &path, None)
-            .await?;
-        let version = template["room_version"]
-            .as_str()
-            .and_then(|v| RoomVersionId::try_from(v).ok())
-            .and_then(|v| v.rules())
-            .ok_or_else(|| FedError::bad_json("make_leave named no room version we know"))?;
-        let mut event = template["event"].clone();
-        if !event.is_object()
-            || event["sender"] != user.as_str()
-            || event["state_key"] != user.as_str()
-            || event["content"]["membership"] != "leave"
-        {
-            return Err(FedError::bad_json(
-                "make_leave returned a template for something else",
-            ));
-        }
-        event["origin_server_ts"] = hearth_core::util::now_ms().into();
-        let (obj, event_id) = self.sign_template(event, &version)?;
-        let path = format!(
-            "/_matrix/federation/v2/send_leave/{}/{}",
-            seg(room_id.as_str()),
-            seg(event_id.as_str())
-        );
-        let body = serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))?;
-        self.client
-            .request(server, Method::PUT, &path, Some(&body))
-            .await?;
-        Ok(())
+        through_servers(servers, "leaving", room_id, |server| async move {
+            let signed = self
+                .signed_template(&server, Membership::Leave, room_id, user, &Value::Null)
+                .await?;
+            self.send_member_event(&server, "v2/send_leave", room_id, &signed)
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// Knocks through one of `servers`: `make_knock`, sign, `send_knock`.
@@ -248,89 +259,47 @@ impl Federation {
         servers: &[OwnedServerName],
         content: Value,
     ) -> Result<hearth_core::remote::RemoteKnock, hearth_core::Error> {
-        let mut last = None;
-        for server in servers {
-            match self.knock_via(server, room_id, user, content.clone()).await {
-                Ok(k) => return Ok(k),
-                Err(e) => last = Some(e),
+        through_servers(servers, "knocking", room_id, |server| {
+            let content = &content;
+            async move {
+                let signed = self
+                    .signed_template(&server, Membership::Knock, room_id, user, content)
+                    .await?;
+                let answer = self
+                    .send_member_event(&server, "v1/send_knock", room_id, &signed)
+                    .await?;
+                let room_state = answer["knock_room_state"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                Ok(hearth_core::remote::RemoteKnock {
+                    event_id: signed.event_id,
+                    event: signed.event,
+                    room_state,
+                })
             }
-        }
-        let Some(e) = last else {
-            return Err(hearth_core::Error::not_found(
-                "No known servers for this room",
-            ));
-        };
-        Err(match e.errcode {
-            "M_FORBIDDEN" => hearth_core::Error::Forbidden(e.message),
-            "M_NOT_FOUND" => hearth_core::Error::NotFound(e.message),
-            _ => hearth_core::Error::Unknown(e.message),
         })
+        .await
     }
 
-    async fn knock_via(
+    /// `PUT /_matrix/federation/{endpoint}/{roomId}/{eventId}` with our signed event.
+    async fn send_member_event(
         &self,
         server: &ServerName,
+        endpoint: &str,
         room_id: &RoomId,
-        user: &UserId,
-        content: Value,
-    ) -> Result<hearth_core::remote::RemoteKnock, FedError> {
-        let versions: String = SUPPORTED_ROOM_VERSIONS
-            .iter()
-            .map(|v| format!("&ver={v}"))
-            .collect();
+        signed: &SignedMember,
+    ) -> Result<Value, FedError> {
         let path = format!(
-            "/_matrix/federation/v1/make_knock/{}/{}?{}",
+            "/_matrix/federation/{endpoint}/{}/{}",
             seg(room_id.as_str()),
-            seg(user.as_str()),
-            versions.trim_start_matches('&')
+            seg(signed.event_id.as_str())
         );
-        let template = self
-            .client
-            .request(server, Method::GET, &path, None)
-            .await?;
-        let rules = template["room_version"]
-            .as_str()
-            .and_then(|v| RoomVersionId::try_from(v).ok())
-            .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
-            .and_then(|v| v.rules())
-            .ok_or_else(|| FedError::bad_json("make_knock named no room version we support"))?;
-        let mut event = template["event"].clone();
-        if !event.is_object()
-            || event["sender"] != user.as_str()
-            || event["state_key"] != user.as_str()
-            || event["content"]["membership"] != "knock"
-        {
-            return Err(FedError::bad_json(
-                "make_knock returned a template for something else",
-            ));
-        }
-        if let (Some(ours), Some(theirs)) = (content.as_object(), event["content"].as_object_mut())
-        {
-            for (k, v) in ours {
-                theirs.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        event["origin_server_ts"] = hearth_core::util::now_ms().into();
-        let (obj, event_id) = self.sign_template(event, &rules)?;
-        let path = format!(
-            "/_matrix/federation/v1/send_knock/{}/{}",
-            seg(room_id.as_str()),
-            seg(event_id.as_str())
-        );
-        let body = serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))?;
-        let answer = self
-            .client
+        let body =
+            serde_json::to_value(&signed.event).map_err(|e| FedError::bad_json(e.to_string()))?;
+        self.client
             .request(server, Method::PUT, &path, Some(&body))
-            .await?;
-        let room_state = answer["knock_room_state"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        Ok(hearth_core::remote::RemoteKnock {
-            event_id,
-            event: obj,
-            room_state,
-        })
+            .await
     }
 
     /// Every PDU of a list, with its signatures and hashes checked; one bad PDU fails the join

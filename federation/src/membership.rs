@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::extract::{Path, State as AxState};
 use http::StatusCode;
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId,
+};
 use serde_json::{Value, json};
 
 use crate::State;
@@ -33,16 +35,17 @@ fn check_acl(
     }
 }
 
-/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}?ver=…`
-pub async fn make_join(
-    AxState(state): AxState<State>,
-    Path((room_id, user_id)): Path<(String, String)>,
-    uri: http::Uri,
-    signed: Signed,
-) -> Result<Json<Value>, FedError> {
+/// The room and user of a `make_*` request: the user must be of the asking server, and the
+/// room's ACL must let that server in.
+fn template_target(
+    state: &State,
+    room_id: String,
+    user_id: String,
+    signed: &Signed,
+) -> Result<(OwnedRoomId, OwnedUserId), FedError> {
     let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
     let user_id = OwnedUserId::try_from(user_id).map_err(|e| invalid(e.to_string()))?;
-    check_acl(&state, &room_id, &signed.origin)?;
+    check_acl(state, &room_id, &signed.origin)?;
     if user_id.server_name() != signed.origin {
         return Err(FedError::new(
             StatusCode::FORBIDDEN,
@@ -50,17 +53,36 @@ pub async fn make_join(
             "The user is not of the asking server",
         ));
     }
-    let (version, template) = state.core.rooms.join_template(&room_id, &user_id)?;
-    // A server that names no versions speaks only version 1.
-    let supported = query_params(&uri, "ver");
-    if !supported.iter().any(|v| v == version.as_str()) {
-        return Err(FedError::new(
-            StatusCode::BAD_REQUEST,
-            "M_INCOMPATIBLE_ROOM_VERSION",
-            format!("Your server does not support room version {version}"),
-        )
-        .with_room_version(version.as_str()));
+    Ok((room_id, user_id))
+}
+
+/// The asking server must speak the room's version (its `ver` parameters; a server that names
+/// none speaks only version 1).
+fn check_version_offered(uri: &http::Uri, version: &RoomVersionId) -> Result<(), FedError> {
+    if query_params(uri, "ver")
+        .iter()
+        .any(|v| v == version.as_str())
+    {
+        return Ok(());
     }
+    Err(FedError::new(
+        StatusCode::BAD_REQUEST,
+        "M_INCOMPATIBLE_ROOM_VERSION",
+        format!("Your server does not support room version {version}"),
+    )
+    .with_room_version(version.as_str()))
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}?ver=…`
+pub async fn make_join(
+    AxState(state): AxState<State>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    uri: http::Uri,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let (room_id, user_id) = template_target(&state, room_id, user_id, &signed)?;
+    let (version, template) = state.core.rooms.join_template(&room_id, &user_id)?;
+    check_version_offered(&uri, &version)?;
     Ok(Json(json!({ "room_version": version, "event": template })))
 }
 
@@ -302,16 +324,7 @@ pub async fn make_leave(
     Path((room_id, user_id)): Path<(String, String)>,
     signed: Signed,
 ) -> Result<Json<Value>, FedError> {
-    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
-    let user_id = OwnedUserId::try_from(user_id).map_err(|e| invalid(e.to_string()))?;
-    check_acl(&state, &room_id, &signed.origin)?;
-    if user_id.server_name() != signed.origin {
-        return Err(FedError::new(
-            StatusCode::FORBIDDEN,
-            "M_FORBIDDEN",
-            "The user is not of the asking server",
-        ));
-    }
+    let (room_id, user_id) = template_target(&state, room_id, user_id, &signed)?;
     let (version, template) = state.core.rooms.leave_template(&room_id, &user_id)?;
     Ok(Json(json!({ "room_version": version, "event": template })))
 }
@@ -341,28 +354,9 @@ pub async fn make_knock(
     uri: http::Uri,
     signed: Signed,
 ) -> Result<Json<Value>, FedError> {
-    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
-    let user_id = OwnedUserId::try_from(user_id).map_err(|e| invalid(e.to_string()))?;
-    check_acl(&state, &room_id, &signed.origin)?;
-    if user_id.server_name() != signed.origin {
-        return Err(FedError::new(
-            StatusCode::FORBIDDEN,
-            "M_FORBIDDEN",
-            "The user is not of the asking server",
-        ));
-    }
+    let (room_id, user_id) = template_target(&state, room_id, user_id, &signed)?;
     let (version, template) = state.core.rooms.knock_template(&room_id, &user_id)?;
-    if !query_params(&uri, "ver")
-        .iter()
-        .any(|v| v == version.as_str())
-    {
-        return Err(FedError::new(
-            StatusCode::BAD_REQUEST,
-            "M_INCOMPATIBLE_ROOM_VERSION",
-            format!("Your server does not support room version {version}"),
-        )
-        .with_room_version(version.as_str()));
-    }
+    check_version_offered(&uri, &version)?;
     Ok(Json(json!({ "room_version": version, "event": template })))
 }
 

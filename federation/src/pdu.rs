@@ -6,7 +6,7 @@
 use ruma::signatures::{
     PublicKeyMap, Verified, required_server_signatures_to_verify_event, verify_event,
 };
-use ruma::{CanonicalJsonObject, OwnedEventId, RoomVersionId};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomVersionId};
 
 use crate::Federation;
 use crate::error::FedError;
@@ -38,10 +38,29 @@ pub async fn check_signed_pdu(
         .map_err(|e| FedError::bad_json(e.to_string()))?;
     let mut keys = PublicKeyMap::new();
     for server in servers {
-        let set = federation
-            .key_cache
-            .keys(&federation.client, &federation.keys, &server)
-            .await?;
+        // A key id the cached document lacks (the server rotated its key) has it fetched again,
+        // as for a request's signature.
+        let key_id = match pdu.get("signatures") {
+            Some(CanonicalJsonValue::Object(by_server)) => match by_server.get(server.as_str()) {
+                Some(CanonicalJsonValue::Object(sigs)) => sigs.keys().next().cloned(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let set = match key_id {
+            Some(id) => federation
+                .key_cache
+                .key_map_with(&federation.client, &federation.keys, &server, &id)
+                .await?
+                .remove(server.as_str())
+                .unwrap_or_default(),
+            None => {
+                federation
+                    .key_cache
+                    .keys(&federation.client, &federation.keys, &server)
+                    .await?
+            }
+        };
         keys.insert(server.to_string(), set);
     }
     match verify_event(&keys, &pdu, &rules) {

@@ -237,8 +237,13 @@ impl Rooms {
             return Ok(Vec::new());
         };
         let value: Value = serde_json::from_slice(&json)?;
-        let mut out: Vec<Box<RawJsonValue>> = value["unsigned"][KEPT_STATE]
-            .as_array()
+        // Kept under `invite_room_state` before knocks were kept too.
+        let unsigned = &value["unsigned"];
+        let kept = unsigned
+            .get(KEPT_STATE)
+            .or_else(|| unsigned.get("invite_room_state"));
+        let mut out: Vec<Box<RawJsonValue>> = kept
+            .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
                     .filter_map(|e| serde_json::value::to_raw_value(e).ok())

@@ -59,24 +59,9 @@ impl Rooms {
     ) -> Result<OwnedRoomId> {
         let mut content = member_content("join", Some(profile), reason);
         if !self.exists(room_id)? {
-            let mut servers: Vec<ruma::OwnedServerName> = via
-                .iter()
-                .filter(|s| *s != self.server_name())
-                .cloned()
-                .collect();
             // The inviting server first: it is in the room for sure.
-            if let Some(s) = self.inviting_server(room_id, user)?
-                && s != self.server_name()
-            {
-                servers.retain(|v| *v != s);
-                servers.insert(0, s);
-            }
-            if let Some(s) = room_id.server_name()
-                && s != self.server_name()
-                && !servers.iter().any(|v| v == s)
-            {
-                servers.push(s.to_owned());
-            }
+            let first = self.inviting_server(room_id, user)?;
+            let servers = self.remote_servers(room_id, first, via);
             if servers.is_empty() || user.server_name() != self.server_name() {
                 return Err(Error::not_found("No known servers for this room"));
             }
@@ -222,23 +207,34 @@ impl Rooms {
     ) -> Result<()> {
         let content = member_content("knock", Some(profile), reason);
         if !self.exists(room_id)? {
-            let mut servers: Vec<ruma::OwnedServerName> = via
-                .iter()
-                .filter(|s| *s != self.server_name())
-                .cloned()
-                .collect();
-            if let Some(s) = room_id.server_name()
-                && s != self.server_name()
-                && !servers.iter().any(|v| v == s)
-            {
-                servers.push(s.to_owned());
-            }
+            let servers = self.remote_servers(room_id, None, via);
             if servers.is_empty() {
                 return Err(Error::not_found("No known servers for this room"));
             }
             return self.knock_remote(room_id, user, &servers, content).await;
         }
         self.send_member(room_id, user, user, content).await
+    }
+
+    /// The other servers to reach a room this server is not in through: `first` (when known),
+    /// then the client's `via` list, then the server in the room id (before room version 12).
+    fn remote_servers(
+        &self,
+        room_id: &RoomId,
+        first: Option<ruma::OwnedServerName>,
+        via: &[ruma::OwnedServerName],
+    ) -> Vec<ruma::OwnedServerName> {
+        let mut servers: Vec<ruma::OwnedServerName> = Vec::new();
+        let candidates = first
+            .into_iter()
+            .chain(via.iter().cloned())
+            .chain(room_id.server_name().map(ToOwned::to_owned));
+        for s in candidates {
+            if s != self.server_name() && !servers.contains(&s) {
+                servers.push(s);
+            }
+        }
+        servers
     }
 
     pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
