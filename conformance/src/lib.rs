@@ -317,6 +317,33 @@ impl TestServer {
             .await
     }
 
+    /// Every event of a room a user reads by paging `/messages` back `limit` at a time until
+    /// the server says there is nothing further, oldest first, with the last `end` token seen
+    /// (where paging forwards from the oldest point starts).
+    pub async fn page_back_all(&self, token: &str, room: &str, limit: u32) -> (Vec<Value>, String) {
+        let mut events = Vec::new();
+        let mut from: Option<String> = None;
+        let mut last_end = String::new();
+        for _ in 0..1000 {
+            let mut path = format!("/rooms/{}/messages?dir=b&limit={limit}", enc(room));
+            if let Some(f) = &from {
+                path.push_str(&format!("&from={}", enc(f)));
+            }
+            let (status, page) = self.get(&path, token).await;
+            assert_eq!(status, 200, "{page}");
+            events.extend(page["chunk"].as_array().cloned().unwrap_or_default());
+            match page["end"].as_str() {
+                Some(end) => {
+                    last_end = end.to_owned();
+                    from = Some(end.to_owned());
+                }
+                None => break,
+            }
+        }
+        events.reverse();
+        (events, last_end)
+    }
+
     /// `GET path` without authentication.
     pub async fn get_anon(&self, path: &str) -> Response {
         self.request(Method::GET, path, None, None).await

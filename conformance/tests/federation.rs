@@ -1175,3 +1175,187 @@ async fn forged_events_do_not_enter_a_room() {
         );
     }
 }
+
+/// Messages said in a room before a user of the other server joins it.
+const HISTORY: usize = 250;
+
+/// Joining over federation brings a room's state, not its history. When a user pages back past
+/// the join, the history comes from the room's other server (`/backfill`, a batch at a time,
+/// with the state at each batch's far edge), every event checked and shown as the room's
+/// history visibility allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_before_a_join_is_backfilled_from_the_other_server() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+
+    // Shared history: what was said before Bob came is his to read.
+    let room = a
+        .create_room(
+            &ann_tok,
+            &json!({ "preset": "public_chat", "name": "old news" }),
+        )
+        .await;
+    let said: Vec<String> = (0..HISTORY).map(|i| format!("before bob {i}")).collect();
+    for (i, body) in said.iter().enumerate() {
+        if i == HISTORY / 2 {
+            let (status, body) = a
+                .put(
+                    &format!("/rooms/{}/state/m.room.topic/", enc(&room)),
+                    &ann_tok,
+                    &json!({ "topic": "halfway" }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        a.send_text(&ann_tok, &room, &format!("h{i}"), body).await;
+    }
+    // History for members only: nothing before Bob's join is his.
+    let closed = a
+        .create_room(
+            &ann_tok,
+            &json!({
+                "preset": "public_chat",
+                "initial_state": [{
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": { "history_visibility": "joined" },
+                }],
+            }),
+        )
+        .await;
+    for i in 0..5 {
+        a.send_text(
+            &ann_tok,
+            &closed,
+            &format!("c{i}"),
+            &format!("members only {i}"),
+        )
+        .await;
+    }
+    for r in [&room, &closed] {
+        let (status, body) = b
+            .post(
+                &format!("/join/{}?server_name={}", enc(r), enc(&a_name)),
+                &bob_tok,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body} {}", b.log_tail(20));
+    }
+
+    let (events, oldest) = b.page_back_all(&bob_tok, &room, 30).await;
+    assert_eq!(
+        hearth_conformance::message_bodies(&events),
+        said,
+        "Bob reads every message said before he came, once each, in order\n{}",
+        b.log_tail(30)
+    );
+    assert_eq!(
+        events[0]["type"], "m.room.create",
+        "the history reaches the room's start"
+    );
+    let topic = events
+        .iter()
+        .position(|e| e["type"] == "m.room.topic")
+        .expect("the topic change is in the history");
+    assert_eq!(events[topic + 1]["content"]["body"], said[HISTORY / 2]);
+    assert_eq!(
+        events.last().unwrap()["content"]["membership"],
+        "join",
+        "Bob's join comes after the history"
+    );
+
+    // Paging forwards from the oldest point reads the rest of the history, then the live
+    // timeline, in the same order.
+    let ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    let mut forwards: Vec<String> = Vec::new();
+    let mut from = oldest;
+    for _ in 0..100 {
+        let (status, page) = b
+            .get(
+                &format!(
+                    "/rooms/{}/messages?dir=f&limit=40&from={}",
+                    enc(&room),
+                    enc(&from)
+                ),
+                &bob_tok,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        forwards.extend(
+            page["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned)),
+        );
+        match page["end"].as_str() {
+            Some(end) => from = end.to_owned(),
+            None => break,
+        }
+    }
+    // All but the last page back, which lay before the oldest point.
+    assert!(
+        forwards.len() >= ids.len() - 30,
+        "{} of {} events forwards",
+        forwards.len(),
+        ids.len()
+    );
+    assert!(
+        ids.ends_with(&forwards.iter().map(String::as_str).collect::<Vec<_>>()),
+        "forwards reads the same events in the same order"
+    );
+
+    // A backfilled event has its context like any other.
+    let tenth = events
+        .iter()
+        .find(|e| e["content"]["body"] == said[10])
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap();
+    let (status, context) = b
+        .get(
+            &format!("/rooms/{}/context/{}?limit=2", enc(&room), enc(tenth)),
+            &bob_tok,
+        )
+        .await;
+    assert_eq!(status, 200, "{context}");
+    assert_eq!(context["events_before"][0]["content"]["body"], said[9]);
+    assert_eq!(context["events_after"][0]["content"]["body"], said[11]);
+
+    let (closed_events, _) = b.page_back_all(&bob_tok, &closed, 30).await;
+    let seen = hearth_conformance::message_bodies(&closed_events);
+    assert!(
+        !seen.iter().any(|b| b.starts_with("members only")),
+        "members-only history stays hidden: {seen:?}"
+    );
+    // What Bob sees: the room's first events, said while history was still shared (the spec
+    // judges the visibility change itself by the visibility before it), and his join.
+    let kinds: Vec<&str> = closed_events
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "m.room.create",
+            "m.room.member",
+            "m.room.power_levels",
+            "m.room.join_rules",
+            "m.room.history_visibility",
+            "m.room.member",
+        ],
+        "{closed_events:?}"
+    );
+    let join = closed_events.last().unwrap();
+    assert_eq!(join["content"]["membership"], "join");
+    assert!(
+        join["unsigned"].get("replaces_state").is_none(),
+        "a first join replaces nothing: {join}"
+    );
+}

@@ -93,7 +93,7 @@ impl Receipts {
             receipt_type,
             event_id,
             thread,
-            event.meta.pos,
+            event.live_pos(),
         )
         .await
     }
@@ -166,7 +166,7 @@ impl Receipts {
         let Ok(id) = EventId::parse(event_id) else {
             return Ok(0);
         };
-        Ok(self.rooms.timeline_event(&id)?.map_or(0, |e| e.meta.pos))
+        Ok(self.rooms.timeline_event(&id)?.map_or(0, |e| e.live_pos()))
     }
 
     /// The `m.receipt` event of a room for a sync: the receipts changed in `(since, upto]` (all

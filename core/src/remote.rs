@@ -64,6 +64,19 @@ pub trait Remote: Send + Sync + 'static {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 
+    /// `GET /backfill` on the first of `servers` that answers: the events before (and
+    /// including) `from`, at most `limit`, each checked (signatures, hashes), with the state at
+    /// the prev events of theirs this server has no state for.
+    fn backfill<'a>(
+        &'a self,
+        _room_id: &'a RoomId,
+        _servers: &'a [OwnedServerName],
+        _from: &'a [ruma::OwnedEventId],
+        _limit: usize,
+    ) -> RemoteFuture<'a, crate::rooms::history::Backfilled> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
     /// Events for these servers were queued durably in the outbox (see [`crate::outbox`]): send
     /// them. Called after the commit; whatever is queued is also sent after a restart.
     fn outbound_ready(&self, _destinations: &[OwnedServerName]) {}

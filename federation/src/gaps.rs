@@ -13,15 +13,15 @@
 use std::collections::{BTreeMap, HashSet};
 
 use futures_util::StreamExt;
-use hearth_core::rooms::GapEdge;
+use hearth_core::rooms::{GapEdge, Rooms};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, ServerName,
 };
 use serde_json::{Value, json};
 
-use crate::State;
 use crate::joining::seg;
 use crate::pdu::check_signed_pdu;
+use crate::{Federation, State};
 
 /// How many missing events are fetched one by one before the rest of a gap is skipped.
 const MAX_MISSING: usize = 200;
@@ -50,14 +50,14 @@ pub(crate) async fn fill(
     }
 }
 
-fn depth_of(obj: &CanonicalJsonObject) -> u64 {
+pub(crate) fn depth_of(obj: &CanonicalJsonObject) -> u64 {
     match obj.get("depth") {
         Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
         _ => 0,
     }
 }
 
-fn prevs_of(obj: &CanonicalJsonObject) -> Vec<OwnedEventId> {
+pub(crate) fn prevs_of(obj: &CanonicalJsonObject) -> Vec<OwnedEventId> {
     match obj.get("prev_events") {
         Some(CanonicalJsonValue::Array(a)) => a
             .iter()
@@ -144,7 +144,8 @@ async fn try_fill(
         return Err(format!("{} gap edges", edges.len()));
     }
     for edge in &edges {
-        let edge_state = fetch_edge(state, origin, room_id, version, edge).await?;
+        let edge_state =
+            fetch_edge(&state.federation, rooms, origin, room_id, version, edge).await?;
         rooms
             .ingest_gap_edge(room_id, edge_state)
             .await
@@ -189,7 +190,7 @@ async fn missing_events(
     Ok(objects(&answer["events"]))
 }
 
-fn objects(list: &Value) -> Vec<CanonicalJsonObject> {
+pub(crate) fn objects(list: &Value) -> Vec<CanonicalJsonObject> {
     list.as_array()
         .into_iter()
         .flatten()
@@ -202,14 +203,13 @@ fn objects(list: &Value) -> Vec<CanonicalJsonObject> {
 
 /// One event, from `/event`, with its signatures checked.
 async fn fetch_event(
-    state: &State,
+    federation: &Federation,
     origin: &ServerName,
     version: &RoomVersionId,
     id: &OwnedEventId,
 ) -> Result<(OwnedEventId, CanonicalJsonObject), String> {
     let path = format!("/_matrix/federation/v1/event/{}", seg(id.as_str()));
-    let answer = state
-        .federation
+    let answer = federation
         .client
         .request(origin, http::Method::GET, &path, None)
         .await
@@ -217,7 +217,7 @@ async fn fetch_event(
     let obj = objects(&answer["pdus"])
         .pop()
         .ok_or_else(|| format!("{origin} sent no PDU for {id}"))?;
-    let checked = check_signed_pdu(&state.federation, version, obj)
+    let checked = check_signed_pdu(federation, version, obj)
         .await
         .map_err(|e| e.message)?;
     if &checked.event_id != id {
@@ -228,8 +228,9 @@ async fn fetch_event(
 
 /// The state before `edge` as `origin` has it, with every event of it (and of its auth chain)
 /// this server lacks.
-async fn fetch_edge(
-    state: &State,
+pub(crate) async fn fetch_edge(
+    federation: &Federation,
+    rooms: &Rooms,
     origin: &ServerName,
     room_id: &RoomId,
     version: &RoomVersionId,
@@ -240,8 +241,7 @@ async fn fetch_edge(
         seg(room_id.as_str()),
         seg(edge.as_str())
     );
-    let answer = state
-        .federation
+    let answer = federation
         .client
         .request(origin, http::Method::GET, &path, None)
         .await
@@ -255,7 +255,6 @@ async fn fetch_edge(
             .collect()
     };
     let state_before = ids("pdu_ids");
-    let rooms = &state.core.rooms;
     let mut need: Vec<OwnedEventId> = state_before
         .iter()
         .chain(ids("auth_chain_ids").iter())
@@ -267,10 +266,10 @@ async fn fetch_edge(
     if need.len() > MAX_EDGE_EVENTS {
         return Err(format!("{} state events to fetch at a gap", need.len()));
     }
-    let event = fetch_event(state, origin, version, edge).await?;
+    let event = fetch_event(federation, origin, version, edge).await?;
     let results: Vec<Result<(OwnedEventId, CanonicalJsonObject), String>> =
         futures_util::stream::iter(need)
-            .map(|id| async move { fetch_event(state, origin, version, &id).await })
+            .map(|id| async move { fetch_event(federation, origin, version, &id).await })
             .buffer_unordered(8)
             .collect()
             .await;

@@ -49,7 +49,7 @@ struct SignedMember {
 
 /// Tries `attempt` through each server in turn; the first success wins. The last failure
 /// becomes the core's error.
-async fn through_servers<T, Fut>(
+pub(crate) async fn through_servers<T, Fut>(
     servers: &[OwnedServerName],
     what: &str,
     room_id: &RoomId,

@@ -6,6 +6,7 @@
 //! `hearth_core::remote::Remote`, through which the core asks peers for what it lacks.
 
 mod auth;
+mod backfill;
 pub mod client;
 mod discovery;
 mod error;
@@ -96,6 +97,16 @@ impl Federation {
 }
 
 impl Remote for Federation {
+    fn backfill<'a>(
+        &'a self,
+        room_id: &'a ruma::RoomId,
+        servers: &'a [ruma::OwnedServerName],
+        from: &'a [ruma::OwnedEventId],
+        limit: usize,
+    ) -> RemoteFuture<'a, hearth_core::rooms::history::Backfilled> {
+        Box::pin(self.backfill_from(room_id, servers, from, limit))
+    }
+
     fn outbound_ready(&self, destinations: &[ruma::OwnedServerName]) {
         self.wake_senders(destinations);
     }

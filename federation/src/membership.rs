@@ -158,7 +158,7 @@ pub async fn send_join(
         .append_remote(&room_id, event_id.clone(), json)
         .await?;
     tracing::info!(%room_id, %sender, "remote user joined");
-    let chain = rooms.state_and_auth_chain(&room_id, &[event_id])?;
+    let chain = rooms.state_and_auth_chain(&room_id, &event_id)?;
     Ok(Json(json!({
         "origin": state.core.config.server_name,
         "state": chain.state,

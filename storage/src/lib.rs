@@ -95,6 +95,16 @@ pub trait Store:
         backwards: bool,
         limit: usize,
     ) -> StorageResult<Vec<(StreamPos, String)>>;
+    /// A room's backfilled history (`ROOM_HISTORY`) between two sequences (both inclusive):
+    /// into the past (sequence ascending) or towards the present, at most `limit`.
+    fn room_history(
+        &self,
+        room_id: &str,
+        from: u64,
+        to: u64,
+        into_past: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, String)>>;
     fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>>;
     fn room(&self, room_id: &str) -> StorageResult<Option<RoomRecord>>;
     fn rooms(&self) -> StorageResult<Vec<(String, RoomRecord)>>;

@@ -62,6 +62,11 @@ pub struct EventMeta {
     /// The redaction that pruned this event's content, once one did.
     #[serde(default)]
     pub redacted_by: Option<String>,
+    /// For events backfilled from other servers: their place in the room's history before its
+    /// first event on this server (`ROOM_HISTORY`; 1 is the newest). `pos` is then only where
+    /// the event is stored, not a place in any timeline.
+    #[serde(default)]
+    pub history_seq: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -214,6 +219,15 @@ pub enum WriteOp {
         /// `(user id, record)` for an invite of a local user to a room this server is not in:
         /// the membership row takes the outlier's position.
         membership: Option<(String, MembershipRecord)>,
+    },
+    /// Places an event backfilled from another server in its room's history at `seq`. An event
+    /// this server already kept as an outlier keeps its storage position and takes the new meta
+    /// (its state is known now); any other is stored at the next position.
+    PutHistory {
+        seq: u64,
+        event_id: String,
+        json: Vec<u8>,
+        meta: EventMeta,
     },
     /// Rewrites a room's head record (its current state changed by state resolution).
     PutRoom(String, RoomRecord),

@@ -48,6 +48,7 @@ impl RedbStore {
         txn.open_table(EVENTS)?;
         txn.open_table(EVENT_META)?;
         txn.open_table(ROOM_TIMELINE)?;
+        txn.open_table(ROOM_HISTORY)?;
         txn.open_table(STATE_GROUPS)?;
         txn.open_table(ROOMS)?;
         txn.open_table(MEMBERSHIPS)?;
@@ -223,6 +224,33 @@ impl Store for RedbStore {
             Box::new(range.rev())
         } else {
             Box::new(range)
+        };
+        let mut out = Vec::new();
+        for row in rows.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value().1, v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    fn room_history(
+        &self,
+        room_id: &str,
+        from: u64,
+        to: u64,
+        into_past: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, String)>> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ROOM_HISTORY)?;
+        let range = table.range((room_id, from)..=(room_id, to))?;
+        let rows: Box<dyn Iterator<Item = _>> = if into_past {
+            Box::new(range)
+        } else {
+            Box::new(range.rev())
         };
         let mut out = Vec::new();
         for row in rows.take(limit) {
@@ -527,6 +555,7 @@ mod tests {
                 txn: None,
                 replaces_state: None,
                 redacted_by: None,
+                history_seq: None,
             },
             room: RoomRecord {
                 room_version: "11".into(),

@@ -21,6 +21,10 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events_by_
 pub const EVENT_META: TableDefinition<u64, &[u8]> = TableDefinition::new("event_meta_by_pos");
 /// (room id, stream position) → event id: each room's timeline in stream order
 pub const ROOM_TIMELINE: TableDefinition<(&str, u64), &str> = TableDefinition::new("room_timeline");
+/// (room id, history sequence) → event id: the history this server backfilled from its peers,
+/// before the room's first event in `room_timeline`. Sequence 1 is the newest; it grows into the
+/// past, so each backfill appends at the end.
+pub const ROOM_HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("room_history");
 /// state group id → StateGroupRecord
 pub const STATE_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("state_groups");
 /// room id → RoomRecord

@@ -117,6 +117,7 @@ struct Tables<'t> {
     events: Table<'t, u64, &'static [u8]>,
     event_meta: Table<'t, u64, &'static [u8]>,
     room_timeline: Table<'t, (&'static str, u64), &'static str>,
+    room_history: Table<'t, (&'static str, u64), &'static str>,
     state_groups: Table<'t, u64, &'static [u8]>,
     rooms: Table<'t, &'static str, &'static [u8]>,
     memberships: Table<'t, (&'static str, &'static str), &'static [u8]>,
@@ -148,6 +149,7 @@ impl<'t> Tables<'t> {
             events: txn.open_table(EVENTS)?,
             event_meta: txn.open_table(EVENT_META)?,
             room_timeline: txn.open_table(ROOM_TIMELINE)?,
+            room_history: txn.open_table(ROOM_HISTORY)?,
             state_groups: txn.open_table(STATE_GROUPS)?,
             rooms: txn.open_table(ROOMS)?,
             memberships: txn.open_table(MEMBERSHIPS)?,
@@ -401,6 +403,30 @@ fn apply(
             t.events.insert(pos, json.as_slice())?;
             t.event_meta
                 .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
+            return Ok(Some(pos));
+        }
+        WriteOp::PutHistory {
+            seq,
+            event_id,
+            json,
+            mut meta,
+        } => {
+            let known = t.event_ids.get(event_id.as_str())?.map(|v| v.value());
+            let pos = match known {
+                Some(pos) => pos,
+                None => {
+                    *next_pos += 1;
+                    t.event_ids.insert(event_id.as_str(), *next_pos)?;
+                    *next_pos
+                }
+            };
+            meta.pos = pos;
+            meta.history_seq = Some(seq);
+            t.events.insert(pos, json.as_slice())?;
+            t.event_meta
+                .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
+            t.room_history
+                .insert((meta.room_id.as_str(), seq), event_id.as_str())?;
             return Ok(Some(pos));
         }
         WriteOp::AppendEvent(append) => {

@@ -1,7 +1,9 @@
 use ruma::api::Direction;
 use ruma::api::client::{context::get_context, message::get_message_events, room::get_room_event};
 
-use super::{parse_token, raw, token};
+use hearth_core::rooms::history::TimelinePos;
+
+use super::raw;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
@@ -20,21 +22,24 @@ pub async fn messages(
     let access = rooms.access(&b.room_id, &s.user_id)?;
     let backwards = b.dir == Direction::Backward;
     let from = match &b.from {
-        Some(t) => parse_token(t)?,
-        None if backwards => access.max_pos,
-        None => 0,
+        Some(t) => parse_position(t)?,
+        None if backwards => TimelinePos::Live(access.max_pos),
+        // The oldest point this server holds; what it backfills later goes before it.
+        None => TimelinePos::History(u64::MAX),
     };
-    let to = b.to.as_deref().map(parse_token).transpose()?;
+    let to = b.to.as_deref().map(parse_position).transpose()?;
     let filter = event_filter(&b.filter);
     let limit = (u64::from(b.limit) as usize).clamp(1, 1000);
-    let page = rooms.page(
-        &s.user_id, &b.room_id, &access, from, to, backwards, limit, &filter,
-    )?;
+    let page = rooms
+        .messages(
+            &s.user_id, &b.room_id, &access, from, to, backwards, limit, &filter,
+        )
+        .await?;
 
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let mut resp = get_message_events::v3::Response::new();
-    resp.start = token(from);
-    resp.end = page.end.map(token);
+    resp.start = from.to_string();
+    resp.end = page.end.map(|e| e.to_string());
     resp.chunk = page
         .events
         .iter()
@@ -45,7 +50,7 @@ pub async fn messages(
         let group = page
             .events
             .iter()
-            .max_by_key(|e| e.meta.pos)
+            .max_by_key(|e| TimelinePos::after(&e.meta))
             .map_or(0, |e| e.meta.state_after);
         let members =
             rooms.member_events_for(group, page.events.iter().map(|e| e.pdu.sender.to_string()))?;
@@ -69,38 +74,27 @@ pub async fn context(
     let limit = u64::from(b.limit) as usize;
     let before_n = limit / 2;
     let after_n = limit - before_n;
-    let before = rooms.page(
-        &s.user_id,
-        &b.room_id,
-        &access,
-        ev.meta.pos - 1,
-        None,
-        true,
-        before_n,
-        &filter,
+    let (at, before_at) = (TimelinePos::after(&ev.meta), TimelinePos::before(&ev.meta));
+    let before = rooms.history_page(
+        &s.user_id, &b.room_id, &access, before_at, true, before_n, &filter,
     )?;
-    let after = rooms.page(
-        &s.user_id,
-        &b.room_id,
-        &access,
-        ev.meta.pos,
-        None,
-        false,
-        after_n,
-        &filter,
-    )?;
-
+    let after = rooms.history_page(&s.user_id, &b.room_id, &access, at, false, after_n, &filter)?;
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let mut resp = get_context::v3::Response::new();
-    resp.start = Some(token(
+    resp.start = Some(
         before
             .events
             .last()
-            .map_or(ev.meta.pos - 1, |e| e.meta.pos - 1),
-    ));
-    resp.end = Some(token(
-        after.events.last().map_or(ev.meta.pos, |e| e.meta.pos),
-    ));
+            .map_or(before_at, |e| TimelinePos::before(&e.meta))
+            .to_string(),
+    );
+    resp.end = Some(
+        after
+            .events
+            .last()
+            .map_or(at, |e| TimelinePos::after(&e.meta))
+            .to_string(),
+    );
     resp.events_before = before
         .events
         .iter()
@@ -129,6 +123,12 @@ pub async fn context(
         .map(|e| raw(rooms.format(e, viewer, true)))
         .collect();
     Ok(resp)
+}
+
+fn parse_position(token: &str) -> ApiResult<TimelinePos> {
+    token
+        .parse()
+        .map_err(|()| ApiError::invalid_param(format!("Invalid pagination token: {token}")))
 }
 
 pub async fn event(

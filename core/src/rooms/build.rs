@@ -217,6 +217,7 @@ impl Rooms {
                 txn: None,
                 replaces_state: None,
                 redacted_by: None,
+                history_seq: None,
             },
             membership: None,
         });
@@ -289,6 +290,7 @@ impl Rooms {
             txn: txn.clone(),
             replaces_state,
             redacted_by: None,
+            history_seq: None,
         };
         self.pending_events
             .lock()

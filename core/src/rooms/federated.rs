@@ -44,10 +44,16 @@ impl Rooms {
         let mut state = super::StateMap::new();
         let mut members = std::collections::HashMap::new();
         let mut seen = std::collections::HashSet::new();
-        let in_state: std::collections::HashSet<&OwnedEventId> =
-            join.state.iter().map(|(id, _)| id).collect();
+        // The state before our join; a resident that counted the join in it is not followed,
+        // or the join would replace itself.
+        let in_state: std::collections::HashSet<&OwnedEventId> = join
+            .state
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| **id != join.event_id)
+            .collect();
         for (id, obj) in join.auth_chain.iter().chain(join.state.iter()) {
-            if !seen.insert(id.clone()) {
+            if *id == join.event_id || !seen.insert(id.clone()) {
                 continue;
             }
             let pdu = Arc::new(Pdu::from_canonical(id.clone(), obj)?);
@@ -249,18 +255,26 @@ impl Rooms {
         Ok(events.pop().expect("one event was appended"))
     }
 
-    /// The room's current state and the auth chain of that state and of `extra` events, each as
-    /// the PDUs' JSON.
+    /// What `send_join` answers: the room state before `event` (the current state when the
+    /// event has no state of its own, as a soft-failed one), and the auth chain of that state
+    /// and of the event, each as the PDUs' JSON.
     pub fn state_and_auth_chain(
         &self,
         room_id: &RoomId,
-        extra: &[OwnedEventId],
+        event: &EventId,
     ) -> Result<StateAndAuthChain> {
-        let state = self.current_state(room_id)?;
+        let before = self
+            .timeline_event(event)?
+            .map(|e| e.meta.state_before)
+            .filter(|g| *g != 0);
+        let state = match before {
+            Some(group) => self.state_at_group(group)?,
+            None => self.current_state(room_id)?,
+        };
         let state_ids: Vec<OwnedEventId> = state.values().cloned().collect();
         let mut seen: BTreeSet<OwnedEventId> = BTreeSet::new();
         let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
-        for id in state_ids.iter().chain(extra) {
+        for id in state_ids.iter().chain([&event.to_owned()]) {
             if let Some(p) = self.pdu(id)? {
                 queue.extend(p.auth_events.iter().cloned());
             }

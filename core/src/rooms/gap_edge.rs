@@ -37,85 +37,106 @@ impl Rooms {
         let head = self.head(room_id)?;
         let queued = {
             let h = head.lock();
-            let (edge_id, edge_obj) = edge.event;
-            if self.pdu(&edge_id)?.is_some() {
+            if self.pdu(&edge.event.0)?.is_some() {
                 return Ok(());
             }
             let mut batch = Batch::default();
-            // Oldest first, so that auth events are in before the events they authorise.
-            let mut fresh: Vec<(PduRef, CanonicalJsonObject)> = Vec::new();
-            for (id, obj) in edge.missing {
-                let pdu = Arc::new(Pdu::from_canonical(id, &obj)?);
-                if pdu.room_id == room_id {
-                    fresh.push((pdu, obj));
+            let (edge_pdu, edge_obj, group) = match self.edge_state(&h, edge, &mut batch) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.clear_pending(&batch);
+                    return Err(e);
                 }
-            }
-            fresh.sort_by_key(|(p, _)| p.depth);
-            let edge_pdu = Arc::new(Pdu::from_canonical(edge_id.clone(), &edge_obj)?);
-            if edge_pdu.room_id != room_id {
-                return Err(Error::BadJson("event is for another room".into()));
-            }
-            let mut kept: HashMap<OwnedEventId, PduRef> = HashMap::new();
-            for (pdu, obj) in fresh {
-                if kept.contains_key(&pdu.event_id) || self.pdu(&pdu.event_id)?.is_some() {
-                    continue;
-                }
-                // Visible to the auth checks of the events after it while this batch is queued.
-                self.pending_events
-                    .lock()
-                    .insert(pdu.event_id.clone(), pdu.clone());
-                if let Err(e) = self.authorize_by_auth_events(&h, &pdu) {
-                    self.pending_events.lock().remove(&pdu.event_id);
-                    tracing::info!(%room_id, event_id = %pdu.event_id, error = %e, "a state event at a gap failed its auth check");
-                    continue;
-                }
-                self.put_outlier(room_id, &pdu, obj, 0, &mut batch)?;
-                kept.insert(pdu.event_id.clone(), pdu);
-            }
+            };
             self.pending_events
                 .lock()
-                .insert(edge_id.clone(), edge_pdu.clone());
+                .insert(edge_pdu.event_id.clone(), edge_pdu.clone());
             if let Err(e) = self.authorize_by_auth_events(&h, &edge_pdu) {
                 self.clear_pending(&batch);
-                self.pending_events.lock().remove(&edge_id);
+                self.pending_events.lock().remove(&edge_pdu.event_id);
                 return Err(e);
             }
-
-            let mut after = StateMap::new();
-            for id in &edge.state_before {
-                let pdu = match kept.get(id) {
-                    Some(p) => Some(p.clone()),
-                    None => self.pdu(id)?,
-                };
-                if let Some(p) = pdu.filter(|p| p.room_id == room_id)
-                    && let Some(key) = &p.state_key
-                {
-                    after.insert((p.kind.to_string(), key.clone()), id.clone());
-                }
-            }
-            if let Some(key) = &edge_pdu.state_key {
-                after.insert((edge_pdu.kind.to_string(), key.clone()), edge_id.clone());
-            }
-            let group = self.allocate_group();
-            let rec = next_group(room_id.as_str(), None, &after, &[]);
-            self.pending_groups.lock().insert(group, rec.clone());
-            batch
-                .ops
-                .push(hearth_storage::WriteOp::PutStateGroup(group, rec.clone()));
-            batch.groups.push((group, rec));
             self.pending_state_after
                 .lock()
-                .insert(edge_id.clone(), group);
+                .insert(edge_pdu.event_id.clone(), group);
             self.put_outlier(room_id, &edge_pdu, edge_obj, group, &mut batch)?;
-            tracing::info!(%room_id, event_id = %edge_id, state = after.len(), fetched = kept.len(), "kept the edge of a gap with its state");
             self.enqueue(&h, batch)
         };
         self.finish(queued).await.map(drop)
     }
 
+    /// The state after the event at an edge, as a new state group queued in `batch`. The
+    /// state events this server lacked are queued as outliers, each only if the auth rules
+    /// allow it against its own auth events; an id of the state that cannot be found or fails
+    /// its check is left out of the state. The edge event itself is not queued.
+    pub(crate) fn edge_state(
+        &self,
+        h: &RoomHead,
+        edge: GapEdge,
+        batch: &mut Batch,
+    ) -> Result<(PduRef, CanonicalJsonObject, u64)> {
+        let room_id = &h.room_id;
+        let (edge_id, edge_obj) = edge.event;
+        // Oldest first, so that auth events are in before the events they authorise.
+        let mut fresh: Vec<(PduRef, CanonicalJsonObject)> = Vec::new();
+        for (id, obj) in edge.missing {
+            let pdu = Arc::new(Pdu::from_canonical(id, &obj)?);
+            if pdu.room_id == *room_id {
+                fresh.push((pdu, obj));
+            }
+        }
+        fresh.sort_by_key(|(p, _)| p.depth);
+        let edge_pdu = Arc::new(Pdu::from_canonical(edge_id.clone(), &edge_obj)?);
+        if edge_pdu.room_id != *room_id {
+            return Err(Error::BadJson("event is for another room".into()));
+        }
+        let mut kept: HashMap<OwnedEventId, PduRef> = HashMap::new();
+        for (pdu, obj) in fresh {
+            if kept.contains_key(&pdu.event_id) || self.pdu(&pdu.event_id)?.is_some() {
+                continue;
+            }
+            // Visible to the auth checks of the events after it while this batch is queued.
+            self.pending_events
+                .lock()
+                .insert(pdu.event_id.clone(), pdu.clone());
+            if let Err(e) = self.authorize_by_auth_events(h, &pdu) {
+                self.pending_events.lock().remove(&pdu.event_id);
+                tracing::info!(%room_id, event_id = %pdu.event_id, error = %e, "a state event at a gap failed its auth check");
+                continue;
+            }
+            self.put_outlier(room_id, &pdu, obj, 0, batch)?;
+            kept.insert(pdu.event_id.clone(), pdu);
+        }
+
+        let mut after = StateMap::new();
+        for id in &edge.state_before {
+            let pdu = match kept.get(id) {
+                Some(p) => Some(p.clone()),
+                None => self.pdu(id)?,
+            };
+            if let Some(p) = pdu.filter(|p| p.room_id == *room_id)
+                && let Some(key) = &p.state_key
+            {
+                after.insert((p.kind.to_string(), key.clone()), id.clone());
+            }
+        }
+        if let Some(key) = &edge_pdu.state_key {
+            after.insert((edge_pdu.kind.to_string(), key.clone()), edge_id.clone());
+        }
+        let group = self.allocate_group();
+        let rec = next_group(room_id.as_str(), None, &after, &[]);
+        self.pending_groups.lock().insert(group, rec.clone());
+        batch
+            .ops
+            .push(hearth_storage::WriteOp::PutStateGroup(group, rec.clone()));
+        batch.groups.push((group, rec));
+        tracing::info!(%room_id, event_id = %edge_id, state = after.len(), fetched = kept.len(), "took the state at the edge of a gap");
+        Ok((edge_pdu, edge_obj, group))
+    }
+
     /// The auth rules against the event's own auth events (which must all be known). From
     /// room version 12 the create event is implied, not listed: it is the room's own.
-    fn authorize_by_auth_events(&self, head: &RoomHead, pdu: &PduRef) -> Result<()> {
+    pub(crate) fn authorize_by_auth_events(&self, head: &RoomHead, pdu: &PduRef) -> Result<()> {
         let create = ("m.room.create".to_owned(), String::new());
         let mut by_auth = StateMap::new();
         if let Some(id) = head.state.get(&create) {

@@ -186,6 +186,7 @@ impl Rooms {
                 txn: None,
                 replaces_state: None,
                 redacted_by: None,
+                history_seq: None,
             },
             membership: Some((
                 target.to_string(),

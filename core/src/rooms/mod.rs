@@ -12,6 +12,7 @@ pub mod create;
 mod federated;
 mod forks;
 mod gap_edge;
+pub mod history;
 pub mod invites;
 pub use federated::{RemoteJoin, StateAndAuthChain};
 pub use gap_edge::GapEdge;
@@ -169,6 +170,8 @@ pub struct Rooms {
     /// durable too.
     pending_txns: Mutex<HashMap<TxnRef, OwnedEventId>>,
     next_group: AtomicU64,
+    /// Per room, one backfill at a time (see `history.rs`).
+    history_gates: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<history::HistoryGate>>>>,
 }
 
 impl Rooms {
@@ -199,6 +202,7 @@ impl Rooms {
             pending_groups: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
             next_group: AtomicU64::new(next_group),
+            history_gates: Mutex::new(HashMap::new()),
         })
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hearth_storage::WriteOp;
 use hearth_storage::relations::RelationOp;
 use ruma::canonical_json::redact;
-use ruma::{CanonicalJsonObject, EventId, UserId};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, UserId};
 
 use super::relations::relation_of;
 use super::{Batch, Pdu, PduRef, RoomHead, Rooms};
@@ -120,6 +120,20 @@ impl Rooms {
             events.put(pdu.event_id.clone(), pdu.clone());
             metas.pop(&pdu.event_id);
             aggregations.pop(&pdu.event_id);
+        }
+    }
+
+    /// Drops cached metas of events whose meta was rewritten (outliers that found their place
+    /// in the room's history), so that no reader keeps the old one.
+    pub(crate) fn forget_metas(&self, ids: &[OwnedEventId]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.redaction_gen
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut metas = self.metas.lock();
+        for id in ids {
+            metas.pop(id);
         }
     }
 }

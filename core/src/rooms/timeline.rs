@@ -14,6 +14,17 @@ pub struct TimelineEvent {
     pub meta: EventMeta,
 }
 
+impl TimelineEvent {
+    /// The event's position in the live stream; 0, before all of it, for history backfilled
+    /// from other servers.
+    pub fn live_pos(&self) -> StreamPos {
+        match self.meta.history_seq {
+            Some(_) => 0,
+            None => self.meta.pos,
+        }
+    }
+}
+
 /// Which events a client wants (the parts of the spec's `RoomEventFilter` the server applies).
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -370,7 +381,7 @@ impl Rooms {
         let not_found = || Error::not_found("Event not found.");
         let ev = self
             .timeline_event(event_id)?
-            .filter(|e| e.pdu.room_id == room_id && e.meta.pos <= access.max_pos)
+            .filter(|e| e.pdu.room_id == room_id && e.live_pos() <= access.max_pos)
             .ok_or_else(not_found)?;
         if !self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)? {
             return Err(not_found());

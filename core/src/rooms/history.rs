@@ -1,0 +1,724 @@
+//! A room's history from before this server's first event in it, backfilled from the servers in
+//! the room (spec: Server-Server API, "Backfilling and retrieving missing events").
+//!
+//! A server that joins a room over federation holds the room's state and what came after its
+//! join. When a client pages back past that, the room's other servers are asked for the events
+//! before (`Remote::backfill`), a batch at a time. Each event's state before it is computed
+//! from its prev events (the state at a prev event this server lacks comes from the peer, as at
+//! a gap's edge), and it must pass the auth rules against its auth events and that state; the
+//! batch is stored in one commit.
+//!
+//! Stream positions only grow, and these events are older than every event of the room's
+//! timeline, so they have an order of their own: `ROOM_HISTORY`, a per-room sequence counting
+//! into the past (Synapse gives them negative stream orderings). A pagination token points into
+//! either order ([`TimelinePos`]); `/messages` walks from one into the other. `/sync` never sees
+//! history: it is not news.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_storage::{EventMeta, StreamPos, WriteOp};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedServerName, RoomId, UserId};
+
+use super::state::{StateMap, next_group};
+use super::timeline::{Access, EventFilter, TimelineEvent};
+use super::{Batch, GapEdge, Pdu, PduRef, RoomHead, Rooms};
+use crate::{Error, Result};
+
+/// Events asked for per `/backfill` request (Synapse and Hearth answer at most 100).
+pub const BACKFILL_LIMIT: usize = 100;
+/// Backfill requests one `/messages` page may wait for.
+const ROUNDS_PER_PAGE: usize = 3;
+/// The oldest events held whose missing prev events are asked for.
+const FRONTIER_EVENTS: usize = 5;
+/// After a backfill failed, how long pages stop at the start of what this server holds.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A point between two events of a room, as pagination tokens name it: just after the live
+/// event at a stream position (`s<pos>`; 0 is before every live event), or just after the
+/// history event at a sequence (`h<seq>`). Ordered oldest first: every history point comes
+/// before every live one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimelinePos {
+    Live(StreamPos),
+    History(u64),
+}
+
+impl TimelinePos {
+    /// The point just after an event.
+    pub fn after(meta: &EventMeta) -> Self {
+        match meta.history_seq {
+            Some(seq) => Self::History(seq),
+            None => Self::Live(meta.pos),
+        }
+    }
+
+    /// The point just before an event.
+    pub fn before(meta: &EventMeta) -> Self {
+        match meta.history_seq {
+            Some(seq) => Self::History(seq + 1),
+            None => Self::Live(meta.pos.saturating_sub(1)),
+        }
+    }
+
+    fn key(self) -> (u8, i128) {
+        match self {
+            Self::History(seq) => (0, -i128::from(seq)),
+            Self::Live(pos) => (1, i128::from(pos)),
+        }
+    }
+}
+
+impl Ord for TimelinePos {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl PartialOrd for TimelinePos {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for TimelinePos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Live(pos) => write!(f, "s{pos}"),
+            Self::History(seq) => write!(f, "h{seq}"),
+        }
+    }
+}
+
+impl FromStr for TimelinePos {
+    type Err = ();
+
+    /// Also takes a sync token (`s<pos>_…`), which clients pass as a `/messages` `from`.
+    fn from_str(token: &str) -> std::result::Result<Self, ()> {
+        let first = token.split('_').next().unwrap_or_default();
+        if let Some(seq) = first.strip_prefix('h') {
+            return seq.parse().map(Self::History).map_err(drop);
+        }
+        first
+            .strip_prefix('s')
+            .unwrap_or(first)
+            .parse()
+            .map(Self::Live)
+            .map_err(drop)
+    }
+}
+
+/// A page of `/messages` or of `/context`.
+pub struct HistoryPage {
+    pub events: Vec<TimelineEvent>,
+    /// Where to go on from, `None` when the room has nothing further in that direction.
+    pub end: Option<TimelinePos>,
+}
+
+/// A page read from what this server holds.
+struct Scan {
+    page: HistoryPage,
+    /// Paging back, the scan ran out of what this server holds before `to` or `limit`:
+    /// `page.end` is where more history, once backfilled, would continue.
+    at_start: bool,
+}
+
+/// What a peer's `/backfill` answered, with what is needed to take it in.
+pub struct Backfilled {
+    /// The events, signatures and hashes checked, in any order.
+    pub events: Vec<(OwnedEventId, CanonicalJsonObject)>,
+    /// The state after each prev event of these that this server has no state for (neither
+    /// the batch nor the room's events here), as the peer reported it.
+    pub edges: Vec<GapEdge>,
+}
+
+/// Per room: one backfill at a time (sequences are allocated from what is stored), and when
+/// the last one failed.
+#[derive(Default)]
+pub(crate) struct HistoryGate {
+    failed_at: Option<Instant>,
+}
+
+impl Rooms {
+    /// `/messages` (and the pages of `/context`): events of a room the user may see and the
+    /// filter lets through, at most `limit`, backwards `(to, from]` newest first or forwards
+    /// `(from, to]` oldest first, across the live timeline and the backfilled history. Paging
+    /// back past the start of what this server holds asks the room's other servers for more.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn messages(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        access: &Access,
+        from: TimelinePos,
+        to: Option<TimelinePos>,
+        backwards: bool,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<HistoryPage> {
+        let limit = limit.max(1);
+        let mut scan = self.scan(user, room_id, access, from, to, backwards, limit, filter)?;
+        let mut rounds = 0;
+        while scan.at_start {
+            if scan.page.events.len() == limit || rounds == ROUNDS_PER_PAGE {
+                // The client asks again from `end`, if the room's servers may have more.
+                if self.history_frontier(room_id)?.is_empty() {
+                    scan.page.end = None;
+                }
+                return Ok(scan.page);
+            }
+            rounds += 1;
+            if self.fetch_history(room_id).await? == 0 {
+                scan.page.end = None;
+                return Ok(scan.page);
+            }
+            let resume = scan
+                .page
+                .end
+                .expect("a scan at the start says where it stopped");
+            let more = self.scan(
+                user,
+                room_id,
+                access,
+                resume,
+                to,
+                true,
+                limit - scan.page.events.len(),
+                filter,
+            )?;
+            scan.page.events.extend(more.page.events);
+            scan.page.end = more.page.end;
+            scan.at_start = more.at_start;
+        }
+        Ok(scan.page)
+    }
+
+    /// A page of what this server holds, without asking other servers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn history_page(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        access: &Access,
+        from: TimelinePos,
+        backwards: bool,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<HistoryPage> {
+        let mut scan = self.scan(user, room_id, access, from, None, backwards, limit, filter)?;
+        if scan.at_start {
+            scan.page.end = None;
+        }
+        Ok(scan.page)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        access: &Access,
+        from: TimelinePos,
+        to: Option<TimelinePos>,
+        backwards: bool,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Scan> {
+        let live_to = match to {
+            Some(TimelinePos::Live(t)) => Some(t),
+            _ => None,
+        };
+        let history_to = match to {
+            Some(TimelinePos::History(t)) => Some(t),
+            _ => None,
+        };
+        // A `to` on the wrong side of `from`: nothing between them.
+        if to.is_some_and(|t| if backwards { t >= from } else { t <= from }) {
+            return Ok(Scan {
+                page: HistoryPage {
+                    events: Vec::new(),
+                    end: None,
+                },
+                at_start: false,
+            });
+        }
+        if backwards {
+            let mut events = Vec::new();
+            let mut seq_from = match from {
+                TimelinePos::History(seq) => seq.max(1),
+                TimelinePos::Live(pos) => {
+                    let page =
+                        self.page(user, room_id, access, pos, live_to, true, limit, filter)?;
+                    if page.end.is_some() || live_to.is_some() {
+                        let end = page.end.map(TimelinePos::Live);
+                        return Ok(Scan {
+                            page: HistoryPage {
+                                events: page.events,
+                                end,
+                            },
+                            at_start: false,
+                        });
+                    }
+                    events = page.events;
+                    1
+                }
+            };
+            // Into the history: sequences from `seq_from` up, below the bound `to` sets.
+            let seq_to = history_to.map_or(u64::MAX, |t| t.saturating_sub(1));
+            while events.len() < limit && seq_from <= seq_to {
+                let chunk = (limit - events.len()).clamp(1, 200) * 2;
+                let rows =
+                    self.store
+                        .room_history(room_id.as_str(), seq_from, seq_to, true, chunk)?;
+                let exhausted = rows.len() < chunk;
+                for (seq, id) in rows {
+                    seq_from = seq + 1;
+                    if let Some(ev) = self.visible_history_event(user, &id, access, filter)? {
+                        events.push(ev);
+                        if events.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                if exhausted {
+                    break;
+                }
+            }
+            let more_here = seq_from <= seq_to
+                && !self
+                    .store
+                    .room_history(room_id.as_str(), seq_from, seq_to, true, 1)?
+                    .is_empty();
+            let at_start = !more_here && history_to.is_none();
+            let end = (more_here || at_start).then_some(TimelinePos::History(seq_from));
+            return Ok(Scan {
+                page: HistoryPage { events, end },
+                at_start,
+            });
+        }
+
+        let mut events = Vec::new();
+        let live_from = match from {
+            TimelinePos::Live(pos) => pos,
+            TimelinePos::History(seq) => {
+                // Towards the present: sequences below `seq`, down to the bound `to` sets.
+                let lowest = history_to.unwrap_or(1).max(1);
+                let mut seq_to = seq.saturating_sub(1);
+                while events.len() < limit && lowest <= seq_to {
+                    let chunk = (limit - events.len()).clamp(1, 200) * 2;
+                    let rows =
+                        self.store
+                            .room_history(room_id.as_str(), lowest, seq_to, false, chunk)?;
+                    let exhausted = rows.len() < chunk;
+                    for (seq, id) in rows {
+                        seq_to = seq - 1;
+                        if let Some(ev) = self.visible_history_event(user, &id, access, filter)? {
+                            events.push(ev);
+                            if events.len() == limit {
+                                break;
+                            }
+                        }
+                    }
+                    if exhausted {
+                        break;
+                    }
+                }
+                if events.len() == limit || history_to.is_some() {
+                    // Full: the rest of the history, then the live timeline, come next.
+                    let end = (events.len() == limit).then_some(TimelinePos::History(seq_to + 1));
+                    return Ok(Scan {
+                        page: HistoryPage { events, end },
+                        at_start: false,
+                    });
+                }
+                0
+            }
+        };
+        let page = self.page(
+            user,
+            room_id,
+            access,
+            live_from,
+            live_to,
+            false,
+            limit - events.len(),
+            filter,
+        )?;
+        events.extend(page.events);
+        Ok(Scan {
+            page: HistoryPage {
+                events,
+                end: page.end.map(TimelinePos::Live),
+            },
+            at_start: false,
+        })
+    }
+}
+
+impl Rooms {
+    fn visible_history_event(
+        &self,
+        user: &UserId,
+        id: &str,
+        access: &Access,
+        filter: &EventFilter,
+    ) -> Result<Option<TimelineEvent>> {
+        let id = EventId::parse(id).map_err(Error::internal)?;
+        let Some(ev) = self.timeline_event(&id)? else {
+            return Ok(None);
+        };
+        if filter.matches(&ev.pdu)
+            && self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?
+        {
+            Ok(Some(ev))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whether an event has its place in its room's timeline or history (rather than being an
+    /// outlier, or unknown).
+    fn placed(&self, id: &EventId) -> Result<bool> {
+        let Some(meta) = self.store.event_meta(id.as_str())? else {
+            return Ok(false);
+        };
+        if meta.history_seq.is_some() {
+            return Ok(true);
+        }
+        Ok(!self
+            .store
+            .room_events(&meta.room_id, meta.pos, meta.pos, false, 1)?
+            .is_empty())
+    }
+
+    /// The state group after an event, if this server knows the state there.
+    fn state_after_group(&self, id: &EventId) -> Result<Option<u64>> {
+        if let Some(g) = self.pending_state_after.lock().get(id) {
+            return Ok(Some(*g));
+        }
+        Ok(self
+            .timeline_event(id)?
+            .map(|e| e.meta.state_after)
+            .filter(|g| *g != 0))
+    }
+
+    /// Whether this server knows the room state after an event (events of its timeline and
+    /// history, and the edges of gaps).
+    pub fn has_state_after(&self, id: &EventId) -> Result<bool> {
+        Ok(self.state_after_group(id)?.is_some())
+    }
+
+    /// The prev events, missing here, of the oldest events this server holds of a room: where
+    /// backfilling goes on from. Empty when the room's history is complete (it reaches the
+    /// create event).
+    pub fn history_frontier(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        let room = room_id.as_str();
+        let mut oldest = self
+            .store
+            .room_history(room, 1, u64::MAX, false, FRONTIER_EVENTS)?;
+        if oldest.is_empty() {
+            oldest = self
+                .store
+                .room_events(room, 1, StreamPos::MAX, false, FRONTIER_EVENTS)?;
+        }
+        let mut out = BTreeSet::new();
+        for (_, id) in oldest {
+            let id = EventId::parse(&id).map_err(Error::internal)?;
+            let Some(pdu) = self.pdu(&id)? else {
+                continue;
+            };
+            for prev in &pdu.prev_events {
+                if !self.placed(prev)? {
+                    out.insert(prev.clone());
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The servers to ask for a room's history: those with a member joined, the room
+    /// creator's first (it was there from the start).
+    fn history_servers(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        let creator = h
+            .state
+            .get(&("m.room.create".to_owned(), String::new()))
+            .and_then(|id| self.pdu(id).ok().flatten())
+            .map(|p| p.sender.server_name().to_owned());
+        let mut servers: Vec<OwnedServerName> = Vec::new();
+        let joined = h.joined_servers();
+        for s in creator
+            .iter()
+            .filter(|c| joined.contains(&***c))
+            .cloned()
+            .chain(joined.iter().map(|s| (*s).to_owned()))
+        {
+            if s != self.server_name() && !servers.contains(&s) {
+                servers.push(s);
+            }
+        }
+        Ok(servers)
+    }
+
+    fn history_gate(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<HistoryGate>> {
+        self.history_gates
+            .lock()
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Asks the room's other servers for the events before the oldest this server holds, and
+    /// takes in those that pass their checks. Answers how many found their place in the
+    /// room's history; 0 when there is nothing more, or no server could give it.
+    pub async fn fetch_history(&self, room_id: &RoomId) -> Result<usize> {
+        let gate = self.history_gate(room_id);
+        let mut gate = gate.lock().await;
+        if gate.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            return Ok(0);
+        }
+        let frontier = self.history_frontier(room_id)?;
+        if frontier.is_empty() {
+            return Ok(0);
+        }
+        let servers = self.history_servers(room_id)?;
+        if servers.is_empty() {
+            return Ok(0);
+        }
+        let fetched = match self
+            .remote
+            .backfill(room_id, &servers, &frontier, BACKFILL_LIMIT)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::info!(%room_id, error = %e, "could not backfill the room");
+                gate.failed_at = Some(Instant::now());
+                return Ok(0);
+            }
+        };
+        let placed = self.ingest_history(room_id, fetched).await?;
+        gate.failed_at = (placed == 0).then(Instant::now);
+        Ok(placed)
+    }
+
+    /// Takes in a backfilled batch, oldest first: the state at its edges, then each event
+    /// whose state before is known and which passes the auth rules (against its auth events
+    /// and that state), at the next sequences of the room's history. A rejected event does
+    /// not change the state after it, as the spec has it. The caller holds the room's history
+    /// gate, so that sequences read from the store are the latest.
+    async fn ingest_history(&self, room_id: &RoomId, fetched: Backfilled) -> Result<usize> {
+        let head = self.head(room_id)?;
+        let (queued, placed) = {
+            let h = head.lock();
+            let mut batch = Batch::default();
+            // The state group after each edge and each event of the batch taken so far.
+            let mut after: HashMap<OwnedEventId, u64> = HashMap::new();
+            for edge in fetched.edges {
+                let edge_id = edge.event.0.clone();
+                match self.edge_state(&h, edge, &mut batch) {
+                    Ok((_, _, group)) => {
+                        after.insert(edge_id, group);
+                    }
+                    Err(e) => {
+                        tracing::info!(%room_id, event_id = %edge_id, error = %e, "no state at a backfill edge")
+                    }
+                }
+            }
+            let mut events: Vec<(PduRef, CanonicalJsonObject)> = Vec::new();
+            for (id, obj) in fetched.events {
+                let pdu = Arc::new(Pdu::from_canonical(id, &obj)?);
+                if pdu.room_id == room_id {
+                    events.push((pdu, obj));
+                }
+            }
+            events.sort_by(|a, b| (a.0.depth, &a.0.event_id).cmp(&(b.0.depth, &b.0.event_id)));
+            events.dedup_by(|a, b| a.0.event_id == b.0.event_id);
+
+            let mut placed: Vec<(PduRef, CanonicalJsonObject, u64, u64, Option<String>)> =
+                Vec::new();
+            for (pdu, obj) in events {
+                let id = pdu.event_id.clone();
+                if after.contains_key(&id) || self.placed(&id)? {
+                    continue;
+                }
+                let Some((before, state)) =
+                    self.history_state_before(&h, &pdu, &after, &mut batch)?
+                else {
+                    tracing::debug!(%room_id, event_id = %id, "a backfilled event's state is unknown");
+                    continue;
+                };
+                self.pending_events.lock().insert(id.clone(), pdu.clone());
+                let checked = self
+                    .authorize_by_auth_events(&h, &pdu)
+                    .and_then(|()| self.authorize(&h.rules, &pdu, &state));
+                if let Err(e) = checked {
+                    self.pending_events.lock().remove(&id);
+                    tracing::info!(%room_id, event_id = %id, error = %e, "a backfilled event was rejected");
+                    after.insert(id, before);
+                    continue;
+                }
+                batch.events.push(pdu.clone());
+                let (state_after, replaces) = match &pdu.state_key {
+                    Some(key) => {
+                        let slot = (pdu.kind.to_string(), key.clone());
+                        let replaces = state.get(&slot).map(|r| r.to_string());
+                        let mut map = state.clone();
+                        map.insert(slot.clone(), id.clone());
+                        let group = self.queue_group(
+                            room_id,
+                            Some(before),
+                            &map,
+                            &[(slot, id.clone())],
+                            &mut batch,
+                        )?;
+                        (group, replaces)
+                    }
+                    None => (before, None),
+                };
+                after.insert(id, state_after);
+                placed.push((pdu, obj, before, state_after, replaces));
+            }
+
+            let newest = self
+                .store
+                .room_history(room_id.as_str(), 1, u64::MAX, false, 1)?
+                .first()
+                .map_or(0, |(seq, _)| *seq);
+            let count = placed.len() as u64;
+            let mut ids = Vec::with_capacity(placed.len());
+            for (i, (pdu, obj, state_before, state_after, replaces_state)) in
+                placed.into_iter().enumerate()
+            {
+                // Oldest first here; sequences count into the past.
+                let seq = newest + count - i as u64;
+                batch.ops.push(WriteOp::PutHistory {
+                    seq,
+                    event_id: pdu.event_id.to_string(),
+                    json: serde_json::to_vec(&obj)?,
+                    meta: EventMeta {
+                        room_id: room_id.to_string(),
+                        pos: 0,
+                        state_before,
+                        state_after,
+                        txn: None,
+                        replaces_state,
+                        redacted_by: None,
+                        history_seq: Some(seq),
+                    },
+                });
+                ids.push(pdu.event_id.clone());
+            }
+            if batch.ops.is_empty() {
+                return Ok(0);
+            }
+            (self.enqueue(&h, batch), ids)
+        };
+        self.finish(queued).await?;
+        // Events kept as outliers before have a place and a state now.
+        self.forget_metas(&placed);
+        tracing::info!(%room_id, events = placed.len(), "backfilled the room's history");
+        Ok(placed.len())
+    }
+
+    /// The state before a backfilled event: the state after its prev event, or the resolution
+    /// of the states after each; `None` when one of them is not known.
+    fn history_state_before(
+        &self,
+        h: &RoomHead,
+        pdu: &PduRef,
+        after: &HashMap<OwnedEventId, u64>,
+        batch: &mut Batch,
+    ) -> Result<Option<(u64, StateMap)>> {
+        let mut groups = Vec::with_capacity(pdu.prev_events.len());
+        for prev in &pdu.prev_events {
+            let group = match after.get(prev) {
+                Some(g) => Some(*g),
+                None => self.state_after_group(prev)?,
+            };
+            match group {
+                Some(g) => groups.push(g),
+                None => return Ok(None),
+            }
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        match groups.as_slice() {
+            // The create event: nothing before it.
+            [] => Ok(Some((0, StateMap::new()))),
+            [one] => Ok(Some((*one, (*self.state_at_group(*one)?).clone()))),
+            many => {
+                let mut states = Vec::with_capacity(many.len());
+                for g in many {
+                    states.push(self.state_at_group(*g)?);
+                }
+                let map = self.resolve_states(&h.rules, &states)?;
+                let group = self.queue_group(&h.room_id, None, &map, &[], batch)?;
+                Ok(Some((group, map)))
+            }
+        }
+    }
+
+    /// A new state group queued in `batch`: a delta over `prev` when there is one, else a
+    /// snapshot.
+    fn queue_group(
+        &self,
+        room_id: &RoomId,
+        prev: Option<u64>,
+        map: &StateMap,
+        changes: &[((String, String), OwnedEventId)],
+        batch: &mut Batch,
+    ) -> Result<u64> {
+        let prev_rec = match prev {
+            Some(0) | None => None,
+            Some(g) => {
+                let pending = self.pending_groups.lock().get(&g).cloned();
+                match pending {
+                    Some(r) => Some((g, r)),
+                    None => self.store.state_group(g)?.map(|r| (g, r)),
+                }
+            }
+        };
+        let rec = next_group(
+            room_id.as_str(),
+            prev_rec.as_ref().map(|(g, r)| (*g, r)),
+            map,
+            changes,
+        );
+        let group = self.allocate_group();
+        self.pending_groups.lock().insert(group, rec.clone());
+        batch.ops.push(WriteOp::PutStateGroup(group, rec.clone()));
+        batch.groups.push((group, rec));
+        Ok(group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TimelinePos::{self, History, Live};
+
+    #[test]
+    fn tokens_read_back_as_written() {
+        for pos in [Live(0), Live(42), History(1), History(7)] {
+            assert_eq!(pos.to_string().parse::<TimelinePos>(), Ok(pos));
+        }
+        // A sync token names its position in the live stream.
+        assert_eq!("s12_3_4".parse::<TimelinePos>(), Ok(Live(12)));
+        assert_eq!("h".parse::<TimelinePos>(), Err(()));
+        assert_eq!("x1".parse::<TimelinePos>(), Err(()));
+    }
+
+    #[test]
+    fn history_comes_before_the_live_timeline_and_counts_into_the_past() {
+        let mut points = vec![Live(3), History(1), Live(0), History(9), History(2)];
+        points.sort();
+        assert_eq!(
+            points,
+            [History(9), History(2), History(1), Live(0), Live(3)]
+        );
+    }
+}
