@@ -935,6 +935,88 @@ async fn synapse_backfills_history_from_hearth() {
     }
 }
 
+/// Messages said on Synapse before Hearth's user joins.
+const SYNAPSE_HISTORY: usize = 120;
+
+/// Hearth's user joins a room with a history on Synapse and pages back past the join: Hearth
+/// backfills it from Synapse (`/backfill`, and `/state_ids` and `/event` at each batch's edge),
+/// every event checked, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_backfills_history_from_synapse() {
+    let synapse = Synapse::start().await;
+    let (hearth, _tls) = hearth_beside(&synapse).await;
+    let (syd_id, syd_tok) = synapse_user(&synapse, "syd").await;
+    let created = synapse
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(&syd_tok),
+            json!({ "preset": "public_chat", "name": "synapse archive" }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let said: Vec<String> = (0..SYNAPSE_HISTORY)
+        .map(|i| format!("before hal {i}"))
+        .collect();
+    for (i, body) in said.iter().enumerate() {
+        if i == SYNAPSE_HISTORY / 2 {
+            synapse
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/rooms/{}/state/m.room.topic/", enc(&room)),
+                    Some(&syd_tok),
+                    json!({ "topic": "halfway" }),
+                )
+                .await;
+        }
+        synapse
+            .call(
+                reqwest::Method::PUT,
+                &format!("/rooms/{}/send/m.room.message/b{i}", enc(&room)),
+                Some(&syd_tok),
+                json!({ "msgtype": "m.text", "body": body }),
+            )
+            .await;
+    }
+
+    let (hal, hal_tok, _) = hearth.register("hal", "pw-hal-1").await;
+    let synapse_name = syd_id.split_once(':').unwrap().1;
+    let (status, body) = hearth
+        .post(
+            &format!("/join/{}?server_name={}", enc(&room), enc(synapse_name)),
+            &hal_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body} {}", hearth.log_tail(30));
+
+    let (events, _) = hearth.page_back_all(&hal_tok, &room, 25).await;
+    assert_eq!(
+        hearth_conformance::message_bodies(&events),
+        said,
+        "hal reads everything said before the join, once each, in order\n{}",
+        hearth.log_tail(30)
+    );
+    assert_eq!(
+        events[0]["type"], "m.room.create",
+        "back to the room's start"
+    );
+    let topic = events
+        .iter()
+        .position(|e| e["type"] == "m.room.topic")
+        .expect("the topic change is in the history");
+    assert_eq!(
+        events[topic + 1]["content"]["body"],
+        said[SYNAPSE_HISTORY / 2]
+    );
+    let join = events.last().unwrap();
+    assert_eq!(join["state_key"], hal.as_str());
+    assert!(
+        join["unsigned"].get("replaces_state").is_none(),
+        "a first join replaces nothing: {join}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hearth_receives_what_was_said_while_it_was_down() {
     let synapse = Synapse::start().await;

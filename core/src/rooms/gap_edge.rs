@@ -28,6 +28,16 @@ pub struct GapEdge {
     pub missing: Vec<(OwnedEventId, CanonicalJsonObject)>,
 }
 
+/// The event at an edge with the state around it.
+pub(crate) struct EdgeState {
+    pub pdu: PduRef,
+    pub obj: CanonicalJsonObject,
+    /// The state before it, as its peer reported it (the ids this server could find).
+    pub before: StateMap,
+    /// The group of the state after it, queued in the batch.
+    pub after: u64,
+}
+
 impl Rooms {
     /// Keeps the edge of a gap as an outlier with a state of its own. State events this server
     /// did not have are kept as outliers too, each only if the auth rules allow it against its
@@ -41,7 +51,12 @@ impl Rooms {
                 return Ok(());
             }
             let mut batch = Batch::default();
-            let (edge_pdu, edge_obj, group) = match self.edge_state(&h, edge, &mut batch) {
+            let EdgeState {
+                pdu: edge_pdu,
+                obj: edge_obj,
+                after: group,
+                ..
+            } = match self.edge_state(&h, edge, &mut batch) {
                 Ok(e) => e,
                 Err(e) => {
                     self.clear_pending(&batch);
@@ -65,7 +80,8 @@ impl Rooms {
         self.finish(queued).await.map(drop)
     }
 
-    /// The state after the event at an edge, as a new state group queued in `batch`. The
+    /// The state before the event at an edge, and the state after it as a new state group
+    /// queued in `batch`. The
     /// state events this server lacked are queued as outliers, each only if the auth rules
     /// allow it against its own auth events; an id of the state that cannot be found or fails
     /// its check is left out of the state. The edge event itself is not queued.
@@ -74,7 +90,7 @@ impl Rooms {
         h: &RoomHead,
         edge: GapEdge,
         batch: &mut Batch,
-    ) -> Result<(PduRef, CanonicalJsonObject, u64)> {
+    ) -> Result<EdgeState> {
         let room_id = &h.room_id;
         let (edge_id, edge_obj) = edge.event;
         // Oldest first, so that auth events are in before the events they authorise.
@@ -108,7 +124,7 @@ impl Rooms {
             kept.insert(pdu.event_id.clone(), pdu);
         }
 
-        let mut after = StateMap::new();
+        let mut before = StateMap::new();
         for id in &edge.state_before {
             let pdu = match kept.get(id) {
                 Some(p) => Some(p.clone()),
@@ -117,9 +133,10 @@ impl Rooms {
             if let Some(p) = pdu.filter(|p| p.room_id == *room_id)
                 && let Some(key) = &p.state_key
             {
-                after.insert((p.kind.to_string(), key.clone()), id.clone());
+                before.insert((p.kind.to_string(), key.clone()), id.clone());
             }
         }
+        let mut after = before.clone();
         if let Some(key) = &edge_pdu.state_key {
             after.insert((edge_pdu.kind.to_string(), key.clone()), edge_id.clone());
         }
@@ -131,7 +148,12 @@ impl Rooms {
             .push(hearth_storage::WriteOp::PutStateGroup(group, rec.clone()));
         batch.groups.push((group, rec));
         tracing::info!(%room_id, event_id = %edge_id, state = after.len(), fetched = kept.len(), "took the state at the edge of a gap");
-        Ok((edge_pdu, edge_obj, group))
+        Ok(EdgeState {
+            pdu: edge_pdu,
+            obj: edge_obj,
+            before,
+            after: group,
+        })
     }
 
     /// The auth rules against the event's own auth events (which must all be known). From

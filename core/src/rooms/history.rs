@@ -518,16 +518,38 @@ impl Rooms {
             let mut batch = Batch::default();
             // The state group after each edge and each event of the batch taken so far.
             let mut after: HashMap<OwnedEventId, u64> = HashMap::new();
+            let mut placed: Vec<Placed> = Vec::new();
+            // An edge is older than the events of the batch after it; with the state its peer
+            // reported before it, it takes its place in the history too (for the create event,
+            // which Synapse leaves out of `/backfill`, that is the only way in).
             for edge in fetched.edges {
                 let edge_id = edge.event.0.clone();
-                match self.edge_state(&h, edge, &mut batch) {
-                    Ok((_, _, group)) => {
-                        after.insert(edge_id, group);
-                    }
+                let edge = match self.edge_state(&h, edge, &mut batch) {
+                    Ok(e) => e,
                     Err(e) => {
-                        tracing::info!(%room_id, event_id = %edge_id, error = %e, "no state at a backfill edge")
+                        tracing::info!(%room_id, event_id = %edge_id, error = %e, "no state at a backfill edge");
+                        continue;
                     }
+                };
+                let before = match edge.pdu.state_key {
+                    Some(_) => self.queue_group(room_id, None, &edge.before, &[], &mut batch)?,
+                    None => edge.after,
+                };
+                if !self.authorized_history_event(&h, &edge.pdu, &edge.before) {
+                    // Rejected: the state after it is the state before.
+                    after.insert(edge_id, before);
+                    continue;
                 }
+                after.insert(edge_id, edge.after);
+                let replaces = replaced_in(&edge.before, &edge.pdu);
+                batch.events.push(edge.pdu.clone());
+                placed.push(Placed {
+                    pdu: edge.pdu,
+                    obj: edge.obj,
+                    before,
+                    after: edge.after,
+                    replaces,
+                });
             }
             let mut events: Vec<(PduRef, CanonicalJsonObject)> = Vec::new();
             for (id, obj) in fetched.events {
@@ -539,8 +561,6 @@ impl Rooms {
             events.sort_by(|a, b| (a.0.depth, &a.0.event_id).cmp(&(b.0.depth, &b.0.event_id)));
             events.dedup_by(|a, b| a.0.event_id == b.0.event_id);
 
-            let mut placed: Vec<(PduRef, CanonicalJsonObject, u64, u64, Option<String>)> =
-                Vec::new();
             for (pdu, obj) in events {
                 let id = pdu.event_id.clone();
                 if after.contains_key(&id) || self.placed(&id)? {
@@ -552,36 +572,35 @@ impl Rooms {
                     tracing::debug!(%room_id, event_id = %id, "a backfilled event's state is unknown");
                     continue;
                 };
-                self.pending_events.lock().insert(id.clone(), pdu.clone());
-                let checked = self
-                    .authorize_by_auth_events(&h, &pdu)
-                    .and_then(|()| self.authorize(&h.rules, &pdu, &state));
-                if let Err(e) = checked {
-                    self.pending_events.lock().remove(&id);
-                    tracing::info!(%room_id, event_id = %id, error = %e, "a backfilled event was rejected");
+                if !self.authorized_history_event(&h, &pdu, &state) {
                     after.insert(id, before);
                     continue;
                 }
                 batch.events.push(pdu.clone());
-                let (state_after, replaces) = match &pdu.state_key {
+                let replaces = replaced_in(&state, &pdu);
+                let state_after = match &pdu.state_key {
                     Some(key) => {
                         let slot = (pdu.kind.to_string(), key.clone());
-                        let replaces = state.get(&slot).map(|r| r.to_string());
                         let mut map = state.clone();
                         map.insert(slot.clone(), id.clone());
-                        let group = self.queue_group(
+                        self.queue_group(
                             room_id,
                             Some(before),
                             &map,
                             &[(slot, id.clone())],
                             &mut batch,
-                        )?;
-                        (group, replaces)
+                        )?
                     }
-                    None => (before, None),
+                    None => before,
                 };
                 after.insert(id, state_after);
-                placed.push((pdu, obj, before, state_after, replaces));
+                placed.push(Placed {
+                    pdu,
+                    obj,
+                    before,
+                    after: state_after,
+                    replaces,
+                });
             }
 
             let newest = self
@@ -591,27 +610,25 @@ impl Rooms {
                 .map_or(0, |(seq, _)| *seq);
             let count = placed.len() as u64;
             let mut ids = Vec::with_capacity(placed.len());
-            for (i, (pdu, obj, state_before, state_after, replaces_state)) in
-                placed.into_iter().enumerate()
-            {
+            for (i, p) in placed.into_iter().enumerate() {
                 // Oldest first here; sequences count into the past.
                 let seq = newest + count - i as u64;
                 batch.ops.push(WriteOp::PutHistory {
                     seq,
-                    event_id: pdu.event_id.to_string(),
-                    json: serde_json::to_vec(&obj)?,
+                    event_id: p.pdu.event_id.to_string(),
+                    json: serde_json::to_vec(&p.obj)?,
                     meta: EventMeta {
                         room_id: room_id.to_string(),
                         pos: 0,
-                        state_before,
-                        state_after,
+                        state_before: p.before,
+                        state_after: p.after,
                         txn: None,
-                        replaces_state,
+                        replaces_state: p.replaces,
                         redacted_by: None,
                         history_seq: Some(seq),
                     },
                 });
-                ids.push(pdu.event_id.clone());
+                ids.push(p.pdu.event_id.clone());
             }
             if batch.ops.is_empty() {
                 return Ok(0);
@@ -623,6 +640,24 @@ impl Rooms {
         self.forget_metas(&placed);
         tracing::info!(%room_id, events = placed.len(), "backfilled the room's history");
         Ok(placed.len())
+    }
+
+    /// Whether a backfilled event passes the auth rules, against its auth events and the
+    /// state before it. If it does, it is visible to the checks of the events after it while
+    /// its batch is queued.
+    fn authorized_history_event(&self, h: &RoomHead, pdu: &PduRef, state: &StateMap) -> bool {
+        self.pending_events
+            .lock()
+            .insert(pdu.event_id.clone(), pdu.clone());
+        let checked = self
+            .authorize_by_auth_events(h, pdu)
+            .and_then(|()| self.authorize(&h.rules, pdu, state));
+        if let Err(e) = checked {
+            self.pending_events.lock().remove(&pdu.event_id);
+            tracing::info!(room_id = %h.room_id, event_id = %pdu.event_id, error = %e, "a backfilled event was rejected");
+            return false;
+        }
+        true
     }
 
     /// The state before a backfilled event: the state after its prev event, or the resolution
@@ -695,6 +730,24 @@ impl Rooms {
         batch.groups.push((group, rec));
         Ok(group)
     }
+}
+
+/// A backfilled event that passed its checks, with its state groups.
+struct Placed {
+    pdu: PduRef,
+    obj: CanonicalJsonObject,
+    before: u64,
+    after: u64,
+    /// For a state event, the event it replaced in the state.
+    replaces: Option<String>,
+}
+
+/// For a state event, the event it replaces in `state`.
+fn replaced_in(state: &StateMap, pdu: &PduRef) -> Option<String> {
+    let key = pdu.state_key.as_ref()?;
+    state
+        .get(&(pdu.kind.to_string(), key.clone()))
+        .map(|id| id.to_string())
 }
 
 #[cfg(test)]
