@@ -591,6 +591,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn history_takes_outliers_in_place_and_reads_back_both_ways() {
+        let store = RedbStore::in_memory().unwrap();
+        let meta = |seq| EventMeta {
+            room_id: "!a".into(),
+            pos: 0,
+            state_before: 1,
+            state_after: 2,
+            txn: None,
+            replaces_state: None,
+            redacted_by: None,
+            history_seq: seq,
+        };
+        store
+            .submit(vec![
+                append("!a", "$live"),
+                WriteOp::PutOutlier {
+                    event_id: "$old".into(),
+                    json: b"{}".to_vec(),
+                    meta: EventMeta {
+                        state_before: 0,
+                        state_after: 0,
+                        ..meta(None)
+                    },
+                    membership: None,
+                },
+            ])
+            .await
+            .unwrap();
+        let outlier_pos = store.event_meta("$old").unwrap().unwrap().pos;
+        store
+            .submit(
+                [(1, "$old"), (2, "$older")]
+                    .into_iter()
+                    .map(|(seq, id)| WriteOp::PutHistory {
+                        seq,
+                        event_id: id.into(),
+                        json: b"{}".to_vec(),
+                        meta: meta(None),
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let old = store.event_meta("$old").unwrap().unwrap();
+        assert_eq!(
+            (old.pos, old.history_seq, old.state_after),
+            (outlier_pos, Some(1), 2),
+            "the outlier keeps its place in storage and gains its history sequence and state"
+        );
+        assert_eq!(
+            store.event_meta("$older").unwrap().unwrap().history_seq,
+            Some(2)
+        );
+        let into_past = store.room_history("!a", 1, u64::MAX, true, 10).unwrap();
+        assert_eq!(into_past, vec![(1, "$old".into()), (2, "$older".into())]);
+        let oldest = store.room_history("!a", 1, u64::MAX, false, 1).unwrap();
+        assert_eq!(
+            oldest,
+            vec![(2, "$older".into())],
+            "towards the present from the far end"
+        );
+        assert!(
+            store
+                .room_history("!b", 1, u64::MAX, true, 10)
+                .unwrap()
+                .is_empty()
+        );
+        // The live timeline is untouched.
+        assert_eq!(
+            store.room_events("!a", 0, u64::MAX, false, 10).unwrap(),
+            vec![(1, "$live".into())]
+        );
+    }
+
+    #[tokio::test]
     async fn reopening_keeps_the_stream_position() {
         let dir = std::env::temp_dir().join(format!("hearth-storage-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
