@@ -265,6 +265,10 @@ pub struct Args {
     /// 0 leaves it out.
     #[arg(long, default_value_t = 500)]
     pub fed_room_members: usize,
+    /// federation: messages said on A in a third room before a fresh user on B joins it and
+    /// pages back through all of them (B backfills them from A), timed; 0 leaves it out.
+    #[arg(long, default_value_t = 500)]
+    pub fed_history: usize,
 }
 
 impl Args {

@@ -2,7 +2,9 @@
 //! receiver's /sync long-poll on the other returning it. A user on A (`--url`) creates a public
 //! room, a user on B (`--peer-url`) joins it through A's server name; then messages go A→B one at
 //! a time, B→A one at a time, and (with `--fed-concurrency`) A→B and B→A with several in flight.
-//! Last (with `--fed-room-members`), a fresh user on B joins a room of that many members on A.
+//! Then (with `--fed-room-members`), a fresh user on B joins a room of that many members on A;
+//! last (with `--fed-history`), a fresh user on B joins a room with that many messages on A and
+//! pages back through them, which B backfills from A.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -161,6 +163,10 @@ pub async fn run(ctx: &Ctx) -> Result<Value, BoxError> {
             ctx.args.fed_room_members,
         )
         .await?;
+    }
+    if ctx.args.fed_history > 0 {
+        out["history_backfill"] =
+            history_backfill(ctx, &peer, &peer_pool, &a, &a_name, ctx.args.fed_history).await?;
     }
     out["sync_errors"] = json!({ "a": pollers_a.errors(), "b": pollers_b.errors() });
     Ok(out)
@@ -370,6 +376,96 @@ async fn paged_back(
         }
     }
     Ok(found.len())
+}
+
+/// Messages per `/messages` page when B reads the history.
+const HISTORY_PAGE: usize = 50;
+
+/// A room on A where `a` says `messages` messages (untimed), which a fresh user on B joins and
+/// then reads back to its start, `/messages` 50 at a time: every page that reaches past what B
+/// holds makes B backfill from A. Timed from the first page to the last; every message must
+/// come back once.
+async fn history_backfill(
+    ctx: &Ctx,
+    peer: &Api,
+    peer_pool: &UserPool,
+    a: &User,
+    a_name: &str,
+    messages: usize,
+) -> Result<Value, BoxError> {
+    let room = ctx
+        .api
+        .create_room(
+            &a.auth,
+            &json!({ "preset": "public_chat", "name": "hearth-bench history" }),
+        )
+        .await?;
+    let room_enc = enc(&room);
+    crate::log!("federation: {messages} messages of history in {room} on A");
+    for i in 0..messages {
+        ctx.api
+            .send_text(
+                &a.auth,
+                &room_enc,
+                &format!("fh{i}"),
+                &format!("history {i}"),
+            )
+            .await?;
+    }
+    let b = peer_pool.take(peer, 1).await?.pop().expect("one user");
+    peer.post_json(
+        &format!("/join/{room_enc}?server_name={}", enc(a_name)),
+        Some(&b.auth),
+        &json!({}),
+    )
+    .await?;
+    crate::log!("federation: {} reads the history back", b.user_id);
+    let mut found = std::collections::HashSet::new();
+    let mut pages = Vec::new();
+    let mut from: Option<String> = None;
+    let t0 = Instant::now();
+    loop {
+        let mut path = format!("/rooms/{room_enc}/messages?dir=b&limit={HISTORY_PAGE}");
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", enc(f)));
+        }
+        let t_page = Instant::now();
+        let page: Value = peer
+            .get(&path, Some(&b.auth))
+            .await?
+            .json("GET /messages")?;
+        pages.push(ms(t_page.elapsed()));
+        for e in page["chunk"].as_array().into_iter().flatten() {
+            if let Some(body) = e["content"]["body"].as_str()
+                && body.starts_with("history ")
+                && !found.insert(body.to_owned())
+            {
+                return Err(format!("{body:?} came back twice").into());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) if pages.len() < 10 * messages / HISTORY_PAGE + 20 => {
+                from = Some(end.to_owned())
+            }
+            _ => break,
+        }
+    }
+    let total_s = t0.elapsed().as_secs_f64();
+    crate::log!(
+        "federation: read {} of {messages} messages of history in {} pages, {total_s:.2} s",
+        found.len(),
+        pages.len()
+    );
+    if found.len() != messages {
+        return Err(format!("B read {} of {messages} messages of history", found.len()).into());
+    }
+    Ok(json!({
+        "messages": messages,
+        "pages": pages.len(),
+        "page_ms": Summary::of(&mut pages),
+        "total_s": round3(total_s),
+        "messages_per_s": rate(messages, total_s),
+    }))
 }
 
 #[cfg(test)]
