@@ -1218,6 +1218,7 @@ async fn the_history_before_a_join_is_backfilled_from_the_other_server() {
             &ann_tok,
             &json!({
                 "preset": "public_chat",
+                "name": "members only room",
                 "initial_state": [{
                     "type": "m.room.history_visibility",
                     "state_key": "",
@@ -1352,6 +1353,15 @@ async fn the_history_before_a_join_is_backfilled_from_the_other_server() {
         ],
         "{closed_events:?}"
     );
+    // The room's name, said after history closed, came back pruned in the history; the
+    // state Bob's server holds keeps it whole.
+    let (status, name) = b
+        .get(
+            &format!("/rooms/{}/state/m.room.name/", enc(&closed)),
+            &bob_tok,
+        )
+        .await;
+    assert_eq!((status, &name["name"]), (200, &json!("members only room")));
     let join = closed_events.last().unwrap();
     assert_eq!(join["content"]["membership"], "join");
     assert!(

@@ -221,8 +221,8 @@ pub enum WriteOp {
         membership: Option<(String, MembershipRecord)>,
     },
     /// Places an event backfilled from another server in its room's history at `seq`. An event
-    /// this server already kept as an outlier keeps its storage position and takes the new meta
-    /// (its state is known now); any other is stored at the next position.
+    /// this server already kept as an outlier keeps its storage position and JSON and takes the
+    /// new meta (its state is known now); any other is stored at the next position.
     PutHistory {
         seq: u64,
         event_id: String,

@@ -608,7 +608,7 @@ mod tests {
                 append("!a", "$live"),
                 WriteOp::PutOutlier {
                     event_id: "$old".into(),
-                    json: b"{}".to_vec(),
+                    json: br#"{"content":{"name":"kept"}}"#.to_vec(),
                     meta: EventMeta {
                         state_before: 0,
                         state_after: 0,
@@ -639,6 +639,11 @@ mod tests {
             (old.pos, old.history_seq, old.state_after),
             (outlier_pos, Some(1), 2),
             "the outlier keeps its place in storage and gains its history sequence and state"
+        );
+        assert_eq!(
+            store.event_json("$old").unwrap().unwrap(),
+            br#"{"content":{"name":"kept"}}"#,
+            "and keeps its JSON, which a peer may have sent pruned"
         );
         assert_eq!(
             store.event_meta("$older").unwrap().unwrap().history_seq,

@@ -412,17 +412,19 @@ fn apply(
             mut meta,
         } => {
             let known = t.event_ids.get(event_id.as_str())?.map(|v| v.value());
+            // A known event keeps its JSON: a peer may have sent it pruned (what it lets this
+            // server see of the room's past), and state held in full must stay so.
             let pos = match known {
                 Some(pos) => pos,
                 None => {
                     *next_pos += 1;
                     t.event_ids.insert(event_id.as_str(), *next_pos)?;
+                    t.events.insert(*next_pos, json.as_slice())?;
                     *next_pos
                 }
             };
             meta.pos = pos;
             meta.history_seq = Some(seq);
-            t.events.insert(pos, json.as_slice())?;
             t.event_meta
                 .insert(pos, serde_json::to_vec(&meta)?.as_slice())?;
             t.room_history

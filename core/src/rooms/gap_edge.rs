@@ -102,7 +102,11 @@ impl Rooms {
             }
         }
         fresh.sort_by_key(|(p, _)| p.depth);
-        let edge_pdu = Arc::new(Pdu::from_canonical(edge_id.clone(), &edge_obj)?);
+        // An event kept before stays as it was kept: the peer may have sent it pruned.
+        let edge_pdu = match self.pdu(&edge_id)? {
+            Some(known) => known,
+            None => Arc::new(Pdu::from_canonical(edge_id.clone(), &edge_obj)?),
+        };
         if edge_pdu.room_id != *room_id {
             return Err(Error::BadJson("event is for another room".into()));
         }

@@ -553,7 +553,12 @@ impl Rooms {
             }
             let mut events: Vec<(PduRef, CanonicalJsonObject)> = Vec::new();
             for (id, obj) in fetched.events {
-                let pdu = Arc::new(Pdu::from_canonical(id, &obj)?);
+                // An event kept before (state a join brought) stays as it was kept: a peer
+                // sends this server's view of the past, which may be pruned.
+                let pdu = match self.pdu(&id)? {
+                    Some(known) => known,
+                    None => Arc::new(Pdu::from_canonical(id, &obj)?),
+                };
                 if pdu.room_id == room_id {
                     events.push((pdu, obj));
                 }
