@@ -50,7 +50,7 @@ pub(crate) async fn fill(
     }
 }
 
-pub(crate) fn depth_of(obj: &CanonicalJsonObject) -> u64 {
+fn depth_of(obj: &CanonicalJsonObject) -> u64 {
     match obj.get("depth") {
         Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
         _ => 0,

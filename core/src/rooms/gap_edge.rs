@@ -81,10 +81,9 @@ impl Rooms {
     }
 
     /// The state before the event at an edge, and the state after it as a new state group
-    /// queued in `batch`. The
-    /// state events this server lacked are queued as outliers, each only if the auth rules
-    /// allow it against its own auth events; an id of the state that cannot be found or fails
-    /// its check is left out of the state. The edge event itself is not queued.
+    /// queued in `batch`. The state events this server lacked are queued as outliers, each only
+    /// if the auth rules allow it against its own auth events; an id of the state that cannot be
+    /// found or fails its check is left out of the state. The edge event itself is not queued.
     pub(crate) fn edge_state(
         &self,
         h: &RoomHead,

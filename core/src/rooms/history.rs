@@ -449,18 +449,17 @@ impl Rooms {
             .get(&("m.room.create".to_owned(), String::new()))
             .and_then(|id| self.pdu(id).ok().flatten())
             .map(|p| p.sender.server_name().to_owned());
-        let mut servers: Vec<OwnedServerName> = Vec::new();
         let joined = h.joined_servers();
-        for s in creator
-            .iter()
-            .filter(|c| joined.contains(&***c))
-            .cloned()
-            .chain(joined.iter().map(|s| (*s).to_owned()))
-        {
-            if s != self.server_name() && !servers.contains(&s) {
-                servers.push(s);
+        let mut servers: Vec<OwnedServerName> = creator
+            .into_iter()
+            .filter(|c| joined.contains(&&**c))
+            .collect();
+        for s in joined {
+            if !servers.iter().any(|x| x == s) {
+                servers.push(s.to_owned());
             }
         }
+        servers.retain(|s| s != self.server_name());
         Ok(servers)
     }
 
