@@ -1335,8 +1335,8 @@ async fn the_history_before_a_join_is_backfilled_from_the_other_server() {
         !seen.iter().any(|b| b.starts_with("members only")),
         "members-only history stays hidden: {seen:?}"
     );
-    // What Bob sees: the room's first events, said while history was still shared (the spec
-    // judges the visibility change itself by the visibility before it), and his join.
+    // What Bob sees: the room's first events, said while history was still shared (each event
+    // is judged by the state before it, the visibility change too), and his join.
     let kinds: Vec<&str> = closed_events
         .iter()
         .filter_map(|e| e["type"].as_str())
