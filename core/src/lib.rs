@@ -98,13 +98,13 @@ impl Core {
     ) -> Result<Self> {
         let config = Arc::new(config);
         let notifier = Arc::new(notifier::Notifier::default());
-        let rooms = Arc::new(rooms::Rooms::new(
+        let rooms = rooms::Rooms::new(
             config.clone(),
             store.clone(),
             keys.clone(),
             notifier.clone(),
             remote.clone(),
-        )?);
+        )?;
         let device_lists = Arc::new(e2ee::DeviceLists::new(
             config.server_name.clone(),
             store.clone(),

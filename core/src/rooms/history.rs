@@ -36,6 +36,9 @@ const ROUNDS_PER_PAGE: usize = 3;
 const FRONTIER_EVENTS: usize = 5;
 /// After a backfill failed, how long pages stop at the start of what this server holds.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long a client's page waits for the room's servers to answer one backfill (a slow or
+/// unreachable peer must not hold `/messages` for the federation client's own timeouts).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A point between two events of a room, as pagination tokens name it: just after the live
 /// event at a stream position (`s<pos>`; 0 is before every live event), or just after the
@@ -488,14 +491,20 @@ impl Rooms {
         if servers.is_empty() {
             return Ok(0);
         }
-        let fetched = match self
+        // Only the requests are bounded in time: once checked events are queued for the
+        // writer, taking them in runs to the end.
+        let fetch = self
             .remote
-            .backfill(room_id, &servers, &frontier, BACKFILL_LIMIT)
-            .await
-        {
-            Ok(f) => f,
-            Err(e) => {
+            .backfill(room_id, &servers, &frontier, BACKFILL_LIMIT);
+        let fetched = match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
                 tracing::info!(%room_id, error = %e, "could not backfill the room");
+                gate.failed_at = Some(Instant::now());
+                return Ok(0);
+            }
+            Err(_) => {
+                tracing::info!(%room_id, "the room's servers took too long to backfill it");
                 gate.failed_at = Some(Instant::now());
                 return Ok(0);
             }
@@ -637,11 +646,11 @@ impl Rooms {
             if batch.ops.is_empty() {
                 return Ok(0);
             }
+            // Events kept as outliers before have a place and a state now.
+            batch.rewritten_metas = ids.clone();
             (self.enqueue(&h, batch), ids)
         };
         self.finish(queued).await?;
-        // Events kept as outliers before have a place and a state now.
-        self.forget_metas(&placed);
         tracing::info!(%room_id, events = placed.len(), "backfilled the room's history");
         Ok(placed.len())
     }

@@ -138,9 +138,13 @@ pub struct Batch {
     room_id: Option<OwnedRoomId>,
     /// Events this batch's redactions pruned, in their pruned form.
     redacted: Vec<PduRef>,
+    /// Events whose meta this batch rewrites (outliers placed in the room's history).
+    rewritten_metas: Vec<OwnedEventId>,
 }
 
 pub struct Rooms {
+    /// This object, for the work that must outlive a caller who stops waiting (see `finish`).
+    this: std::sync::Weak<Rooms>,
     pub(crate) config: Arc<CoreConfig>,
     pub(crate) store: Arc<dyn Store>,
     keys: Arc<ServerKeys>,
@@ -181,10 +185,11 @@ impl Rooms {
         keys: Arc<ServerKeys>,
         notifier: Arc<Notifier>,
         remote: Arc<dyn crate::remote::Remote>,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         let next_group = store.counter(STATE_GROUP_COUNTER)?;
         let cap = |n| NonZeroUsize::new(n).expect("non-zero");
-        Ok(Self {
+        Ok(Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             config,
             store,
             keys,
@@ -203,7 +208,7 @@ impl Rooms {
             pending_txns: Mutex::new(HashMap::new()),
             next_group: AtomicU64::new(next_group),
             history_gates: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -444,8 +449,21 @@ impl Rooms {
     }
 
     /// Waits for a queued batch to be durable, then makes it visible: caches, the room's
-    /// position, and the wake-ups of the users it concerns.
+    /// position, and the wake-ups of the users it concerns. That runs in a task of its own, to
+    /// the end even if the caller stops waiting (a client that hangs up mid-request drops its
+    /// handler): the batch becomes durable regardless, and those waiting on the room must
+    /// hear of it now, not at their next wake-up.
     async fn finish(&self, queued: Queued) -> Result<Vec<PduRef>> {
+        let this = self
+            .this
+            .upgrade()
+            .expect("Rooms is only ever used through its Arc");
+        tokio::spawn(async move { this.complete(queued).await })
+            .await
+            .map_err(Error::internal)?
+    }
+
+    async fn complete(&self, queued: Queued) -> Result<Vec<PduRef>> {
         let Queued { batch, commit } = queued;
         let result = commit.await;
         if result.is_ok() {
@@ -456,6 +474,7 @@ impl Rooms {
                 }
             }
             self.forget_redacted(&batch.redacted);
+            self.forget_metas(&batch.rewritten_metas);
         }
         // Durable now (readable from the store) or never going to be.
         self.clear_pending(&batch);
