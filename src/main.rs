@@ -1,6 +1,7 @@
 //! `hearth`: the Matrix homeserver binary. Reads the configuration, opens the store, wires the
 //! core to the API routers, and serves.
 
+mod complete_writes;
 mod config;
 mod push_gateway;
 
@@ -218,6 +219,9 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     let app = hearth_client_api::router(AppState::new(core.clone(), api))
         .merge(hearth_federation::routes(core.clone(), federation.clone()))
+        .layer(axum::middleware::from_fn(
+            complete_writes::run_writes_to_completion,
+        ))
         .layer(trace_layer());
 
     let federation_server = match &config.federation_listen {
@@ -229,8 +233,11 @@ async fn serve(config: Config) -> Result<(), String> {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| format!("TLS certificate or key: {e}"))?;
-            let fed_app =
-                hearth_federation::server(core.clone(), federation.clone()).layer(trace_layer());
+            let fed_app = hearth_federation::server(core.clone(), federation.clone())
+                .layer(axum::middleware::from_fn(
+                    complete_writes::run_writes_to_completion,
+                ))
+                .layer(trace_layer());
             let server = axum_server::bind_rustls(*addr, tls);
             tracing::info!(federation_listen = %addr, "serving federation over TLS");
             Some(tokio::spawn(async move {

@@ -188,3 +188,63 @@ async fn burst_of_writes_survives_sigkill() {
     assert_eq!(status, 200, "{members}");
     assert_eq!(members["joined"].as_object().map(|m| m.len()), Some(2));
 }
+
+/// Writes a request on a raw connection and closes the connection `after` it, as a client that
+/// gives up (or a phone that loses its network) before the answer.
+async fn hang_up_after(server: &TestServer, path: &str, body: &Value, after: std::time::Duration) {
+    use tokio::io::AsyncWriteExt;
+    let content = body.to_string();
+    let host = server.base_url().trim_start_matches("http://").to_owned();
+    let request = format!(
+        "POST /_matrix/client/v3{path} HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{content}",
+        content.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(&host).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    conn.shutdown().await.unwrap();
+}
+
+/// A write runs to its end even when its client hangs up before the answer: the server's
+/// handler of a closed connection is dropped, and a write dropped midway would leave it half
+/// done (here: a registration whose password hash was still being computed). The client can
+/// then learn the outcome by asking again, as it would after any lost answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_completes_when_its_client_hangs_up() {
+    let server = TestServer::start().await;
+    let mut body = json!({ "username": "carl", "password": PW });
+    let (status, first) = server.post_anon("/register", &body).await;
+    assert_eq!(status, 401, "{first}");
+    body["auth"] = json!({ "type": "m.login.dummy", "session": first["session"] });
+    hang_up_after(
+        &server,
+        "/register",
+        &body,
+        std::time::Duration::from_millis(20),
+    )
+    .await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, login) = server
+            .post_anon(
+                "/login",
+                &json!({
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": "carl" },
+                    "password": PW,
+                }),
+            )
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registration whose client hung up never completed: {status} {login}\n{}",
+            server.log_tail(20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
