@@ -521,138 +521,156 @@ impl Rooms {
     /// gate, so that sequences read from the store are the latest.
     async fn ingest_history(&self, room_id: &RoomId, fetched: Backfilled) -> Result<usize> {
         let head = self.head(room_id)?;
-        let (queued, placed) = {
+        let (queued, count) = {
             let h = head.lock();
             let mut batch = Batch::default();
-            // The state group after each edge and each event of the batch taken so far.
-            let mut after: HashMap<OwnedEventId, u64> = HashMap::new();
-            let mut placed: Vec<Placed> = Vec::new();
-            // An edge is older than the events of the batch after it; with the state its peer
-            // reported before it, it takes its place in the history too (for the create event,
-            // which Synapse leaves out of `/backfill`, that is the only way in).
-            for edge in fetched.edges {
-                let edge_id = edge.event.0.clone();
-                let edge = match self.edge_state(&h, edge, &mut batch) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::info!(%room_id, event_id = %edge_id, error = %e, "no state at a backfill edge");
-                        continue;
-                    }
-                };
-                let before = match edge.pdu.state_key {
-                    Some(_) => self.queue_group(room_id, None, &edge.before, &[], &mut batch)?,
-                    None => edge.after,
-                };
-                if !self.authorized_history_event(&h, &edge.pdu, &edge.before) {
-                    // Rejected: the state after it is the state before.
-                    after.insert(edge_id, before);
-                    continue;
+            let placed = match self.prepare_history(&h, fetched, &mut batch) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.clear_pending(&batch);
+                    return Err(e);
                 }
-                after.insert(edge_id, edge.after);
-                let replaces = replaced_in(&edge.before, &edge.pdu);
-                batch.events.push(edge.pdu.clone());
-                placed.push(Placed {
-                    pdu: edge.pdu,
-                    obj: edge.obj,
-                    before,
-                    after: edge.after,
-                    replaces,
-                });
-            }
-            let mut events: Vec<(PduRef, CanonicalJsonObject)> = Vec::new();
-            for (id, obj) in fetched.events {
-                // An event kept before (state a join brought) stays as it was kept: a peer
-                // sends this server's view of the past, which may be pruned.
-                let pdu = match self.pdu(&id)? {
-                    Some(known) => known,
-                    None => Arc::new(Pdu::from_canonical(id, &obj)?),
-                };
-                if pdu.room_id == room_id {
-                    events.push((pdu, obj));
-                }
-            }
-            events.sort_by(|a, b| (a.0.depth, &a.0.event_id).cmp(&(b.0.depth, &b.0.event_id)));
-            events.dedup_by(|a, b| a.0.event_id == b.0.event_id);
-
-            for (pdu, obj) in events {
-                let id = pdu.event_id.clone();
-                if after.contains_key(&id) || self.placed(&id)? {
-                    continue;
-                }
-                let Some((before, state)) =
-                    self.history_state_before(&h, &pdu, &after, &mut batch)?
-                else {
-                    tracing::debug!(%room_id, event_id = %id, "a backfilled event's state is unknown");
-                    continue;
-                };
-                if !self.authorized_history_event(&h, &pdu, &state) {
-                    after.insert(id, before);
-                    continue;
-                }
-                batch.events.push(pdu.clone());
-                let replaces = replaced_in(&state, &pdu);
-                let state_after = match &pdu.state_key {
-                    Some(key) => {
-                        let slot = (pdu.kind.to_string(), key.clone());
-                        let mut map = state.clone();
-                        map.insert(slot.clone(), id.clone());
-                        self.queue_group(
-                            room_id,
-                            Some(before),
-                            &map,
-                            &[(slot, id.clone())],
-                            &mut batch,
-                        )?
-                    }
-                    None => before,
-                };
-                after.insert(id, state_after);
-                placed.push(Placed {
-                    pdu,
-                    obj,
-                    before,
-                    after: state_after,
-                    replaces,
-                });
-            }
-
-            let newest = self
-                .store
-                .room_history(room_id.as_str(), 1, u64::MAX, false, 1)?
-                .first()
-                .map_or(0, |(seq, _)| *seq);
-            let count = placed.len() as u64;
-            let mut ids = Vec::with_capacity(placed.len());
-            for (i, p) in placed.into_iter().enumerate() {
-                // Oldest first here; sequences count into the past.
-                let seq = newest + count - i as u64;
-                batch.ops.push(WriteOp::PutHistory {
-                    seq,
-                    event_id: p.pdu.event_id.to_string(),
-                    json: serde_json::to_vec(&p.obj)?,
-                    meta: EventMeta {
-                        room_id: room_id.to_string(),
-                        pos: 0,
-                        state_before: p.before,
-                        state_after: p.after,
-                        txn: None,
-                        replaces_state: p.replaces,
-                        redacted_by: None,
-                        history_seq: Some(seq),
-                    },
-                });
-                ids.push(p.pdu.event_id.clone());
-            }
+            };
             if batch.ops.is_empty() {
                 return Ok(0);
             }
             // Events kept as outliers before have a place and a state now.
-            batch.rewritten_metas = ids.clone();
-            (self.enqueue(&h, batch), ids)
+            batch.rewritten_metas = placed;
+            let count = batch.rewritten_metas.len();
+            (self.enqueue(&h, batch), count)
         };
         self.finish(queued).await?;
-        tracing::info!(%room_id, events = placed.len(), "backfilled the room's history");
-        Ok(placed.len())
+        tracing::info!(%room_id, events = count, "backfilled the room's history");
+        Ok(count)
+    }
+
+    /// Queues a backfilled batch's writes in `batch`; answers the events that found their
+    /// place.
+    fn prepare_history(
+        &self,
+        h: &RoomHead,
+        fetched: Backfilled,
+        batch: &mut Batch,
+    ) -> Result<Vec<OwnedEventId>> {
+        let room_id = &h.room_id;
+        // The state group after each edge and each event of the batch taken so far.
+        let mut after: HashMap<OwnedEventId, u64> = HashMap::new();
+        let mut placed: Vec<Placed> = Vec::new();
+        // An edge is older than the events of the batch after it; with the state its peer
+        // reported before it, it takes its place in the history too (for the create event,
+        // which Synapse leaves out of `/backfill`, that is the only way in).
+        for edge in fetched.edges {
+            let edge_id = edge.event.0.clone();
+            let edge = match self.edge_state(h, edge, batch) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::info!(%room_id, event_id = %edge_id, error = %e, "no state at a backfill edge");
+                    continue;
+                }
+            };
+            let before = match edge.pdu.state_key {
+                Some(_) => self.queue_group(room_id, None, &edge.before, &[], batch)?,
+                None => edge.after,
+            };
+            if !self.authorized_history_event(h, &edge.pdu, &edge.before) {
+                // Rejected: the state after it is the state before.
+                after.insert(edge_id, before);
+                continue;
+            }
+            after.insert(edge_id, edge.after);
+            let replaces = replaced_in(&edge.before, &edge.pdu);
+            batch.events.push(edge.pdu.clone());
+            placed.push(Placed {
+                pdu: edge.pdu,
+                obj: edge.obj,
+                before,
+                after: edge.after,
+                replaces,
+            });
+        }
+        let mut events: Vec<(PduRef, CanonicalJsonObject)> = Vec::new();
+        for (id, obj) in fetched.events {
+            // An event kept before (state a join brought) stays as it was kept: a peer sends
+            // this server's view of the past, which may be pruned.
+            let pdu = match self.pdu(&id)? {
+                Some(known) => known,
+                None => match Pdu::from_canonical(id.clone(), &obj) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        tracing::info!(%room_id, event_id = %id, error = %e, "a backfilled event is malformed");
+                        continue;
+                    }
+                },
+            };
+            if pdu.room_id == *room_id {
+                events.push((pdu, obj));
+            }
+        }
+        events.sort_by(|a, b| (a.0.depth, &a.0.event_id).cmp(&(b.0.depth, &b.0.event_id)));
+        events.dedup_by(|a, b| a.0.event_id == b.0.event_id);
+
+        for (pdu, obj) in events {
+            let id = pdu.event_id.clone();
+            if after.contains_key(&id) || self.placed(&id)? {
+                continue;
+            }
+            let Some((before, state)) = self.history_state_before(h, &pdu, &after, batch)? else {
+                tracing::debug!(%room_id, event_id = %id, "a backfilled event's state is unknown");
+                continue;
+            };
+            if !self.authorized_history_event(h, &pdu, &state) {
+                after.insert(id, before);
+                continue;
+            }
+            batch.events.push(pdu.clone());
+            let replaces = replaced_in(&state, &pdu);
+            let state_after = match &pdu.state_key {
+                Some(key) => {
+                    let slot = (pdu.kind.to_string(), key.clone());
+                    let mut map = state.clone();
+                    map.insert(slot.clone(), id.clone());
+                    self.queue_group(room_id, Some(before), &map, &[(slot, id.clone())], batch)?
+                }
+                None => before,
+            };
+            after.insert(id, state_after);
+            placed.push(Placed {
+                pdu,
+                obj,
+                before,
+                after: state_after,
+                replaces,
+            });
+        }
+
+        let newest = self
+            .store
+            .room_history(room_id.as_str(), 1, u64::MAX, false, 1)?
+            .first()
+            .map_or(0, |(seq, _)| *seq);
+        let count = placed.len() as u64;
+        let mut ids = Vec::with_capacity(placed.len());
+        for (i, p) in placed.into_iter().enumerate() {
+            // Oldest first here; sequences count into the past.
+            let seq = newest + count - i as u64;
+            batch.ops.push(WriteOp::PutHistory {
+                seq,
+                event_id: p.pdu.event_id.to_string(),
+                json: serde_json::to_vec(&p.obj)?,
+                meta: EventMeta {
+                    room_id: room_id.to_string(),
+                    pos: 0,
+                    state_before: p.before,
+                    state_after: p.after,
+                    txn: None,
+                    replaces_state: p.replaces,
+                    redacted_by: None,
+                    history_seq: Some(seq),
+                },
+            });
+            ids.push(p.pdu.event_id.clone());
+        }
+        Ok(ids)
     }
 
     /// Whether a backfilled event passes the auth rules, against its auth events and the
