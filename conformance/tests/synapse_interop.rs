@@ -519,15 +519,7 @@ async fn a_hearth_user_joins_a_room_on_synapse() {
     let synapse = Synapse::start().await;
     let (hearth, tls) = hearth_beside(&synapse).await;
     let (syd_id, syd_tok) = synapse_user(&synapse, "syd").await;
-    let created = synapse
-        .call(
-            reqwest::Method::POST,
-            "/createRoom",
-            Some(&syd_tok),
-            json!({ "preset": "public_chat", "name": "synapse hall" }),
-        )
-        .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room = public_room_on_synapse(&synapse, &syd_tok, "synapse hall").await;
     let synapse_name = syd_id.split_once(':').unwrap().1.to_owned();
     let path = format!("/rooms/{}/send/m.room.message/s0", enc(&room));
     synapse
@@ -935,6 +927,19 @@ async fn synapse_backfills_history_from_hearth() {
     }
 }
 
+/// A public room with a name, created on Synapse by the user of `token`.
+async fn public_room_on_synapse(synapse: &Synapse, token: &str, name: &str) -> String {
+    let created = synapse
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(token),
+            json!({ "preset": "public_chat", "name": name }),
+        )
+        .await;
+    created["room_id"].as_str().unwrap().to_owned()
+}
+
 /// Messages said on Synapse before Hearth's user joins.
 const SYNAPSE_HISTORY: usize = 120;
 
@@ -946,15 +951,7 @@ async fn hearth_backfills_history_from_synapse() {
     let synapse = Synapse::start().await;
     let (hearth, _tls) = hearth_beside(&synapse).await;
     let (syd_id, syd_tok) = synapse_user(&synapse, "syd").await;
-    let created = synapse
-        .call(
-            reqwest::Method::POST,
-            "/createRoom",
-            Some(&syd_tok),
-            json!({ "preset": "public_chat", "name": "synapse archive" }),
-        )
-        .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room = public_room_on_synapse(&synapse, &syd_tok, "synapse archive").await;
     let said: Vec<String> = (0..SYNAPSE_HISTORY)
         .map(|i| format!("before hal {i}"))
         .collect();

@@ -30,6 +30,36 @@ impl RedbStore {
         Self::from_database(db)
     }
 
+    /// Event ids of a per-room index keyed by `(room id, number)`, between two numbers (both
+    /// inclusive), descending or ascending, at most `limit`.
+    fn room_index(
+        &self,
+        table: TableDefinition<(&str, u64), &str>,
+        room_id: &str,
+        from: u64,
+        to: u64,
+        descending: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, String)>> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        let range = table.range((room_id, from)..=(room_id, to))?;
+        let rows: Box<dyn Iterator<Item = _>> = if descending {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut out = Vec::new();
+        for row in rows.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value().1, v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
     /// A store that lives in memory only, for unit tests of the layers above.
     pub fn in_memory() -> StorageResult<Self> {
         let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
@@ -214,23 +244,7 @@ impl Store for RedbStore {
         backwards: bool,
         limit: usize,
     ) -> StorageResult<Vec<(StreamPos, String)>> {
-        if from > to || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ROOM_TIMELINE)?;
-        let range = table.range((room_id, from)..=(room_id, to))?;
-        let rows: Box<dyn Iterator<Item = _>> = if backwards {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        };
-        let mut out = Vec::new();
-        for row in rows.take(limit) {
-            let (k, v) = row?;
-            out.push((k.value().1, v.value().to_owned()));
-        }
-        Ok(out)
+        self.room_index(ROOM_TIMELINE, room_id, from, to, backwards, limit)
     }
 
     fn room_history(
@@ -241,23 +255,8 @@ impl Store for RedbStore {
         into_past: bool,
         limit: usize,
     ) -> StorageResult<Vec<(u64, String)>> {
-        if from > to || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ROOM_HISTORY)?;
-        let range = table.range((room_id, from)..=(room_id, to))?;
-        let rows: Box<dyn Iterator<Item = _>> = if into_past {
-            Box::new(range)
-        } else {
-            Box::new(range.rev())
-        };
-        let mut out = Vec::new();
-        for row in rows.take(limit) {
-            let (k, v) = row?;
-            out.push((k.value().1, v.value().to_owned()));
-        }
-        Ok(out)
+        // Sequences count into the past: into it is ascending.
+        self.room_index(ROOM_HISTORY, room_id, from, to, !into_past, limit)
     }
 
     fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>> {
