@@ -230,27 +230,22 @@ fn context(
     let before_limit = ctx.before_limit.unwrap_or(5).min(100) as usize;
     let after_limit = ctx.after_limit.unwrap_or(5).min(100) as usize;
     let pos = ev.meta.pos;
+    let reader = hearth_core::rooms::timeline::Reader {
+        user: viewer.0,
+        room_id: room,
+        access: &access,
+        filter: &all,
+    };
     let (before, after) = (
         if before_limit > 0 {
             rooms
-                .page(
-                    viewer.0,
-                    room,
-                    &access,
-                    pos - 1,
-                    None,
-                    true,
-                    before_limit,
-                    &all,
-                )?
+                .page(reader, pos - 1, None, true, before_limit)?
                 .events
         } else {
             Vec::new()
         },
         if after_limit > 0 {
-            rooms
-                .page(viewer.0, room, &access, pos, None, false, after_limit, &all)?
-                .events
+            rooms.page(reader, pos, None, false, after_limit)?.events
         } else {
             Vec::new()
         },

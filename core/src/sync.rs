@@ -19,7 +19,7 @@ use crate::notifier::Notifier;
 use crate::presence::{self, Presence};
 use crate::receipts::Receipts;
 use crate::rooms::invites::{INVITE_STATE_TYPES, stripped};
-use crate::rooms::timeline::{Access, EventFilter, TimelineEvent};
+use crate::rooms::timeline::{Access, EventFilter, Reader, TimelineEvent};
 use crate::rooms::{PduRef, Rooms};
 use crate::streams::{EphemeralSerial, SyncToken};
 use crate::to_device::{self, ToDevice};
@@ -415,16 +415,13 @@ impl SyncService {
         };
         let limit = req.filter.timeline.limit.unwrap_or(10);
         let to = if full { None } else { since };
-        let page = self.rooms.page(
+        let reader = Reader {
             user,
             room_id,
-            &access,
-            upto,
-            to,
-            true,
-            limit,
-            &req.filter.timeline,
-        )?;
+            access: &access,
+            filter: &req.filter.timeline,
+        };
+        let page = self.rooms.page(reader, upto, to, true, limit)?;
         let mut events = page.events;
         events.reverse();
         let limited = page.end.is_some();

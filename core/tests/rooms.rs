@@ -5,7 +5,7 @@ use std::sync::Arc;
 use hearth_core::keys::ServerKeys;
 use hearth_core::rooms::NewEvent;
 use hearth_core::rooms::create::{CreateRoom, MemberProfile, Preset};
-use hearth_core::rooms::timeline::EventFilter;
+use hearth_core::rooms::timeline::{EventFilter, Reader};
 use hearth_core::{Core, CoreConfig, Error};
 use hearth_storage::{RedbStore, Store};
 use ruma::signatures::{Verified, verify_event};
@@ -216,10 +216,13 @@ async fn pages_cover_the_timeline_without_gaps() {
     let mut from = access.max_pos;
     let mut bodies = Vec::new();
     loop {
-        let page = core
-            .rooms
-            .page(&alice, &room, &access, from, None, true, 10, &filter)
-            .unwrap();
+        let reader = Reader {
+            user: &alice,
+            room_id: &room,
+            access: &access,
+            filter: &filter,
+        };
+        let page = core.rooms.page(reader, from, None, true, 10).unwrap();
         bodies.extend(
             page.events
                 .iter()
@@ -254,18 +257,15 @@ async fn a_page_that_takes_the_last_events_says_there_is_no_more() {
     }
     let access = core.rooms.access(&a, &alice).unwrap();
     let all = EventFilter::default();
+    let reader = Reader {
+        user: &alice,
+        room_id: &a,
+        access: &access,
+        filter: &all,
+    };
     let page = core
         .rooms
-        .page(
-            &alice,
-            &a,
-            &access,
-            access.max_pos,
-            Some(since),
-            true,
-            3,
-            &all,
-        )
+        .page(reader, access.max_pos, Some(since), true, 3)
         .unwrap();
     assert_eq!(page.events.len(), 3);
     assert_eq!(
@@ -274,16 +274,7 @@ async fn a_page_that_takes_the_last_events_says_there_is_no_more() {
     );
     let page = core
         .rooms
-        .page(
-            &alice,
-            &a,
-            &access,
-            access.max_pos,
-            Some(since),
-            true,
-            2,
-            &all,
-        )
+        .page(reader, access.max_pos, Some(since), true, 2)
         .unwrap();
     assert_eq!(page.events.len(), 2);
     assert!(page.end.is_some(), "one event is left in range");

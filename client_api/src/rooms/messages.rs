@@ -2,6 +2,7 @@ use ruma::api::Direction;
 use ruma::api::client::{context::get_context, message::get_message_events, room::get_room_event};
 
 use hearth_core::rooms::history::TimelinePos;
+use hearth_core::rooms::timeline::Reader;
 
 use super::raw;
 use crate::AppState;
@@ -30,11 +31,13 @@ pub async fn messages(
     let to = b.to.as_deref().map(parse_position).transpose()?;
     let filter = event_filter(&b.filter);
     let limit = (u64::from(b.limit) as usize).clamp(1, 1000);
-    let page = rooms
-        .messages(
-            &s.user_id, &b.room_id, &access, from, to, backwards, limit, &filter,
-        )
-        .await?;
+    let reader = Reader {
+        user: &s.user_id,
+        room_id: &b.room_id,
+        access: &access,
+        filter: &filter,
+    };
+    let page = rooms.messages(reader, from, to, backwards, limit).await?;
 
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let mut resp = get_message_events::v3::Response::new();
@@ -75,10 +78,14 @@ pub async fn context(
     let before_n = limit / 2;
     let after_n = limit - before_n;
     let (at, before_at) = (TimelinePos::after(&ev.meta), TimelinePos::before(&ev.meta));
-    let before = rooms.history_page(
-        &s.user_id, &b.room_id, &access, before_at, true, before_n, &filter,
-    )?;
-    let after = rooms.history_page(&s.user_id, &b.room_id, &access, at, false, after_n, &filter)?;
+    let reader = Reader {
+        user: &s.user_id,
+        room_id: &b.room_id,
+        access: &access,
+        filter: &filter,
+    };
+    let before = rooms.history_page(reader, before_at, true, before_n)?;
+    let after = rooms.history_page(reader, at, false, after_n)?;
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let mut resp = get_context::v3::Response::new();
     resp.start = Some(

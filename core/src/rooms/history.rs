@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_storage::{EventMeta, StreamPos, WriteOp};
-use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedServerName, RoomId, UserId};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedServerName, RoomId};
 
 use super::state::{StateMap, next_group};
-use super::timeline::{Access, EventFilter, TimelineEvent};
+use super::timeline::{Reader, TimelineEvent};
 use super::{Batch, GapEdge, Pdu, PduRef, RoomHead, Rooms};
 use crate::{Error, Result};
 
@@ -150,31 +150,27 @@ impl Rooms {
     /// filter lets through, at most `limit`, backwards `(to, from]` newest first or forwards
     /// `(from, to]` oldest first, across the live timeline and the backfilled history. Paging
     /// back past the start of what this server holds asks the room's other servers for more.
-    #[allow(clippy::too_many_arguments)]
     pub async fn messages(
         &self,
-        user: &UserId,
-        room_id: &RoomId,
-        access: &Access,
+        reader: Reader<'_>,
         from: TimelinePos,
         to: Option<TimelinePos>,
         backwards: bool,
         limit: usize,
-        filter: &EventFilter,
     ) -> Result<HistoryPage> {
         let limit = limit.max(1);
-        let mut scan = self.scan(user, room_id, access, from, to, backwards, limit, filter)?;
+        let mut scan = self.scan(reader, from, to, backwards, limit)?;
         let mut rounds = 0;
         while scan.at_start {
             if scan.page.events.len() == limit || rounds == ROUNDS_PER_PAGE {
                 // The client asks again from `end`, if the room's servers may have more.
-                if self.history_frontier(room_id)?.is_empty() {
+                if self.history_frontier(reader.room_id)?.is_empty() {
                     scan.page.end = None;
                 }
                 return Ok(scan.page);
             }
             rounds += 1;
-            if self.fetch_history(room_id).await? == 0 {
+            if self.fetch_history(reader.room_id).await? == 0 {
                 scan.page.end = None;
                 return Ok(scan.page);
             }
@@ -182,16 +178,7 @@ impl Rooms {
                 .page
                 .end
                 .expect("a scan at the start says where it stopped");
-            let more = self.scan(
-                user,
-                room_id,
-                access,
-                resume,
-                to,
-                true,
-                limit - scan.page.events.len(),
-                filter,
-            )?;
+            let more = self.scan(reader, resume, to, true, limit - scan.page.events.len())?;
             scan.page.events.extend(more.page.events);
             scan.page.end = more.page.end;
             scan.at_start = more.at_start;
@@ -200,36 +187,29 @@ impl Rooms {
     }
 
     /// A page of what this server holds, without asking other servers.
-    #[allow(clippy::too_many_arguments)]
     pub fn history_page(
         &self,
-        user: &UserId,
-        room_id: &RoomId,
-        access: &Access,
+        reader: Reader<'_>,
         from: TimelinePos,
         backwards: bool,
         limit: usize,
-        filter: &EventFilter,
     ) -> Result<HistoryPage> {
-        let mut scan = self.scan(user, room_id, access, from, None, backwards, limit, filter)?;
+        let mut scan = self.scan(reader, from, None, backwards, limit)?;
         if scan.at_start {
             scan.page.end = None;
         }
         Ok(scan.page)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
-        user: &UserId,
-        room_id: &RoomId,
-        access: &Access,
+        reader: Reader<'_>,
         from: TimelinePos,
         to: Option<TimelinePos>,
         backwards: bool,
         limit: usize,
-        filter: &EventFilter,
     ) -> Result<Scan> {
+        let room_id = reader.room_id;
         let live_to = match to {
             Some(TimelinePos::Live(t)) => Some(t),
             _ => None,
@@ -253,8 +233,7 @@ impl Rooms {
             let mut seq_from = match from {
                 TimelinePos::History(seq) => seq.max(1),
                 TimelinePos::Live(pos) => {
-                    let page =
-                        self.page(user, room_id, access, pos, live_to, true, limit, filter)?;
+                    let page = self.page(reader, pos, live_to, true, limit)?;
                     if page.end.is_some() || live_to.is_some() {
                         let end = page.end.map(TimelinePos::Live);
                         return Ok(Scan {
@@ -279,7 +258,7 @@ impl Rooms {
                 let exhausted = rows.len() < chunk;
                 for (seq, id) in rows {
                     seq_from = seq + 1;
-                    if let Some(ev) = self.visible_history_event(user, &id, access, filter)? {
+                    if let Some(ev) = self.visible_history_event(reader, &id)? {
                         events.push(ev);
                         if events.len() == limit {
                             break;
@@ -318,7 +297,7 @@ impl Rooms {
                     let exhausted = rows.len() < chunk;
                     for (seq, id) in rows {
                         seq_to = seq - 1;
-                        if let Some(ev) = self.visible_history_event(user, &id, access, filter)? {
+                        if let Some(ev) = self.visible_history_event(reader, &id)? {
                             events.push(ev);
                             if events.len() == limit {
                                 break;
@@ -340,16 +319,7 @@ impl Rooms {
                 0
             }
         };
-        let page = self.page(
-            user,
-            room_id,
-            access,
-            live_from,
-            live_to,
-            false,
-            limit - events.len(),
-            filter,
-        )?;
+        let page = self.page(reader, live_from, live_to, false, limit - events.len())?;
         events.extend(page.events);
         Ok(Scan {
             page: HistoryPage {
@@ -362,19 +332,13 @@ impl Rooms {
 }
 
 impl Rooms {
-    fn visible_history_event(
-        &self,
-        user: &UserId,
-        id: &str,
-        access: &Access,
-        filter: &EventFilter,
-    ) -> Result<Option<TimelineEvent>> {
+    fn visible_history_event(&self, r: Reader<'_>, id: &str) -> Result<Option<TimelineEvent>> {
         let id = EventId::parse(id).map_err(Error::internal)?;
         let Some(ev) = self.timeline_event(&id)? else {
             return Ok(None);
         };
-        if filter.matches(&ev.pdu)
-            && self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?
+        if r.filter.matches(&ev.pdu)
+            && self.may_see(r.user, &ev.pdu, ev.meta.state_before, r.access.ever_member)?
         {
             Ok(Some(ev))
         } else {

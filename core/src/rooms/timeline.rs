@@ -82,6 +82,15 @@ pub struct Page {
     pub end: Option<StreamPos>,
 }
 
+/// Who reads a room's timeline: the user, how far they may read, and what they let through.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    pub user: &'a UserId,
+    pub room_id: &'a RoomId,
+    pub access: &'a Access,
+    pub filter: &'a EventFilter,
+}
+
 /// The part of a room's stream a user may read.
 pub struct Access {
     pub max_pos: StreamPos,
@@ -224,21 +233,23 @@ impl Rooms {
         }
     }
 
-    /// Events of a room between two positions that the user may see and the filter lets
+    /// Events of a room's live timeline between two positions that the reader may see and lets
     /// through, at most `limit`. Backwards pages cover `(to, from]` newest first, forwards pages
     /// `(from, to]` oldest first.
-    #[allow(clippy::too_many_arguments)]
     pub fn page(
         &self,
-        user: &UserId,
-        room_id: &RoomId,
-        access: &Access,
+        reader: Reader<'_>,
         from: StreamPos,
         to: Option<StreamPos>,
         backwards: bool,
         limit: usize,
-        filter: &EventFilter,
     ) -> Result<Page> {
+        let Reader {
+            user,
+            room_id,
+            access,
+            filter,
+        } = reader;
         let mut events = Vec::new();
         let (mut lo, mut hi) = if backwards {
             (to.map_or(1, |t| t + 1), from.min(access.max_pos))

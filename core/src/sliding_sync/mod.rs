@@ -29,7 +29,7 @@ use serde_json::value::RawValue as RawJsonValue;
 use self::lists::{Candidate, RoomLists};
 pub use self::types::*;
 use crate::account_data::to_event;
-use crate::rooms::timeline::{Access, EventFilter, TimelineEvent};
+use crate::rooms::timeline::{Access, EventFilter, Reader, TimelineEvent};
 use crate::streams::SyncToken;
 use crate::sync::{SyncService, SyncSources};
 use crate::{Error, Result};
@@ -330,16 +330,16 @@ impl SlidingSync {
         let mut events = Vec::new();
         let mut limited = false;
         if limit > 0 {
-            let page = self.src.rooms.page(
+            let reader = Reader {
                 user,
                 room_id,
-                &access,
-                upto,
-                since.map(|s| s.pos),
-                true,
-                limit,
-                &EventFilter::default(),
-            )?;
+                access: &access,
+                filter: &EventFilter::default(),
+            };
+            let page = self
+                .src
+                .rooms
+                .page(reader, upto, since.map(|s| s.pos), true, limit)?;
             events = page.events;
             events.reverse();
             limited = page.end.is_some();
