@@ -90,6 +90,56 @@ async fn shared_visibility_shows_earlier_history_to_members() {
     );
 }
 
+/// A change of history visibility is shown to whoever could see the room on either side of it:
+/// Bob, joining after a members-only room opened its history, sees the change that let him
+/// read on, and not what came before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_the_history_is_seen_by_those_it_lets_in() {
+    let server = TestServer::start().await;
+    let (alice, bob, room, _) = room_with(&server, "joined").await;
+    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
+    server.send_text(&alice, &room, "t3", "still closed").await;
+    let (status, body) = server
+        .put(
+            &format!("/rooms/{}/state/m.room.history_visibility/", enc(&room)),
+            &alice,
+            &json!({ "history_visibility": "shared" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.send_text(&alice, &room, "t4", "open now").await;
+    let (status, body) = server
+        .post(&format!("/join/{}", enc(&room)), &carol, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (_, page) = server
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=100", enc(&room)),
+            &carol,
+        )
+        .await;
+    let chunk = page["chunk"].as_array().unwrap();
+    let mut bodies = message_bodies(chunk);
+    bodies.reverse();
+    assert_eq!(bodies, vec!["open now"], "{page}");
+    // Oldest first: the room's first setting (made while history was still shared by
+    // default), then the opening.
+    let changes: Vec<&Value> = chunk
+        .iter()
+        .rev()
+        .filter(|e| e["type"] == "m.room.history_visibility")
+        .map(|e| &e["content"]["history_visibility"])
+        .collect();
+    assert_eq!(changes, [&json!("joined"), &json!("shared")], "{page}");
+    // Bob, joined all along, sees it too.
+    assert!(
+        history(&server, &bob, &room)
+            .await
+            .contains(&"still closed".to_owned())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn world_readable_rooms_can_be_read_without_joining() {
     let server = TestServer::start().await;

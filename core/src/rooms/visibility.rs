@@ -31,7 +31,7 @@ impl Rooms {
         ever_member: bool,
     ) -> Result<bool> {
         let state = self.state_at_group(state_before)?;
-        let visibility = self
+        let mut visibility = self
             .content_field(
                 &state,
                 "m.room.history_visibility",
@@ -39,6 +39,16 @@ impl Rooms {
                 "history_visibility",
             )?
             .unwrap_or_else(|| "shared".into());
+        // A change of visibility is seen by whoever could see the room on either side of it
+        // (the less restrictive of the two), as Synapse shows it: members learn that history
+        // closed, and those let in by an opening see the change that let them in.
+        if pdu.kind.to_string() == "m.room.history_visibility"
+            && pdu.state_key.as_deref() == Some("")
+            && let Some(new) = pdu.content_value()["history_visibility"].as_str()
+            && openness(new) > openness(&visibility)
+        {
+            visibility = new.to_owned();
+        }
         if visibility == "world_readable" {
             return Ok(true);
         }
@@ -62,5 +72,15 @@ impl Rooms {
             .content_field(state, "m.room.history_visibility", "", "history_visibility")?
             .as_deref()
             == Some("world_readable"))
+    }
+}
+
+/// How much of a room's history a visibility opens, least first.
+fn openness(visibility: &str) -> u8 {
+    match visibility {
+        "world_readable" => 3,
+        "shared" => 2,
+        "invited" => 1,
+        _ => 0,
     }
 }
