@@ -2,9 +2,10 @@
 //! even when their client hangs up. hyper drops the handler of a connection that closed; a write
 //! dropped between its commit and what follows it (waking the users it concerns, nudging the
 //! federation senders, sending a receipt on to other servers) would be durable yet unannounced,
-//! and one dropped before its commit leaves the client unsure what happened (a phone that lost
-//! its network retries with the same transaction id and gets the one result). Reads stop with
-//! their client: a long poll nobody waits for is not worth finishing.
+//! and one dropped midway (a remote join between `send_join` and taking the room in) half done.
+//! A client that lost the answer learns the outcome by asking again: a retried send with the
+//! same transaction id gets the one event. Reads stop with their client: a long poll nobody
+//! waits for is not worth finishing.
 
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
