@@ -1276,7 +1276,7 @@ async fn the_history_before_a_join_is_backfilled_from_the_other_server() {
         .filter_map(|e| e["event_id"].as_str())
         .collect();
     let mut forwards: Vec<String> = Vec::new();
-    let mut from = oldest;
+    let mut from = oldest.clone();
     for _ in 0..100 {
         let (status, page) = b
             .get(
@@ -1311,6 +1311,32 @@ async fn the_history_before_a_join_is_backfilled_from_the_other_server() {
     assert!(
         ids.ends_with(&forwards.iter().map(String::as_str).collect::<Vec<_>>()),
         "forwards reads the same events in the same order"
+    );
+    // Backwards from the present down to that same point (`to`): the same events, newest
+    // first, across the live timeline and the history.
+    let (status, page) = b
+        .get(
+            &format!(
+                "/rooms/{}/messages?dir=b&limit=1000&to={}",
+                enc(&room),
+                enc(&oldest)
+            ),
+            &bob_tok,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut down_to: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    down_to.reverse();
+    assert_eq!(down_to, forwards, "`to` bounds a page across both orders");
+    assert!(
+        page.get("end").is_none(),
+        "nothing further before `to`: {}",
+        page["end"]
     );
 
     // A backfilled event has its context like any other.
