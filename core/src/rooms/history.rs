@@ -250,25 +250,8 @@ impl Rooms {
             };
             // Into the history: sequences from `seq_from` up, below the bound `to` sets.
             let seq_to = history_to.map_or(u64::MAX, |t| t.saturating_sub(1));
-            while events.len() < limit && seq_from <= seq_to {
-                let chunk = (limit - events.len()).clamp(1, 200) * 2;
-                let rows =
-                    self.store
-                        .room_history(room_id.as_str(), seq_from, seq_to, true, chunk)?;
-                let exhausted = rows.len() < chunk;
-                for (seq, id) in rows {
-                    seq_from = seq + 1;
-                    if let Some(ev) = self.visible_history_event(reader, &id)? {
-                        events.push(ev);
-                        if events.len() == limit {
-                            break;
-                        }
-                    }
-                }
-                if exhausted {
-                    break;
-                }
-            }
+            (seq_from, _) =
+                self.read_history(reader, (seq_from, seq_to), true, limit, &mut events)?;
             let more_here = seq_from <= seq_to
                 && !self
                     .store
@@ -288,26 +271,13 @@ impl Rooms {
             TimelinePos::History(seq) => {
                 // Towards the present: sequences below `seq`, down to the bound `to` sets.
                 let lowest = history_to.unwrap_or(1).max(1);
-                let mut seq_to = seq.saturating_sub(1);
-                while events.len() < limit && lowest <= seq_to {
-                    let chunk = (limit - events.len()).clamp(1, 200) * 2;
-                    let rows =
-                        self.store
-                            .room_history(room_id.as_str(), lowest, seq_to, false, chunk)?;
-                    let exhausted = rows.len() < chunk;
-                    for (seq, id) in rows {
-                        seq_to = seq - 1;
-                        if let Some(ev) = self.visible_history_event(reader, &id)? {
-                            events.push(ev);
-                            if events.len() == limit {
-                                break;
-                            }
-                        }
-                    }
-                    if exhausted {
-                        break;
-                    }
-                }
+                let (_, seq_to) = self.read_history(
+                    reader,
+                    (lowest, seq.saturating_sub(1)),
+                    false,
+                    limit,
+                    &mut events,
+                )?;
                 if events.len() == limit || history_to.is_some() {
                     // Full: the rest of the history, then the live timeline, come next.
                     let end = (events.len() == limit).then_some(TimelinePos::History(seq_to + 1));
@@ -332,6 +302,43 @@ impl Rooms {
 }
 
 impl Rooms {
+    /// Reads the history between two sequences (both inclusive), into the past (ascending) or
+    /// towards the present, adding the events the reader may see to `events` until it holds
+    /// `limit`. Answers the bounds of what is left unread.
+    fn read_history(
+        &self,
+        reader: Reader<'_>,
+        (mut lo, mut hi): (u64, u64),
+        into_past: bool,
+        limit: usize,
+        events: &mut Vec<TimelineEvent>,
+    ) -> Result<(u64, u64)> {
+        while events.len() < limit && lo <= hi {
+            let chunk = (limit - events.len()).clamp(1, 200) * 2;
+            let rows =
+                self.store
+                    .room_history(reader.room_id.as_str(), lo, hi, into_past, chunk)?;
+            let exhausted = rows.len() < chunk;
+            for (seq, id) in rows {
+                if into_past {
+                    lo = seq + 1;
+                } else {
+                    hi = seq - 1;
+                }
+                if let Some(ev) = self.visible_history_event(reader, &id)? {
+                    events.push(ev);
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok((lo, hi))
+    }
+
     fn visible_history_event(&self, r: Reader<'_>, id: &str) -> Result<Option<TimelineEvent>> {
         let id = EventId::parse(id).map_err(Error::internal)?;
         let Some(ev) = self.timeline_event(&id)? else {
