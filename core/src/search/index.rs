@@ -40,6 +40,45 @@ fn room_hash(room_id: &str) -> u64 {
     let digest = sha2::Sha256::digest(room_id.as_bytes());
     u64::from_be_bytes(digest[..8].try_into().expect("eight bytes"))
 }
+/// The most words (and phrase words) of a search term that reach the index; the rest are left
+/// out. A search box needs a few; thousands only make a slow query.
+const MAX_QUERY_WORDS: usize = 64;
+
+/// The words and quoted phrases of a search term, rebuilt in the small part of tantivy's query
+/// grammar that a search box needs (words, `"phrases"`, `OR`). The raw term never reaches the
+/// parser: its grammar nests (parentheses, `+`/`-` prefixes, field names, ranges), and a term of
+/// 1,000 `(` overflowed a worker's stack and killed the process.
+pub(crate) fn query_text(term: &str) -> String {
+    let mut out = String::new();
+    let mut budget = MAX_QUERY_WORDS;
+    // Between quotes (odd pieces) the words are a phrase; an unclosed quote runs to the end.
+    for (i, piece) in term.split('"').enumerate() {
+        let words: Vec<&str> = piece
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .take(budget)
+            .collect();
+        budget -= words.len();
+        if words.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if i % 2 == 1 {
+            out.push('"');
+            out.push_str(&words.join(" "));
+            out.push('"');
+        } else {
+            out.push_str(&words.join(" "));
+        }
+        if budget == 0 {
+            break;
+        }
+    }
+    out
+}
+
 /// The writer's indexing memory: tantivy flushes a segment when it is full.
 const WRITER_HEAP: usize = 50_000_000;
 
@@ -223,7 +262,7 @@ impl SearchIndex {
         let mut parser = QueryParser::for_index(&self.index, vec![f.text]);
         parser.set_conjunction_by_default();
         // Lenient: a search box is not a query language; what does not parse is left out.
-        let (text, _) = parser.parse_query_lenient(&q.term);
+        let (text, _) = parser.parse_query_lenient(&query_text(&q.term));
         let terms = |field: Field, values: &[String]| -> Box<dyn Query> {
             Box::new(TermSetQuery::new(
                 values.iter().map(|v| Term::from_field_text(field, v)),
@@ -306,5 +345,75 @@ impl SearchIndex {
             }
         }
         Ok((hits, count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_text_keeps_words_and_phrases_only() {
+        assert_eq!(query_text("pizza"), "pizza");
+        assert_eq!(query_text("  hot   pizza "), "hot pizza");
+        assert_eq!(query_text("\"hot pizza\" tonight"), "\"hot pizza\" tonight");
+        assert_eq!(query_text("cats OR dogs"), "cats OR dogs");
+        assert_eq!(
+            query_text("((((a)))) +b -c title:d [e TO f]"),
+            "a b c title d e TO f"
+        );
+        assert_eq!(query_text("\"unclosed phrase"), "\"unclosed phrase\"");
+        assert_eq!(query_text("\"\" ()"), "");
+        assert_eq!(query_text("Grüße, 世界!"), "Grüße 世界");
+        let long = "w ".repeat(1000);
+        assert_eq!(query_text(&long).split(' ').count(), MAX_QUERY_WORDS);
+    }
+
+    #[test]
+    fn hostile_terms_parse_without_recursion() {
+        let (schema, fields) = schema();
+        let index = Index::create_in_ram(schema);
+        index.tokenizers().register(TOKENIZER, analyzer());
+        let parser = QueryParser::for_index(&index, vec![fields.text]);
+        for term in [
+            "(".repeat(100_000),
+            "\"".repeat(100_000),
+            "-".repeat(100_000) + "a",
+            "NOT ".repeat(10_000),
+            "a OR ".repeat(10_000),
+            "[".repeat(10_000) + " TO " + &"]".repeat(10_000),
+        ] {
+            let _ = parser.parse_query_lenient(&query_text(&term));
+        }
+    }
+}
+
+/// Fuzzing: any term, however nested or long, turns into a query that parses without deep
+/// recursion and carries at most [`MAX_QUERY_WORDS`] words.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parser() -> QueryParser {
+        let (schema, fields) = schema();
+        let index = Index::create_in_ram(schema);
+        index.tokenizers().register(TOKENIZER, analyzer());
+        QueryParser::for_index(&index, vec![fields.text])
+    }
+
+    proptest! {
+        #[test]
+        fn any_term_parses(term in "[()\\[\\]{}\"'+\\-~^*:!&| a-zA-Z0-9éß世]{0,400}") {
+            let text = query_text(&term);
+            prop_assert!(text.split_whitespace().count() <= MAX_QUERY_WORDS);
+            let _ = parser().parse_query_lenient(&text);
+        }
+
+        #[test]
+        fn any_unicode_term_parses(term in any::<String>()) {
+            let _ = parser().parse_query_lenient(&query_text(&term));
+        }
     }
 }
