@@ -162,3 +162,68 @@ async fn a_member_who_left_reads_up_to_the_leave() {
     server.send_text(&alice, &room, "t3", "after leaving").await;
     assert_eq!(history(&server, &bob, &room).await, vec!["before", "after"]);
 }
+
+/// An invitee has the invite's stripped state and nothing more under `shared` history: the spec
+/// keeps shared history for members who joined (and Synapse answers the same). Every read path
+/// refuses until the join, and lets the history through after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitee_reads_nothing_of_a_shared_room_until_joining() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = server.register("bob", "pw-bob-1").await;
+    let room = server
+        .create_room(
+            &alice,
+            &json!({ "preset": "private_chat", "name": "Secret plans" }),
+        )
+        .await;
+    let secret = server.send_text(&alice, &room, "t1", "the secret").await;
+    let (status, body) = server
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            &alice,
+            &json!({ "user_id": "@bob:localhost" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = enc(&room);
+    let e = enc(&secret);
+    for path in [
+        format!("/rooms/{r}/messages?dir=b&limit=50"),
+        format!("/rooms/{r}/event/{e}"),
+        format!("/rooms/{r}/context/{e}"),
+        format!("/rooms/{r}/state"),
+        format!("/rooms/{r}/state/m.room.name/"),
+        format!("/rooms/{r}/members"),
+        format!("/rooms/{r}/joined_members"),
+        format!("/_matrix/client/v1/rooms/{r}/relations/{e}"),
+        format!("/_matrix/client/v1/rooms/{r}/threads"),
+    ] {
+        let (status, body) = server.get(&path, &bob).await;
+        assert!(
+            status == 403 || status == 404,
+            "{path}: an invitee got {status} {body}"
+        );
+        assert!(!body.to_string().contains("the secret"), "{path}: {body}");
+    }
+    let (status, body) = server
+        .post(
+            "/search",
+            &bob,
+            &json!({ "search_categories": { "room_events": { "search_term": "secret" } } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["search_categories"]["room_events"]["count"], json!(0));
+    // /sync shows the invite's stripped state only.
+    let (_, sync) = server.get("/sync?timeout=0", &bob).await;
+    assert!(!sync.to_string().contains("the secret"), "{sync}");
+    assert!(sync["rooms"]["invite"][&room].is_object(), "{sync}");
+
+    // Once joined, shared history is bob's.
+    let (status, body) = server.join_raw(&bob, &room).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(history(&server, &bob, &room).await, ["the secret"]);
+    let (status, _) = server.get(&format!("/rooms/{r}/event/{e}"), &bob).await;
+    assert_eq!(status, 200);
+}

@@ -409,9 +409,10 @@ impl SyncService {
         let joined = joined_at.is_some();
         let access = Access {
             max_pos: upto,
-            ever_member: true,
             current: joined,
             joined_at,
+            // A left room's timeline shows what the user was joined for, as Synapse's does.
+            shared_history: joined,
         };
         let limit = req.filter.timeline.limit.unwrap_or(10);
         let to = if full { None } else { since };

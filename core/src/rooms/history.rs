@@ -345,7 +345,12 @@ impl Rooms {
             return Ok(None);
         };
         if r.filter.matches(&ev.pdu)
-            && self.may_see(r.user, &ev.pdu, ev.meta.state_before, r.access.ever_member)?
+            && self.may_see(
+                r.user,
+                &ev.pdu,
+                ev.meta.state_before,
+                r.access.shared_history,
+            )?
         {
             Ok(Some(ev))
         } else {

@@ -400,7 +400,7 @@ impl Rooms {
                 continue;
             };
             if access.joined_at.is_some_and(|j| ev.meta.pos > j)
-                || self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?
+                || self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)?
             {
                 events.push(ev);
             }
@@ -440,7 +440,12 @@ impl Rooms {
                 };
                 if ev.pdu.room_id != room_id
                     || !(access.joined_at.is_some_and(|j| ev.meta.pos > j)
-                        || self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?)
+                        || self.may_see(
+                            user,
+                            &ev.pdu,
+                            ev.meta.state_before,
+                            access.shared_history,
+                        )?)
                 {
                     continue;
                 }

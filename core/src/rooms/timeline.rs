@@ -94,12 +94,15 @@ pub struct Reader<'a> {
 /// The part of a room's stream a user may read.
 pub struct Access {
     pub max_pos: StreamPos,
-    pub ever_member: bool,
     /// The user is in the room now (or it is world readable): they see its current state.
     pub current: bool,
     /// Position of the user's current join: everything after it is visible to them without a
     /// look at the state (the fast path of every incremental sync).
     pub joined_at: Option<StreamPos>,
+    /// The user may read `shared` history: they are joined, or were until they left (the spec's
+    /// "joined the room at any point after the event was sent"). Never for an invitee or a
+    /// knocker who did not join.
+    pub shared_history: bool,
 }
 
 impl Rooms {
@@ -196,33 +199,29 @@ impl Rooms {
         let now = self.store.persisted_pos();
         let membership = self.store.membership(user.as_str(), room_id.as_str())?;
         match membership {
-            Some(m)
-                if m.membership == "join"
-                    || m.membership == "invite"
-                    || m.membership == "knock" =>
-            {
-                Ok(Access {
-                    max_pos: now,
-                    ever_member: true,
-                    current: true,
-                    joined_at: (m.membership == "join").then_some(m.pos),
-                })
-            }
+            Some(m) if m.membership == "join" => Ok(Access {
+                max_pos: now,
+                current: true,
+                joined_at: Some(m.pos),
+                shared_history: true,
+            }),
             // A user who left reads up to the moment they left.
-            Some(m) => Ok(Access {
+            Some(m) if m.membership != "invite" && m.membership != "knock" => Ok(Access {
                 max_pos: m.pos,
-                ever_member: true,
                 current: false,
                 joined_at: None,
+                shared_history: self.joined_before(user, &m.event_id)?,
             }),
-            None => {
+            // An invitee or a knocker has the room's stripped state, and reads no more of it
+            // than a stranger (as in Synapse: the room must be world readable).
+            _ => {
                 let state = self.current_state(room_id)?;
                 if self.is_world_readable(&state)? {
                     Ok(Access {
                         max_pos: now,
-                        ever_member: false,
                         current: true,
                         joined_at: None,
+                        shared_history: false,
                     })
                 } else {
                     Err(Error::forbidden(format!(
@@ -231,6 +230,22 @@ impl Rooms {
                 }
             }
         }
+    }
+
+    /// Whether `user` was joined just before their membership event `event_id` (a leave or a
+    /// ban): one who declined an invite never was.
+    fn joined_before(&self, user: &UserId, event_id: &str) -> Result<bool> {
+        let Ok(event_id) = EventId::parse(event_id) else {
+            return Ok(false);
+        };
+        let Some(ev) = self.timeline_event(&event_id)? else {
+            return Ok(false);
+        };
+        let state = self.state_at_group(ev.meta.state_before)?;
+        let Some(member) = state.get(&("m.room.member".to_owned(), user.to_string())) else {
+            return Ok(false);
+        };
+        Ok(self.pdu(member)?.and_then(|p| p.membership()).as_deref() == Some("join"))
     }
 
     /// Events of a room's live timeline between two positions that the reader may see and lets
@@ -278,7 +293,12 @@ impl Rooms {
                 };
                 if filter.matches(&ev.pdu)
                     && (access.joined_at.is_some_and(|j| ev.meta.pos > j)
-                        || self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?)
+                        || self.may_see(
+                            user,
+                            &ev.pdu,
+                            ev.meta.state_before,
+                            access.shared_history,
+                        )?)
                 {
                     events.push(ev);
                     if events.len() == limit {
@@ -394,7 +414,7 @@ impl Rooms {
             .timeline_event(event_id)?
             .filter(|e| e.pdu.room_id == room_id && e.live_pos() <= access.max_pos)
             .ok_or_else(not_found)?;
-        if !self.may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)? {
+        if !self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)? {
             return Err(not_found());
         }
         Ok((ev, access))

@@ -21,14 +21,17 @@ impl Rooms {
             .and_then(|p| p.content_value()[field].as_str().map(str::to_owned)))
     }
 
-    /// Whether `user` may see `pdu`, given the state group before it and whether the user has
-    /// any membership in the room now (a user who never had one is peeking).
+    /// Whether `user` may see `pdu`, given the state group before it and whether the user is
+    /// joined to the room now. The spec's rules, as Synapse applies them: what was sent while
+    /// the user was joined, what `invited` history shows an invitee, and `shared` history to
+    /// those who are joined now; an invitee, a knocker or a user who left does not read
+    /// `shared` history they were not joined for.
     pub fn may_see(
         &self,
         user: &UserId,
         pdu: &PduRef,
         state_before: u64,
-        ever_member: bool,
+        joined_now: bool,
     ) -> Result<bool> {
         let state = self.state_at_group(state_before)?;
         let mut visibility = self
@@ -52,17 +55,27 @@ impl Rooms {
         if visibility == "world_readable" {
             return Ok(true);
         }
-        // A user's own member event counts with the membership it sets.
-        let membership_at =
-            if pdu.state_key.as_deref() == Some(user.as_str()) && pdu.membership().is_some() {
-                pdu.membership()
-            } else {
-                self.content_field(&state, "m.room.member", user.as_str(), "membership")?
-            };
+        let before = self.content_field(&state, "m.room.member", user.as_str(), "membership")?;
+        // A user's own member event counts with the more joined of the memberships on either
+        // side of it; and one's own leave is always seen, so that a left room or a declined
+        // invite goes away in the client.
+        let membership_at = match pdu.membership() {
+            Some(new) if pdu.state_key.as_deref() == Some(user.as_str()) => {
+                if new == "leave" && matches!(before.as_deref(), Some("join" | "invite")) {
+                    return Ok(true);
+                }
+                if rank(before.as_deref()) < rank(Some(new.as_str())) {
+                    before
+                } else {
+                    Some(new)
+                }
+            }
+            _ => before,
+        };
         Ok(match membership_at.as_deref() {
             Some("join") => true,
-            Some("invite") if visibility == "invited" || visibility == "shared" => true,
-            _ => visibility == "shared" && ever_member,
+            Some("invite") if visibility == "invited" => true,
+            _ => visibility == "shared" && joined_now,
         })
     }
 
@@ -72,6 +85,17 @@ impl Rooms {
             .content_field(state, "m.room.history_visibility", "", "history_visibility")?
             .as_deref()
             == Some("world_readable"))
+    }
+}
+
+/// Synapse's `MEMBERSHIP_PRIORITY`: the more joined a membership, the lower.
+fn rank(membership: Option<&str>) -> u8 {
+    match membership {
+        Some("join") => 0,
+        Some("invite") => 1,
+        Some("knock") => 2,
+        Some("ban") => 4,
+        _ => 3,
     }
 }
 

@@ -368,7 +368,7 @@ impl Search {
         let seen = access.joined_at.is_some_and(|j| ev.meta.pos > j)
             || self
                 .rooms
-                .may_see(user, &ev.pdu, ev.meta.state_before, access.ever_member)?;
+                .may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)?;
         Ok(seen.then_some(ev))
     }
 }

@@ -322,9 +322,9 @@ impl SlidingSync {
         let joined = c.membership.membership == "join";
         let access = Access {
             max_pos: upto,
-            ever_member: true,
             current: joined,
             joined_at: joined.then_some(c.membership.pos),
+            shared_history: joined,
         };
         let limit = config.timeline_limit.min(MAX_TIMELINE);
         let mut events = Vec::new();
