@@ -89,3 +89,30 @@ mod tests {
         assert_eq!(SyncToken::parse("s1_y"), None);
     }
 }
+
+/// Fuzzing: a token from a client is any string; it parses or is refused, never panics, and what
+/// the server writes reads back the same.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_string_parses_or_is_refused(token in any::<String>()) {
+            let _ = SyncToken::parse(&token);
+        }
+
+        #[test]
+        fn token_shaped_strings_parse_or_are_refused(token in "s?[0-9_]{0,40}") {
+            let _ = SyncToken::parse(&token);
+        }
+
+        #[test]
+        fn written_tokens_read_back(pos: u64, ephemeral: u64, to_device: u64) {
+            let t = SyncToken { pos, ephemeral, to_device };
+            prop_assert_eq!(SyncToken::parse(&t.to_string()), Some(t));
+        }
+    }
+}

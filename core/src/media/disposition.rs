@@ -87,3 +87,21 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing: whatever type and name an uploader gave, the header value carries no character that
+/// could end the header or start another.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn the_header_is_always_one_clean_value(kind in any::<String>(), name in proptest::option::of(any::<String>())) {
+            let value = content_disposition(&kind, name.as_deref());
+            prop_assert!(value.starts_with("inline") || value.starts_with("attachment"));
+            prop_assert!(value.bytes().all(|b| (0x20..0x7f).contains(&b)), "{value:?}");
+        }
+    }
+}

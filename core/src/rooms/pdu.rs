@@ -228,3 +228,93 @@ impl ruma::state_res::Event for Pdu {
 }
 
 pub type PduRef = Arc<Pdu>;
+
+/// Fuzzing: a PDU from a peer is any JSON. The checks a peer's event goes through before the
+/// auth rules (format, reference hash, redaction, parsing) end in a value or an error for any
+/// object, in every supported room version, and never panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use ruma::CanonicalJsonValue;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z$!@:._0-9]{0,24}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map("[a-z_]{1,10}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object with a PDU's keys, each holding anything.
+    fn pdu_like() -> impl Strategy<Value = Value> {
+        let keys = [
+            "type",
+            "room_id",
+            "sender",
+            "state_key",
+            "content",
+            "origin_server_ts",
+            "prev_events",
+            "auth_events",
+            "depth",
+            "hashes",
+            "signatures",
+            "redacts",
+            "unsigned",
+        ];
+        prop::collection::vec(json_value(), keys.len()).prop_map(move |values| {
+            Value::Object(
+                keys.iter()
+                    .zip(values)
+                    .map(|(k, v)| ((*k).to_owned(), v))
+                    .collect(),
+            )
+        })
+    }
+
+    fn check(value: Value) {
+        let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(value) else {
+            return;
+        };
+        for version in crate::config::SUPPORTED_ROOM_VERSIONS {
+            let rules = version.rules().expect("supported");
+            let _ = ruma::state_res::check_pdu_format(&obj, &rules.event_format);
+            if let Ok(hash) = ruma::signatures::reference_hash(&obj, &rules)
+                && let Ok(id) = OwnedEventId::try_from(format!("${hash}"))
+            {
+                let _ = Pdu::from_canonical(id, &obj);
+            }
+            let _ = ruma::canonical_json::redact(obj.clone(), &rules.redaction, None);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_object_is_checked_without_panic(value in json_value()) {
+            check(value);
+        }
+
+        #[test]
+        fn any_pdu_shaped_object_is_checked_without_panic(value in pdu_like()) {
+            check(value);
+        }
+
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let id = OwnedEventId::try_from("$fuzz").expect("event id");
+            let _ = Pdu::parse(id, &bytes, None);
+        }
+    }
+}
