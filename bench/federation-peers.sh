@@ -66,6 +66,7 @@ for i in $(seq 1 "$COUNT"); do
   HEARTH_TLS_CERT=$CRT HEARTH_TLS_KEY=$KEY \
   HEARTH_FEDERATION_CA_FILE=$CA_CRT \
   HEARTH_DATA_DIR=$data HEARTH_RATE_LIMIT=false HEARTH_REGISTRATION=open \
+  HEARTH_IP_RANGE_DENYLIST= \
     nohup "$HEARTH_BIN" serve >"$WORK_DIR/hearth$i.log" 2>&1 &
   pid=$!
   echo "kill $pid 2>/dev/null; while kill -0 $pid 2>/dev/null; do sleep 0.1; done" >>"$WORK_DIR/stop.sh"

@@ -1,10 +1,13 @@
 //! Configuration: an optional TOML file, then `HEARTH_<KEY>` environment variables on top, then
 //! built-in defaults. The defaults run a complete server on loopback with no file at all.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use hearth_client_api::RegistrationMode;
+use hearth_client_api::config::RateLimit;
+use hearth_client_api::rate_limit::Action;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -22,6 +25,9 @@ pub struct Config {
     pub rate_limit: bool,
     pub rate_limit_per_second: f64,
     pub rate_limit_burst: u32,
+    /// Each limited action's allowance where it differs from Synapse's default:
+    /// `"message=1/20, joins=off"` (per second / burst).
+    pub rate_limits: String,
     pub default_room_version: String,
     /// Base URL clients use to reach this server, for `/.well-known/matrix/client`.
     pub public_base_url: Option<String>,
@@ -64,6 +70,16 @@ pub struct Config {
     pub push_group_unread_count_by_room: bool,
     /// Lifetime of access tokens issued with a refresh token (clients that ask for one).
     pub refreshable_access_token_lifetime_secs: f64,
+    /// Seconds a connection may take to send a request's head (the first, or the next on a
+    /// kept-alive connection) before it is closed.
+    pub http_header_timeout_secs: f64,
+    /// Seconds a request body may pause between two pieces before the request fails.
+    pub http_body_timeout_secs: f64,
+    /// Open connections one IP address may hold on each listener.
+    pub max_connections_per_ip: usize,
+    /// Comma-separated CIDR ranges this server never connects to (federation, push gateways,
+    /// remote media); unset: loopback, private and other special ranges; empty: none.
+    pub ip_range_denylist: Option<String>,
 }
 
 impl Default for Config {
@@ -79,6 +95,7 @@ impl Default for Config {
             rate_limit: true,
             rate_limit_per_second: 10.0,
             rate_limit_burst: 50,
+            rate_limits: String::new(),
             default_room_version: "11".into(),
             public_base_url: None,
             log_format: "text".into(),
@@ -100,6 +117,10 @@ impl Default for Config {
             push_include_content: true,
             push_group_unread_count_by_room: true,
             refreshable_access_token_lifetime_secs: 300.0,
+            http_header_timeout_secs: 30.0,
+            http_body_timeout_secs: 60.0,
+            max_connections_per_ip: 1000,
+            ip_range_denylist: None,
         }
     }
 }
@@ -124,6 +145,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("rate_limit", Kind::Bool),
     ("rate_limit_per_second", Kind::Float),
     ("rate_limit_burst", Kind::Int),
+    ("rate_limits", Kind::Str),
     ("default_room_version", Kind::Str),
     ("public_base_url", Kind::Str),
     ("log_format", Kind::Str),
@@ -145,9 +167,46 @@ const KEYS: &[(&str, Kind)] = &[
     ("push_include_content", Kind::Bool),
     ("push_group_unread_count_by_room", Kind::Bool),
     ("refreshable_access_token_lifetime_secs", Kind::Float),
+    ("http_header_timeout_secs", Kind::Float),
+    ("http_body_timeout_secs", Kind::Float),
+    ("max_connections_per_ip", Kind::Int),
+    ("ip_range_denylist", Kind::Str),
 ];
 
 impl Config {
+    /// The allowance of each limited action: Synapse's defaults, with `rate_limits` on top.
+    pub fn action_limits(&self) -> Result<HashMap<Action, RateLimit>, String> {
+        let mut limits: HashMap<Action, RateLimit> = Action::ALL
+            .into_iter()
+            .map(|a| (a, a.default_allowance()))
+            .collect();
+        for item in self
+            .rate_limits
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let bad = || format!("rate_limits: {item:?} is not name=per_second/burst or name=off");
+            let (name, value) = item.split_once('=').ok_or_else(bad)?;
+            let action = Action::ALL
+                .into_iter()
+                .find(|a| a.name() == name.trim())
+                .ok_or_else(|| format!("rate_limits: no action named {:?}", name.trim()))?;
+            if value.trim() == "off" {
+                limits.remove(&action);
+                continue;
+            }
+            let (rate, burst) = value.split_once('/').ok_or_else(bad)?;
+            let per_second: f64 = rate.trim().parse().map_err(|_| bad())?;
+            let burst: u32 = burst.trim().parse().map_err(|_| bad())?;
+            if !(per_second.is_finite() && per_second > 0.0) || burst == 0 {
+                return Err(bad());
+            }
+            limits.insert(action, RateLimit { per_second, burst });
+        }
+        Ok(limits)
+    }
+
     /// Reads the file (if any) and the environment. Errors are one line, fit for a terminal.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
         let mut table = match file {
@@ -196,6 +255,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.action_limits()?;
+        if let Some(list) = &self.ip_range_denylist {
+            hearth_federation::outbound::IpRanges::parse(list)
+                .map_err(|e| format!("ip_range_denylist: {e}"))?;
+        }
         ruma::ServerName::parse(&self.server_name).map_err(|e| {
             format!(
                 "server_name {:?} is not a valid server name: {e}",

@@ -3,6 +3,8 @@
 
 mod complete_writes;
 mod config;
+mod error_bodies;
+mod listen;
 mod push_gateway;
 
 use std::net::SocketAddr;
@@ -127,6 +129,13 @@ async fn serve(config: Config) -> Result<(), String> {
         ServerKeys::load_or_generate(&config.data_dir, server_name.clone())
             .map_err(|e| e.to_string())?,
     );
+    let ip_range_denylist = hearth_federation::outbound::IpRanges::parse(
+        config
+            .ip_range_denylist
+            .as_deref()
+            .unwrap_or(hearth_federation::outbound::DEFAULT_DENYLIST),
+    )
+    .map_err(|e| format!("ip_range_denylist: {e}"))?;
     let federation_config = FederationConfig {
         verify_tls: config.federation_verify_tls,
         extra_ca_pem: match &config.federation_ca_file {
@@ -135,6 +144,7 @@ async fn serve(config: Config) -> Result<(), String> {
             ),
             None => None,
         },
+        ip_range_denylist: ip_range_denylist.clone(),
     };
     let federation = Federation::new(keys.clone(), &federation_config)?;
 
@@ -189,7 +199,9 @@ async fn serve(config: Config) -> Result<(), String> {
     core.presence.start_reaper();
     core.search.start();
     core.push
-        .start(Arc::new(push_gateway::HttpPushGateway::new()?))
+        .start(Arc::new(push_gateway::HttpPushGateway::new(
+            ip_range_denylist,
+        )?))
         .await
         .map_err(|e| e.to_string())?;
     federation.start_sending(core.clone());
@@ -203,6 +215,7 @@ async fn serve(config: Config) -> Result<(), String> {
             per_second: config.rate_limit_per_second,
             burst: config.rate_limit_burst,
         }),
+        action_limits: config.action_limits()?,
         public_base_url: config
             .public_base_url
             .clone()
@@ -217,13 +230,23 @@ async fn serve(config: Config) -> Result<(), String> {
             .map(str::to_owned)
             .collect(),
     };
+    let limits = listen::ConnectionLimits {
+        header_timeout: secs("http_header_timeout_secs", config.http_header_timeout_secs)?,
+        max_per_ip: config.max_connections_per_ip,
+    };
+    let body_timeout = secs("http_body_timeout_secs", config.http_body_timeout_secs)?;
     let app = hearth_client_api::router(AppState::new(core.clone(), api))
         .merge(hearth_federation::routes(core.clone(), federation.clone()))
         .layer(axum::middleware::from_fn(
             complete_writes::run_writes_to_completion,
         ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
+        .layer(axum::middleware::from_fn(error_bodies::matrix_json_errors))
         .layer(trace_layer());
 
+    let handle = axum_server::Handle::new();
     let federation_server = match &config.federation_listen {
         Some(addr) => {
             let (cert, key) = (config.tls_cert.as_ref(), config.tls_key.as_ref());
@@ -237,11 +260,24 @@ async fn serve(config: Config) -> Result<(), String> {
                 .layer(axum::middleware::from_fn(
                     complete_writes::run_writes_to_completion,
                 ))
+                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                    body_timeout,
+                ))
+                .layer(axum::middleware::from_fn(error_bodies::matrix_json_errors))
                 .layer(trace_layer());
-            let server = axum_server::bind_rustls(*addr, tls);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let server = listen::server(
+                listener,
+                axum_server::tls_rustls::RustlsAcceptor::new(tls),
+                limits,
+            )
+            .handle(handle.clone());
             tracing::info!(federation_listen = %addr, "serving federation over TLS");
             Some(tokio::spawn(async move {
-                if let Err(e) = server.serve(fed_app.into_make_service()).await {
+                let app = fed_app.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = server.serve(app).await {
                     tracing::error!(error = %e, "federation listener stopped");
                 }
             }))
@@ -259,20 +295,19 @@ async fn serve(config: Config) -> Result<(), String> {
         ?registration,
         "Hearth is serving"
     );
-    // Without TCP_NODELAY the last small piece of a streamed response (media) waited for the
-    // client's delayed ACK: 40 ms added to a sub-millisecond answer.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown_signal().await;
+            // Long-polls would hold a graceful shutdown for their whole timeout.
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
         }
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| format!("server error: {e}"))?;
+    listen::server(listener, axum_server::accept::DefaultAcceptor, limits)
+        .handle(handle)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
     if let Some(f) = federation_server {
         f.abort();
     }

@@ -2,23 +2,30 @@
 //! [`PushGateway`]. It lives in the binary because it is nothing but wiring: the core decides
 //! what to send and when to retry; this posts JSON and reads `rejected`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_core::push::gateway::{GatewayError, GatewayFuture, PushGateway};
+use hearth_federation::outbound::{DenyingResolver, IpRanges};
 
 pub struct HttpPushGateway {
     client: reqwest::Client,
+    /// A pusher's URL is the user's to choose: it must not reach what the server can reach.
+    deny: Arc<IpRanges>,
 }
 
 impl HttpPushGateway {
-    pub fn new() -> Result<Self, String> {
+    pub fn new(deny: IpRanges) -> Result<Self, String> {
+        let deny = Arc::new(deny);
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(DenyingResolver::new(deny.clone())))
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("push gateway client: {e}"))?;
-        Ok(Self { client })
+        Ok(Self { client, deny })
     }
 }
 
@@ -27,6 +34,9 @@ impl PushGateway for HttpPushGateway {
         Box::pin(async move {
             let unavailable =
                 |e: reqwest::Error| GatewayError::Unavailable(e.without_url().to_string());
+            self.deny
+                .check_url(url)
+                .map_err(GatewayError::Unavailable)?;
             let resp = self
                 .client
                 .post(url)

@@ -18,8 +18,10 @@ pub struct ApiConfig {
     pub registration: RegistrationMode,
     pub registration_token: Option<String>,
     pub max_request_bytes: usize,
-    /// `None` turns rate limiting off.
+    /// `None` turns rate limiting off, the actions' limits too.
     pub rate_limit: Option<RateLimit>,
+    /// The allowance of each limited action (an action missing here is not limited).
+    pub action_limits: std::collections::HashMap<crate::rate_limit::Action, RateLimit>,
     /// Base URL clients should use, for `/.well-known/matrix/client`.
     pub public_base_url: String,
     /// Interval of WebSocket pings; two silent intervals close the connection.

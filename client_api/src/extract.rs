@@ -93,21 +93,47 @@ async fn authenticate(
     Ok(session)
 }
 
-async fn read_body(body: Body, state: &AppState) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, state.config.max_request_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::too_large(format!(
-                "Request body exceeds {} bytes",
-                state.config.max_request_bytes
-            ))
-        })
+/// The most a request without an access token may send (login, registration, the unauthenticated
+/// reads): their bodies are small, and a stranger must not make the server hold megabytes.
+pub const UNAUTHENTICATED_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads a body of at most `limit` bytes. A declared length over it is refused before anything is
+/// read; a body that stalls fails with what the body timeout layer reports.
+pub(crate) async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(format!("Request body exceeds {limit} bytes"));
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = s.source();
+        }
+        ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "M_UNKNOWN",
+            "The request body did not arrive in time",
+        )
+    })
 }
 
 /// A parsed ruma request with the session that made it.
 pub struct Ruma<T> {
     pub body: T,
     pub session: Option<Session>,
+    /// The peer's address, for the limits kept per address.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl<T> Ruma<T> {
@@ -126,13 +152,14 @@ fn implied_empty_state_key(parts: &Parts) -> bool {
 
 impl<T> FromRequest<AppState> for Ruma<T>
 where
-    T: IncomingRequest + Send,
+    T: IncomingRequest + Send + 'static,
     T::Authentication: AuthPolicy,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
+        let client_ip = client_ip(&parts);
         let params = RawPathParams::from_request_parts(&mut parts, state)
             .await
             .map_err(|_| ApiError::invalid_param("Invalid path parameter"))?;
@@ -150,7 +177,12 @@ where
             T::RATE_LIMITED,
         )
         .await?;
-        let bytes = read_body(body, state).await?;
+        let limit = if session.is_some() {
+            state.config.max_request_bytes
+        } else {
+            UNAUTHENTICATED_BODY_BYTES.min(state.config.max_request_bytes)
+        };
+        let bytes = read_body(&parts.headers, body, limit).await?;
         if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
             return Err(ApiError::not_json());
         }
@@ -160,9 +192,50 @@ where
         } else {
             bytes
         };
+        if is_login::<T>() {
+            login_has_type(&bytes)?;
+        }
         let http_req = axum::http::Request::from_parts(parts, bytes);
-        let body = T::try_from_http_request(http_req, &args).map_err(from_http_error)?;
-        Ok(Ruma { body, session })
+        // A parser that panics on some body is a bug of ours or ruma's, and the client gets a
+        // 400 for it, not a dropped connection or a 500.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            T::try_from_http_request(http_req, &args)
+        }))
+        .map_err(|_| {
+            tracing::error!(
+                request = std::any::type_name::<T>(),
+                "a request parser panicked"
+            );
+            ApiError::bad_json("Malformed request body")
+        })?;
+        let body = parsed.map_err(from_http_error)?;
+        Ok(Ruma {
+            body,
+            session,
+            client_ip,
+        })
+    }
+}
+
+fn is_login<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>()
+        == std::any::TypeId::of::<ruma::api::client::session::login::v3::Request>()
+}
+
+/// ruma's `LoginInfo` indexes the body's map by `"type"`, which panics when the key is missing;
+/// answer that here as the malformed body it is.
+fn login_has_type(bytes: &[u8]) -> Result<(), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        _login_type: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Typed<'_>>(bytes) {
+        Ok(Typed {
+            _login_type: Some(_),
+        }) => Ok(()),
+        Ok(_) => Err(ApiError::bad_json("Missing the login 'type'")),
+        Err(e) => Err(ApiError::bad_json(e.to_string())),
     }
 }
 
@@ -216,7 +289,8 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req.into_body(), state).await?;
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(&parts.headers, body, state.config.max_request_bytes).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|_| ApiError::not_json())

@@ -18,7 +18,7 @@ mod media;
 mod presence;
 mod profile;
 mod push;
-mod rate_limit;
+pub mod rate_limit;
 mod receipts;
 pub mod rooms;
 mod routes;
@@ -53,7 +53,10 @@ pub(crate) type FilterCache = parking_lot::Mutex<
 
 impl AppState {
     pub fn new(core: Arc<Core>, config: ApiConfig) -> Self {
-        let limiter = Arc::new(rate_limit::RateLimiter::new(config.rate_limit));
+        let limiter = Arc::new(rate_limit::RateLimiter::new(
+            config.rate_limit,
+            &config.action_limits,
+        ));
         Self {
             core,
             config: Arc::new(config),
@@ -63,6 +66,16 @@ impl AppState {
                 std::num::NonZeroUsize::new(10_000).expect("non-zero"),
             ))),
         }
+    }
+
+    /// Takes one `action` from the allowance of each key (all must allow it).
+    pub(crate) fn limit(
+        &self,
+        action: rate_limit::Action,
+        keys: impl IntoIterator<Item = rate_limit::Key>,
+    ) -> Result<(), error::ApiError> {
+        keys.into_iter()
+            .try_for_each(|key| self.limiter.check_action(action, key))
     }
 }
 

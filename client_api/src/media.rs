@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, QueryParams};
-use crate::rate_limit::Key;
+use crate::rate_limit::{Action, Key};
 use hearth_core::media::{Method, content_disposition};
 
 #[derive(Deserialize)]
@@ -36,6 +36,10 @@ pub async fn upload(
     state
         .limiter
         .check(Key::User(session.user_id.to_string()))?;
+    state.limit(
+        Action::MediaCreate,
+        [Key::User(session.user_id.to_string())],
+    )?;
     let media_id = state
         .core
         .media
@@ -78,6 +82,10 @@ pub async fn create(State(state): State<AppState>, Auth(session): Auth) -> ApiRe
     state
         .limiter
         .check(Key::User(session.user_id.to_string()))?;
+    state.limit(
+        Action::MediaCreate,
+        [Key::User(session.user_id.to_string())],
+    )?;
     let (media_id, expires) = state.core.media.create_pending(&session.user_id).await?;
     let uri = format!("mxc://{}/{media_id}", state.core.config.server_name);
     Ok(axum::Json(json!({ "content_uri": uri, "unused_expires_at": expires })).into_response())

@@ -117,7 +117,8 @@ pub async fn sync(state: AppState, req: Ruma<v5::Request>) -> ApiResult<v5::Resp
         typing: scope(e.typing.enabled, &e.typing.lists, &e.typing.rooms),
     };
     let txn_id = b.txn_id.clone();
-    let out = state.core.sliding_sync.sync(core_req).await?;
+    let out =
+        crate::sync::until_session_ends(&state, &s, state.core.sliding_sync.sync(core_req)).await?;
 
     let mut resp = v5::Response::new(out.pos);
     resp.txn_id = txn_id;

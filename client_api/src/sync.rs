@@ -59,9 +59,27 @@ pub async fn sync(state: AppState, req: Ruma<v3::Request>) -> ApiResult<SyncAnsw
             definition.room.timeline.unread_thread_notifications,
         )
     };
+    let session = req.session().clone();
     drop(req);
-    let out = state.core.sync.sync(sync_req).await?;
+    let out = until_session_ends(&state, &session, state.core.sync.sync(sync_req)).await?;
     Ok(to_response(out, state_after, thread_counts))
+}
+
+/// Runs a long-poll unless the caller's session ends first (logout, device deletion): a
+/// logged-out token must not go on receiving what it waited for.
+pub(crate) async fn until_session_ends<T>(
+    state: &AppState,
+    session: &hearth_core::accounts::Session,
+    poll: impl std::future::Future<Output = hearth_core::Result<T>>,
+) -> ApiResult<T> {
+    tokio::select! {
+        // The end first: a poll woken by the logout's own commit must not answer.
+        biased;
+        () = state.core.accounts.session_ended(session) => {
+            Err(hearth_core::Error::UnknownToken.into())
+        }
+        out = poll => Ok(out?),
+    }
 }
 
 /// A `/sync` answer. Ruma's response type drops `rooms` when only `rooms.knock` has

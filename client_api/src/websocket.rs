@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
-use crate::rate_limit::Key;
+use crate::rate_limit::{Action, Key};
 use crate::{filter, sync};
 
 pub const PATH: &str = "/_matrix/client/unstable/io.hearth/ws";
@@ -179,8 +179,24 @@ impl Connection {
         let mut first = true;
         // The first frame goes out at once, even when nothing changed since `since`.
         let mut next = self.wait(position, Duration::ZERO);
+        let ended = core.accounts.session_ended(&self.session);
+        tokio::pin!(ended);
         loop {
             tokio::select! {
+                // The end first: the logout's own commit also wakes the next frame.
+                biased;
+                () = &mut ended => {
+                    // The token that opened the socket is gone: say why, then close.
+                    let err = ApiError::from(hearth_core::Error::UnknownToken);
+                    let _ = socket.send(Message::Text(error_frame(None, &err).into())).await;
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: axum::extract::ws::close_code::POLICY,
+                            reason: "M_UNKNOWN_TOKEN".into(),
+                        })))
+                        .await;
+                    break;
+                }
                 out = &mut next => {
                     match out {
                         Ok(resp) => {
@@ -269,6 +285,8 @@ impl Connection {
             } => {
                 let result = async {
                     self.state.limiter.check(Key::User(user.to_string()))?;
+                    self.state
+                        .limit(Action::Message, [Key::User(user.to_string())])?;
                     if !content.is_object() {
                         return Err(ApiError::bad_json("content must be an object"));
                     }

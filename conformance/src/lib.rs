@@ -122,6 +122,31 @@ impl TestServer {
         all[start..].join("\n")
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server process is still running (it has not crashed).
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The server's resident memory in KiB (Linux's `VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("server running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .expect("read VmRSS")
+    }
+
     /// Kill the server with SIGKILL (no graceful shutdown) and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -195,7 +220,9 @@ impl TestServer {
             .env("HEARTH_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("HEARTH_DATA_DIR", &self.data_dir)
             .env("HEARTH_REGISTRATION", "open")
-            .env("HEARTH_RATE_LIMIT", "false");
+            .env("HEARTH_RATE_LIMIT", "false")
+            // Test peers, push gateways and media servers all live on loopback.
+            .env("HEARTH_IP_RANGE_DENYLIST", "");
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,tantivy=warn,ruma_state_res=warn");
         }

@@ -65,6 +65,9 @@ pub struct Accounts {
     /// Single-use login tokens (`/login/get_token`): hash → (user, expiry in ms). In memory:
     /// they live two minutes, and a restart only makes the device ask again.
     login_tokens: parking_lot::Mutex<HashMap<Vec<u8>, (OwnedUserId, u64)>>,
+    /// Devices whose sessions just ended (logout, deletion, deactivation, a password change):
+    /// live WebSockets and long-polls of those devices stop on it.
+    ended: tokio::sync::broadcast::Sender<Session>,
 }
 
 impl Accounts {
@@ -81,6 +84,7 @@ impl Accounts {
             hasher: HashPool::new(2),
             sessions: RwLock::new(HashMap::new()),
             login_tokens: Default::default(),
+            ended: tokio::sync::broadcast::channel(64).0,
         }
     }
 
@@ -468,7 +472,62 @@ impl Accounts {
                 sessions.remove(h);
             }
         }
-        self.device_lists.commit_change(user_id, ops, updates).await
+        let ended: Vec<Session> = updates
+            .iter()
+            .map(|u| Session {
+                user_id: user_id.to_owned(),
+                device_id: u.device_id.as_str().into(),
+            })
+            .collect();
+        // Told before the commit, which wakes the device's own long-polls (its device list
+        // changed): they must end unanswered, not carry the change to a dead token. And again
+        // after it, for those that began to wait in between: `session_ended` looked for the
+        // device in the store then and still found it.
+        let tell = |ended: &[Session]| {
+            for session in ended {
+                let _ = self.ended.send(session.clone());
+            }
+        };
+        tell(&ended);
+        self.device_lists
+            .commit_change(user_id, ops, updates)
+            .await?;
+        tell(&ended);
+        Ok(())
+    }
+
+    /// Resolves when `session`'s device is logged out, deleted or deactivated: what lives longer
+    /// than one request (a WebSocket, a long-poll) must stop with the token that opened it.
+    pub async fn session_ended(&self, session: &Session) {
+        let mut ended = self.ended.subscribe();
+        let gone = || {
+            !matches!(
+                self.store
+                    .device(session.user_id.as_str(), session.device_id.as_str()),
+                Ok(Some(_))
+            )
+        };
+        // Subscribed first, then looked: an end committed in between is seen one way or the
+        // other.
+        if gone() {
+            return;
+        }
+        loop {
+            match ended.recv().await {
+                Ok(s) if s.user_id == session.user_id && s.device_id == session.device_id => {
+                    return;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if gone() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 
     pub async fn delete_all_devices_except(

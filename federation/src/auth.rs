@@ -28,13 +28,11 @@ impl FromRequest<State> for Signed {
             .ok_or_else(|| FedError::unauthorized("Missing X-Matrix Authorization header"))?;
         let x_matrix = XMatrix::try_from(header)
             .map_err(|e| FedError::unauthorized(format!("Bad X-Matrix header: {e}")))?;
-        let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-            FedError::new(
-                http::StatusCode::PAYLOAD_TOO_LARGE,
-                "M_TOO_LARGE",
-                "Request too large",
-            )
-        })?;
+        if !crate::discovery::dialable(x_matrix.origin.as_str()) {
+            return Err(FedError::unauthorized("The origin is not a server name"));
+        }
+        // The origin's key first: a stranger claiming a server that cannot vouch for it is
+        // turned away before its body is read.
         let fed = &state.federation;
         let keys = fed
             .key_cache
@@ -45,10 +43,26 @@ impl FromRequest<State> for Signed {
                 x_matrix.key.as_str(),
             )
             .await?;
+        let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+            FedError::new(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "Request too large",
+            )
+        })?;
         let request = http::Request::from_parts(parts, bytes);
-        x_matrix
-            .verify_request(&request, &fed.keys.server_name, &keys)
-            .map_err(|e| FedError::unauthorized(format!("Request signature: {e}")))?;
+        if let Err(e) = x_matrix.verify_request(&request, &fed.keys.server_name, &keys) {
+            // A body that is not canonical JSON (a float, an integer past 2^53) cannot be
+            // signed: that is a bad request, not a bad signature.
+            let body = request.body();
+            if !body.is_empty() && serde_json::from_slice::<ruma::CanonicalJsonValue>(body).is_err()
+            {
+                return Err(FedError::bad_json(
+                    "The body is not canonical JSON (integers must lie within ±(2^53 - 1), no floats)",
+                ));
+            }
+            return Err(FedError::unauthorized(format!("Request signature: {e}")));
+        }
         Ok(Signed {
             origin: x_matrix.origin,
             body: request.into_body(),

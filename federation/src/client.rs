@@ -9,21 +9,40 @@ use ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
 use serde_json::Value;
 
 use crate::FederationConfig;
-use crate::discovery::{DnsHook, Resolver};
+use crate::discovery::Resolver;
 use crate::error::FedError;
+use crate::outbound::{DenyingResolver, IpRanges};
 use hearth_core::keys::ServerKeys;
 
 pub struct Client {
     http: reqwest::Client,
     resolver: Arc<Resolver>,
     keys: Arc<ServerKeys>,
+    deny: Arc<IpRanges>,
 }
 
 impl Client {
     pub fn new(keys: Arc<ServerKeys>, config: &FederationConfig) -> Result<Self, String> {
         let resolver = Arc::new(Resolver::default());
+        let deny = Arc::new(config.ip_range_denylist.clone());
         let mut builder = reqwest::Client::builder()
-            .dns_resolver(Arc::new(DnsHook(resolver.clone())))
+            .dns_resolver(Arc::new(DenyingResolver::with_overrides(
+                deny.clone(),
+                resolver.clone(),
+            )))
+            // A redirect to a denied IP literal stops (names are checked as they resolve).
+            .redirect(reqwest::redirect::Policy::custom({
+                let deny = deny.clone();
+                move |attempt| {
+                    if attempt.previous().len() >= 5
+                        || deny.check_url(attempt.url().as_str()).is_err()
+                    {
+                        attempt.stop()
+                    } else {
+                        attempt.follow()
+                    }
+                }
+            }))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
@@ -42,6 +61,7 @@ impl Client {
             http,
             resolver,
             keys,
+            deny,
         })
     }
 
@@ -51,10 +71,7 @@ impl Client {
         destination: &ServerName,
         path: &str,
     ) -> Result<Value, FedError> {
-        let base = self
-            .resolver
-            .resolve(&self.http, destination.as_str())
-            .await;
+        let base = self.destination(destination).await?;
         let resp = self
             .http
             .get(format!("{}{path}", base.base_url))
@@ -109,6 +126,7 @@ impl Client {
         url: &str,
         timeout: Duration,
     ) -> Result<reqwest::Response, FedError> {
+        self.deny.check_url(url).map_err(FedError::peer)?;
         self.http
             .get(url)
             .timeout(timeout)
@@ -130,10 +148,7 @@ impl Client {
             Some(b) => serde_json::to_vec(b).map_err(|e| FedError::bad_json(e.to_string()))?,
             None => Vec::new(),
         };
-        let base = self
-            .resolver
-            .resolve(&self.http, destination.as_str())
-            .await;
+        let base = self.destination(destination).await?;
         let request = http::Request::builder()
             .method(method)
             .uri(format!("{}{path_and_query}", base.base_url))
@@ -165,6 +180,23 @@ impl Client {
             .execute(request)
             .await
             .map_err(|e| FedError::peer(format!("{destination}: {e}")))
+    }
+
+    /// Where to send a request for `server`, if this server may dial it at all.
+    async fn destination(
+        &self,
+        server: &ServerName,
+    ) -> Result<crate::discovery::Destination, FedError> {
+        if !crate::discovery::dialable(server.as_str()) {
+            return Err(FedError::peer(format!(
+                "{server} is not a server name to dial"
+            )));
+        }
+        let base = self.resolver.resolve(&self.http, server.as_str()).await;
+        self.deny
+            .check_url(&base.base_url)
+            .map_err(|e| FedError::peer(format!("{server}: {e}")))?;
+        Ok(base)
     }
 
     async fn json(destination: &ServerName, resp: reqwest::Response) -> Result<Value, FedError> {

@@ -8,12 +8,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use parking_lot::RwLock;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 const CACHE_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_PORT: u16 = 8448;
@@ -55,7 +53,43 @@ fn url(host: &str, port: u16) -> String {
     }
 }
 
+/// Whether `name` can be dialled at all: a host of DNS labels (1 to 63 characters of letters,
+/// digits and `-`, 255 in all) or an IP literal, and a port if any. ruma's `ServerName` is laxer
+/// (`a..b` passes), and every name is checked here before this server asks DNS or connects.
+pub fn dialable(name: &str) -> bool {
+    if name.len() > 255 {
+        return false;
+    }
+    let (host, port) = split_port(name);
+    if name.contains(':') && port.is_none() && !name.starts_with('[') {
+        return false;
+    }
+    if port == Some(0) {
+        return false;
+    }
+    if let Some(rest) = name.strip_prefix('[') {
+        let Some((_, tail)) = rest.split_once(']') else {
+            return false;
+        };
+        return host.parse::<std::net::Ipv6Addr>().is_ok() && (tail.is_empty() || port.is_some());
+    }
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 impl Resolver {
+    /// The addresses SRV pointed a name to, if it has such.
+    pub fn override_for(&self, host: &str) -> Option<Vec<SocketAddr>> {
+        self.overrides.read().get(host).cloned()
+    }
+
     fn dns(&self) -> Option<&TokioResolver> {
         self.dns
             .get_or_init(|| match TokioResolver::builder_tokio().and_then(|b| b.build()) {
@@ -143,23 +177,6 @@ impl Resolver {
     }
 }
 
-/// reqwest's DNS hook: SRV targets for the names that have them, the system resolver otherwise.
-pub struct DnsHook(pub Arc<Resolver>);
-
-impl Resolve for DnsHook {
-    fn resolve(&self, name: Name) -> Resolving {
-        let resolver = self.0.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            if let Some(addrs) = resolver.overrides.read().get(&host).cloned() {
-                return Ok(Box::new(addrs.into_iter()) as Addrs);
-            }
-            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            Ok(Box::new(addrs.collect::<Vec<_>>().into_iter()) as Addrs)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +188,33 @@ mod tests {
         assert_eq!(split_port("[::1]:99"), ("::1", Some(99)));
         assert_eq!(split_port("1.2.3.4"), ("1.2.3.4", None));
         assert_eq!(url("::1", 8448), "https://[::1]:8448");
+    }
+
+    #[test]
+    fn dialable_names() {
+        for ok in [
+            "example.org",
+            "matrix.example.org:8448",
+            "1.2.3.4",
+            "[::1]:99",
+            "localhost",
+        ] {
+            assert!(dialable(ok), "{ok}");
+        }
+        let long = "a".repeat(60_000);
+        for bad in [
+            "a..b",
+            ".a",
+            "a.",
+            "-a.org",
+            "a_b.org",
+            "a:b",
+            "a:0",
+            "[::1",
+            long.as_str(),
+        ] {
+            assert!(!dialable(bad), "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ mod joining;
 mod keys;
 mod media;
 mod membership;
+pub mod outbound;
 pub mod pdu;
 mod query;
 mod sender;
@@ -46,6 +47,8 @@ pub struct FederationConfig {
     pub verify_tls: bool,
     /// An extra certificate authority (PEM) to trust, e.g. a test CA.
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// Addresses this server never connects to (loopback, private networks, ...).
+    pub ip_range_denylist: outbound::IpRanges,
 }
 
 pub struct Federation {
@@ -401,20 +404,33 @@ async fn notary_one(
     axum::extract::State(state): axum::extract::State<State>,
     axum::extract::Path(server): axum::extract::Path<String>,
 ) -> Result<Json<Value>, FedError> {
-    let server = ruma::ServerName::parse(&server).map_err(|e| {
-        FedError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "M_INVALID_PARAM",
-            e.to_string(),
-        )
-    })?;
+    let server = ruma::ServerName::parse(&server)
+        .ok()
+        .filter(|s| discovery::dialable(s.as_str()))
+        .ok_or_else(|| {
+            FedError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                "Not a server name",
+            )
+        })?;
     let fed = &state.federation;
-    let doc = fed
+    // Keys that cannot be had are left out, as for the POST form (and as Synapse answers).
+    match fed
         .key_cache
         .notarised(&fed.client, &fed.keys, &server)
-        .await?;
-    Ok(Json(json!({ "server_keys": [doc] })))
+        .await
+    {
+        Ok(doc) => Ok(Json(json!({ "server_keys": [doc] }))),
+        Err(e) => {
+            tracing::debug!(%server, error = %e, "notary: no keys");
+            Ok(Json(json!({ "server_keys": [] })))
+        }
+    }
 }
+
+/// Servers one notary request may ask about: each may cost a fetch.
+const MAX_NOTARY_SERVERS: usize = 50;
 
 /// `POST /_matrix/key/v2/query`: the keys of several servers; ones that cannot be had are left
 /// out, as the spec says.
@@ -432,6 +448,13 @@ async fn notary_many(
     let servers = req["server_keys"]
         .as_object()
         .ok_or_else(|| FedError::bad_json("server_keys must be an object"))?;
+    if servers.len() > MAX_NOTARY_SERVERS {
+        return Err(FedError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            format!("At most {MAX_NOTARY_SERVERS} servers per request"),
+        ));
+    }
     let fed = &state.federation;
     let mut docs = Vec::new();
     for name in servers.keys() {

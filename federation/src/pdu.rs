@@ -27,7 +27,10 @@ pub async fn check_signed_pdu(
     let rules = room_version
         .rules()
         .ok_or_else(|| FedError::bad_json(format!("unsupported room version {room_version}")))?;
-    ruma::state_res::check_pdu_format(&pdu, &rules.event_format).map_err(FedError::bad_json)?;
+    ruma::state_res::check_pdu_format(&pdu, &rules.event_format).map_err(|e| {
+        // ruma 0.16 forgot to format its size limit into this message.
+        FedError::bad_json(e.replace("{MAX_PDU_BYTES}", "65535"))
+    })?;
     let event_id = ruma::signatures::reference_hash(&pdu, &rules)
         .map_err(|e| FedError::bad_json(e.to_string()))
         .and_then(|h| {

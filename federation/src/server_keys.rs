@@ -2,6 +2,7 @@
 //! their own signature, and cached until `valid_until_ts`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use ruma::serde::Base64;
@@ -28,11 +29,42 @@ struct Cached {
 /// fetch a third server's keys on every request.
 const REFETCH_EVERY_MS: u64 = 30_000;
 
-#[derive(Default)]
+/// After a failed fetch, a server's keys are not asked for again for this long, doubling with
+/// each failure up to [`MAX_BACKOFF_MS`]: a request may name any origin, and each must not make
+/// this server dial out again.
+const FIRST_BACKOFF_MS: u64 = 60_000;
+const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Servers whose failures are remembered; the oldest are forgotten past this.
+const MAX_FAILURES_KEPT: usize = 10_000;
+
+/// A server whose key document could not be had: when it may be tried again, and the backoff
+/// that led there.
+struct Failed {
+    retry_at: u64,
+    backoff: u64,
+    reason: String,
+}
+
 pub struct KeyCache {
     servers: RwLock<HashMap<OwnedServerName, Cached>>,
     /// When each server's keys were last fetched again for an unknown key id.
     refetched: parking_lot::Mutex<HashMap<OwnedServerName, u64>>,
+    failed: parking_lot::Mutex<lru::LruCache<OwnedServerName, Failed>>,
+    /// One fetch per server at a time: requests that arrive meanwhile wait for its result.
+    fetching: parking_lot::Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            servers: Default::default(),
+            refetched: Default::default(),
+            failed: parking_lot::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_FAILURES_KEPT).expect("non-zero"),
+            )),
+            fetching: Default::default(),
+        }
+    }
 }
 
 impl KeyCache {
@@ -65,21 +97,72 @@ impl KeyCache {
         client: &Client,
         server: &ServerName,
     ) -> Result<(Value, KeySet), FedError> {
-        if let Some(c) = self.servers.read().get(server)
-            && c.valid_until > now_ms()
-        {
-            return Ok((c.document.clone(), c.keys.clone()));
+        let cached = || {
+            self.servers
+                .read()
+                .get(server)
+                .filter(|c| c.valid_until > now_ms())
+                .map(|c| (c.document.clone(), c.keys.clone()))
+        };
+        if let Some(hit) = cached() {
+            return Ok(hit);
         }
-        let document = client
-            .get_unsigned(server, "/_matrix/key/v2/server")
-            .await?;
-        let (valid_until, keys) = verify_key_document(server, &document)?;
+        let gate = self
+            .fetching
+            .lock()
+            .entry(server.to_owned())
+            .or_default()
+            .clone();
+        let _one_fetch = gate.lock().await;
+        // Whoever held the gate before may have fetched it, or failed.
+        if let Some(hit) = cached() {
+            return Ok(hit);
+        }
+        if let Some(f) = self.failed.lock().get(server)
+            && f.retry_at > now_ms()
+        {
+            return Err(FedError::unauthorized(format!(
+                "{server}: its keys could not be fetched ({}); not retried for {} s",
+                f.reason,
+                (f.retry_at - now_ms()).div_ceil(1000)
+            )));
+        }
+        let fetched = match client.get_unsigned(server, "/_matrix/key/v2/server").await {
+            Ok(document) => verify_key_document(server, &document).map(|v| (document, v)),
+            Err(e) => Err(e),
+        };
+        let (document, (valid_until, keys)) = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                let mut failed = self.failed.lock();
+                let backoff = failed
+                    .get(server)
+                    .map_or(FIRST_BACKOFF_MS, |f| (f.backoff * 2).min(MAX_BACKOFF_MS));
+                failed.put(
+                    server.to_owned(),
+                    Failed {
+                        retry_at: now_ms() + backoff,
+                        backoff,
+                        reason: e.message.clone(),
+                    },
+                );
+                drop(failed);
+                self.fetching.lock().remove(server);
+                tracing::info!(%server, error = %e.message, backoff_ms = backoff, "could not fetch a server's keys");
+                return Err(FedError::unauthorized(format!(
+                    "{server}: its keys could not be fetched: {}",
+                    e.message
+                )));
+            }
+        };
+        self.failed.lock().pop(server);
         let cached = Cached {
             valid_until,
             keys: keys.clone(),
             document: document.clone(),
         };
         self.servers.write().insert(server.to_owned(), cached);
+        self.fetching.lock().remove(server);
         Ok((document, keys))
     }
 

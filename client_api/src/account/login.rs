@@ -7,6 +7,7 @@ use ruma::api::client::uiaa::UserIdentifier;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
+use crate::rate_limit::{Action, Key};
 
 pub async fn login_types(
     _: AppState,
@@ -25,6 +26,7 @@ pub async fn login(
     state: AppState,
     req: Ruma<login::v3::Request>,
 ) -> ApiResult<login::v3::Response> {
+    state.limit(Action::Login, req.client_ip.map(Key::Ip))?;
     let body = req.body;
     let options = LoginOptions {
         device_id: body.device_id.map(|d| d.to_string()),
@@ -58,6 +60,7 @@ pub async fn login(
         _ => return Err(ApiError::forbidden("Invalid username or password")),
     };
     let user_id = state.core.accounts.resolve_login_user(&user)?;
+    state.limit(Action::LoginAccount, [Key::User(user_id.to_string())])?;
     let new = state
         .core
         .accounts

@@ -6,6 +6,7 @@ use ruma::api::client::account::{
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
+use crate::rate_limit::{Action, Key};
 use crate::uia::Subject;
 use crate::{AppState, RegistrationMode};
 
@@ -13,6 +14,7 @@ pub async fn register(
     state: AppState,
     req: Ruma<register::v3::Request>,
 ) -> ApiResult<register::v3::Response> {
+    state.limit(Action::Registration, req.client_ip.map(Key::Ip))?;
     let body = req.body;
     if body.kind == RegistrationKind::Guest {
         return Err(ApiError::new(

@@ -30,12 +30,21 @@ fn key_map<T>(keys: &BTreeMap<OwnedOneTimeKeyId, Raw<T>>) -> ApiResult<BTreeMap<
         .collect()
 }
 
+/// Clients keep about 50 one-time keys on the server and top them up a few at a time; a
+/// thousand in one request is already far past need, and each is a row to store.
+const MAX_KEYS_PER_UPLOAD: usize = 1000;
+
 pub async fn upload(
     state: AppState,
     req: Ruma<upload_keys::v3::Request>,
 ) -> ApiResult<upload_keys::v3::Response> {
     let s = req.session();
     let b = &req.body;
+    if b.one_time_keys.len() + b.fallback_keys.len() > MAX_KEYS_PER_UPLOAD {
+        return Err(ApiError::invalid_param(format!(
+            "At most {MAX_KEYS_PER_UPLOAD} one-time and fallback keys per upload"
+        )));
+    }
     let upload = KeyUpload {
         device_keys: b.device_keys.as_ref().map(to_json).transpose()?,
         one_time_keys: key_map(&b.one_time_keys)?,

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
+use crate::rate_limit::{Action, Key};
 
 fn object(raw: &impl serde::Serialize, what: &str) -> ApiResult<Map<String, Value>> {
     match serde_json::to_value(raw) {
@@ -18,6 +19,7 @@ pub async fn create_room(
     req: Ruma<create_room::v3::Request>,
 ) -> ApiResult<create_room::v3::Response> {
     let user = req.session().user_id.clone();
+    state.limit(Action::RoomCreation, [Key::User(user.to_string())])?;
     let b = req.body;
     let preset = b.preset.as_ref().map(|p| match p.as_str() {
         "public_chat" => Ok(Preset::PublicChat),

@@ -8,6 +8,7 @@ use ruma::{OwnedRoomId, RoomId};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
+use crate::rate_limit::{Action, Key};
 
 async fn join(
     state: &AppState,
@@ -16,6 +17,8 @@ async fn join(
     reason: Option<&str>,
     via: &[ruma::OwnedServerName],
 ) -> ApiResult<OwnedRoomId> {
+    state.limit(Action::Join, [Key::User(user.to_string())])?;
+    state.limit(Action::JoinPerRoom, [Key::Room(room_id.to_string())])?;
     let profile = state.core.profiles.get(user)?;
     Ok(state
         .core
@@ -94,6 +97,12 @@ pub async fn invite(
         return Err(ApiError::forbidden("Third party invites are not supported"));
     };
     let target = &invitee.user_id;
+    state.limit(
+        Action::InvitePerRoom,
+        [Key::Room(req.body.room_id.to_string())],
+    )?;
+    state.limit(Action::InvitePerUser, [Key::User(target.to_string())])?;
+    state.limit(Action::InvitePerIssuer, [Key::User(user.to_string())])?;
     // Local invitees get their profile in the invite, as Synapse does.
     let profile = state.core.profiles.get(target).ok();
     state

@@ -7,12 +7,14 @@ use serde_json::json;
 use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::Ruma;
+use crate::rate_limit::{Action, Key};
 
 pub async fn redact(
     state: AppState,
     req: Ruma<redact_event::v3::Request>,
 ) -> ApiResult<redact_event::v3::Response> {
     let s = req.session().clone();
+    state.limit(Action::Message, [Key::User(s.user_id.to_string())])?;
     let b = req.body;
     let mut content = json!({});
     if let Some(reason) = &b.reason {

@@ -6,12 +6,14 @@ use serde_json::Value;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
+use crate::rate_limit::{Action, Key};
 
 pub async fn send_message(
     state: AppState,
     req: Ruma<send_message_event::v3::Request>,
 ) -> ApiResult<send_message_event::v3::Response> {
     let s = req.session().clone();
+    state.limit(Action::Message, [Key::User(s.user_id.to_string())])?;
     let b = req.body;
     let content: Value =
         serde_json::from_str(b.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;

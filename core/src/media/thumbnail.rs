@@ -47,8 +47,11 @@ const SIZES: [(u32, u32, Method); 5] = [
 
 /// Pixels, both ways, past which an image is not decoded.
 const MAX_DIMENSION: u32 = 12_000;
-/// Memory the decoder may take.
-const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+/// Pixels in all past which an image is not decoded (Synapse's `max_image_pixels`). Read from
+/// the header first: a 514 KB PNG of 11,500 × 11,500 decodes to half a gigabyte.
+pub const MAX_PIXELS: u64 = 32_000_000;
+/// Memory the decoder may take: a full-size RGBA image of `MAX_PIXELS` and some room.
+const MAX_DECODE_BYTES: u64 = MAX_PIXELS * 4 + 32 * 1024 * 1024;
 
 fn pick_size(width: u32, height: u32, method: Method) -> (u32, u32, Method) {
     let fits = |(w, h, _): &&(u32, u32, Method)| *w >= width && *h >= height;
@@ -113,10 +116,13 @@ fn make(
     h: u32,
     method: Method,
 ) -> Result<Thumbnail> {
-    let file = std::fs::File::open(source).map_err(io)?;
-    let mut reader = ImageReader::new(std::io::BufReader::new(file))
-        .with_guessed_format()
-        .map_err(io)?;
+    let open = || -> Result<_> {
+        let file = std::fs::File::open(source).map_err(io)?;
+        ImageReader::new(std::io::BufReader::new(file))
+            .with_guessed_format()
+            .map_err(io)
+    };
+    let mut reader = open()?;
     let format = reader
         .format()
         .ok_or_else(|| not_an_image("unknown format"))?;
@@ -126,6 +132,13 @@ fn make(
     ) {
         return Err(not_an_image(format!("{format:?} is not thumbnailed")));
     }
+    let (width, height) = reader.into_dimensions().map_err(not_an_image)?;
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(not_an_image(format!(
+            "{width} × {height} is more than {MAX_PIXELS} pixels"
+        )));
+    }
+    reader = open()?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_DIMENSION);
     limits.max_image_height = Some(MAX_DIMENSION);
@@ -196,5 +209,64 @@ mod tests {
             pick_size(2000, 2000, Method::Scale),
             (800, 600, Method::Scale)
         );
+    }
+}
+
+/// Fuzzing: an upload claiming to be an image is any bytes; decoding it ends in a thumbnail or
+/// an error, never a panic, and within the pixel and memory limits.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A small valid PNG, for mutations that keep most of the structure.
+    fn png() -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image::RgbaImage::from_pixel(40, 30, image::Rgba([1, 2, 3, 255]))
+            .write_to(&mut out, ImageFormat::Png)
+            .expect("encode");
+        out.into_inner()
+    }
+
+    fn try_make(bytes: &[u8]) {
+        let dir = std::env::temp_dir().join(format!(
+            "hearth-fuzz-{}-{}",
+            std::process::id(),
+            crate::util::random_string(8)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let source = dir.join("source");
+        std::fs::write(&source, bytes).expect("write");
+        let _ = make(&source, &dir.join("thumbs"), "t", 32, 32, Method::Crop);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    proptest! {
+        // Each case writes and decodes a file: fewer by default (PROPTEST_CASES still rules).
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn any_bytes_behind_an_image_signature(
+            magic in prop::sample::select(vec![
+                &b"\x89PNG\r\n\x1a\n"[..], b"\xff\xd8\xff", b"GIF89a", b"RIFF\0\0\0\0WEBPVP8 ",
+            ]),
+            tail in prop::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            try_make(&[magic, &tail].concat());
+        }
+
+        #[test]
+        fn a_png_with_bytes_changed(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16)) {
+            let mut bytes = png();
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            try_make(&bytes);
+        }
     }
 }
