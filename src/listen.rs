@@ -3,14 +3,15 @@
 //! connection), a body must keep arriving (`http_body_timeout_secs` between two pieces, enforced
 //! by a layer in `main.rs`), and one address holds at most `max_connections_per_ip` connections.
 //! Without these, fifty connections that sent a byte a second held their tasks and sockets
-//! forever (slowloris).
+//! forever (slowloris). And the answers hyper writes itself, to a request it cannot parse, carry
+//! a Matrix error like every other ([`MatrixParseErrors`]).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum_server::accept::Accept;
@@ -64,9 +65,11 @@ where
     A::Service: Send,
     S: Send + 'static,
 {
-    type Stream = A::Stream;
+    type Stream = MatrixParseErrors<A::Stream>;
     type Service = A::Service;
-    type Future = Pin<Box<dyn Future<Output = io::Result<(A::Stream, A::Service)>> + Send>>;
+    type Future = Pin<
+        Box<dyn Future<Output = io::Result<(MatrixParseErrors<A::Stream>, A::Service)>> + Send>,
+    >;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let slot = stream.peer_addr().ok().map(|peer| {
@@ -95,7 +98,7 @@ where
         }
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner
+            let (stream, service) = inner
                 .accept(
                     Counted {
                         inner: stream,
@@ -103,7 +106,14 @@ where
                     },
                     service,
                 )
-                .await
+                .await?;
+            Ok((
+                MatrixParseErrors {
+                    inner: stream,
+                    pending: Vec::new(),
+                },
+                service,
+            ))
         })
     }
 }
@@ -170,5 +180,140 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// hyper answers a request it cannot parse (a URI over 64 KiB, too many headers, a head past its
+/// buffer, garbage) by itself, with an empty body, before any service runs, and has no hook for
+/// that answer. This connection recognises the one shape such an answer has (a 4xx head with
+/// `connection: close` and `content-length: 0`, in one write; Hearth's own errors always have a
+/// JSON body) and sends it with a Matrix error body instead. hyper closes the connection after.
+pub struct MatrixParseErrors<S> {
+    inner: S,
+    /// The rewritten answer, still to be written.
+    pending: Vec<u8>,
+}
+
+/// The Matrix answer for one of hyper's own error heads, if `head` is one.
+fn matrix_answer(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let rest = text.strip_prefix("HTTP/1.1 4")?;
+    if !text.ends_with("\r\n\r\n")
+        || !text.contains("\r\nconnection: close\r\n")
+        || !text.contains("\r\ncontent-length: 0\r\n")
+    {
+        return None;
+    }
+    let status_line = text.lines().next()?;
+    let reason = status_line.splitn(3, ' ').nth(2).unwrap_or("Bad Request");
+    let errcode = if rest.starts_with("14 ") || rest.starts_with("31 ") {
+        "M_TOO_LARGE"
+    } else {
+        "M_UNKNOWN"
+    };
+    let body = serde_json::json!({ "errcode": errcode, "error": reason }).to_string();
+    let date = text
+        .lines()
+        .find(|l| l.starts_with("date: "))
+        .map(|l| format!("{l}\r\n"))
+        .unwrap_or_default();
+    Some(
+        format!(
+            "{status_line}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{date}\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<S: AsyncWrite + Unpin> MatrixParseErrors<S> {
+    /// Writes what is pending; ready once nothing is.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for MatrixParseErrors<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for MatrixParseErrors<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.drain(cx))?;
+        if let Some(answer) = matrix_answer(buf) {
+            self.pending = answer;
+            // Whatever the socket takes now; the rest goes with the next write or flush.
+            let _ = self.drain(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            return self.poll_write(cx, only);
+        }
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matrix_answer;
+
+    #[test]
+    fn hyper_error_heads_become_matrix_errors() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 21:09:17 GMT\r\n\r\n";
+        let answer = String::from_utf8(matrix_answer(head).expect("rewritten")).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a body");
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("content-type: application/json"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("date: Mon, 07 Dec 2026"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["errcode"], "M_TOO_LARGE");
+        // Hearth's own answers (with a body) and successes pass untouched.
+        assert!(matrix_answer(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n").is_none());
+        assert!(
+            matrix_answer(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+                .is_none()
+        );
     }
 }

@@ -483,6 +483,45 @@ async fn every_error_is_matrix_json() {
             "{url}: {body}"
         );
     }
+    // What hyper answers before any of Hearth's code runs: 500 headers, a 1 MB query, a 70 KB
+    // path, garbage.
+    let addr = base.replace("http://", "");
+    let many_headers: String = (0..500).map(|i| format!("X-{i}: a\r\n")).collect();
+    for (request, status) in [
+        (
+            format!("GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            431,
+        ),
+        (
+            format!(
+                "GET /_matrix/client/versions?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "a".repeat(1 << 20)
+            ),
+            431,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)),
+            414,
+        ),
+        ("GARBAGE\r\n\r\n".to_owned(), 400),
+    ] {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let body: Value =
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {answer}"));
+        assert!(body["errcode"].is_string(), "{body}");
+    }
     assert_alive(&mut server, &token).await;
 }
 
