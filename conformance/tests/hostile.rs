@@ -651,3 +651,146 @@ async fn the_actions_synapse_limits_are_limited_by_default() {
     }
     limited(&server.try_login("alice", PW).await);
 }
+
+/// A barrage of malformed requests of every class across the API: no answer is a 5xx, every
+/// error is Matrix JSON, and the server is alive and answering afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrage_of_malformed_requests_gets_matrix_errors_only() {
+    let mut server = TestServer::builder()
+        // No forged origin may make it dial anything on this machine.
+        .env("HEARTH_IP_RANGE_DENYLIST", "127.0.0.0/8, ::1/128")
+        .start()
+        .await;
+    let (_, token, _) = server.register("alice", PW).await;
+    let room = server.create_room(&token, &json!({})).await;
+    let base = server.base_url();
+    let http = reqwest::Client::new();
+
+    let ids = [
+        enc(&room),
+        "!..%2F..%2Fetc%2Fpasswd:localhost".to_owned(),
+        "%00".to_owned(),
+        "%FF%FE".to_owned(),
+        "a".repeat(5000),
+        enc("@😀:localhost"),
+        enc("#alias:"),
+        enc("$event"),
+        "..".to_owned(),
+    ];
+    let templates = [
+        ("GET", "/_matrix/client/v3/rooms/{}/messages"),
+        ("GET", "/_matrix/client/v3/rooms/{}/state"),
+        ("GET", "/_matrix/client/v3/rooms/{}/members"),
+        ("GET", "/_matrix/client/v3/rooms/{}/event/{}"),
+        ("GET", "/_matrix/client/v3/rooms/{}/context/{}"),
+        ("GET", "/_matrix/client/v1/rooms/{}/relations/{}"),
+        ("PUT", "/_matrix/client/v3/rooms/{}/send/m.room.message/{}"),
+        ("PUT", "/_matrix/client/v3/rooms/{}/state/m.room.topic/{}"),
+        ("POST", "/_matrix/client/v3/rooms/{}/invite"),
+        ("POST", "/_matrix/client/v3/join/{}"),
+        ("POST", "/_matrix/client/v3/rooms/{}/receipt/m.read/{}"),
+        ("PUT", "/_matrix/client/v3/rooms/{}/typing/{}"),
+        ("GET", "/_matrix/client/v3/profile/{}"),
+        ("PUT", "/_matrix/client/v3/user/{}/account_data/{}"),
+        ("GET", "/_matrix/client/v3/directory/room/{}"),
+        ("GET", "/_matrix/client/v1/media/download/{}/{}"),
+        (
+            "GET",
+            "/_matrix/client/v1/media/thumbnail/{}/{}?width=a&height=-1",
+        ),
+        ("POST", "/_matrix/client/v3/createRoom"),
+        ("POST", "/_matrix/client/v3/login"),
+        ("POST", "/_matrix/client/v3/register"),
+        ("POST", "/_matrix/client/v3/search"),
+        ("POST", "/_matrix/client/v3/keys/upload"),
+        ("POST", "/_matrix/client/v3/keys/query"),
+        ("POST", "/_matrix/client/v3/user/{}/filter"),
+        (
+            "GET",
+            "/_matrix/client/v3/sync?filter={}&since={}&timeout=0",
+        ),
+        (
+            "POST",
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+        ),
+        ("PUT", "/_matrix/client/v3/sendToDevice/m.x/{}"),
+        ("PUT", "/_matrix/client/v3/pushrules/global/room/{}"),
+        ("POST", "/_matrix/client/v3/pushers/set"),
+        ("PUT", "/_matrix/federation/v1/send/{}"),
+        ("GET", "/_matrix/federation/v1/state/{}?event_id={}"),
+        ("GET", "/_matrix/key/v2/query/{}"),
+    ];
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"not json".to_vec(),
+        b"{\"unterminated\": ".to_vec(),
+        b"\xff\xfe\x00".to_vec(),
+        b"[1,2,3]".to_vec(),
+        b"null".to_vec(),
+        deep.into_bytes(),
+        b"{\"a\":\"\\ud800\"}".to_vec(),
+        json!({ "body": 5, "msgtype": [], "user_id": {}, "type": null, "filter": "x" })
+            .to_string()
+            .into_bytes(),
+        json!({ "search_categories": { "room_events": { "search_term": "(".repeat(2000) } },
+                "device_keys": { "@x:y": [[]] }, "timeout": -1, "limit": 1e300 })
+        .to_string()
+        .into_bytes(),
+        format!("{{\"x\":\"{}\"}}", "\u{202e}\u{0}".repeat(50_000)).into_bytes(),
+    ];
+    let forged = [
+        None,
+        Some("X-Matrix origin=\"127.0.0.1:1\",key=\"ed25519:a\",sig=\"x\"".to_owned()),
+        Some("X-Matrix origin=\"a..b\",key=\"ed25519:a\",sig=\"x\"".to_owned()),
+        Some(format!(
+            "X-Matrix origin=\"{}\",key=\"rsa:a\",sig=\"x\"",
+            "a".repeat(60_000)
+        )),
+        Some("X-Matrix garbage".to_owned()),
+    ];
+
+    let mut tried = 0;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (method, template) in templates {
+        for (i, body) in bodies.iter().enumerate() {
+            let id = &ids[i % ids.len()];
+            let path = template.replace("{}", id);
+            let method = Method::from_bytes(method.as_bytes()).expect("method");
+            let auth = if template.contains("/federation/") || template.contains("/key/") {
+                forged[i % forged.len()].clone()
+            } else if i % 3 == 0 {
+                None
+            } else {
+                Some(format!("Bearer {token}"))
+            };
+            let is_get = method == Method::GET;
+            let mut request = http
+                .request(method, format!("{base}{path}"))
+                .header("content-type", "application/json");
+            // A server may answer a GET without reading a body (and close on a large one).
+            if !is_get {
+                request = request.body(body.clone());
+            }
+            if let Some(a) = auth {
+                request = request.header("authorization", a);
+            }
+            let resp = request.send().await.expect("answered");
+            tried += 1;
+            let status = resp.status().as_u16();
+            *statuses.entry(status).or_default() += 1;
+            let text = resp.text().await.expect("body");
+            assert!(status < 500, "{template} ({i}): {status} {text}");
+            if status >= 400 {
+                let v: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|_| panic!("{template} ({i}): {status} not JSON: {text:?}"));
+                // A user-interactive auth answer (401 with flows) is the one without errcode.
+                let uia = status == 401 && v["flows"].is_array();
+                assert!(v["errcode"].is_string() || uia, "{template} ({i}): {v}");
+            }
+        }
+    }
+    eprintln!("{tried} malformed requests; statuses: {statuses:?}");
+    assert_alive(&mut server, &token).await;
+    assert_no_panic(&server);
+}
