@@ -4,7 +4,7 @@
 //! by a layer in `main.rs`), and one address holds at most `max_connections_per_ip` connections.
 //! Without these, fifty connections that sent a byte a second held their tasks and sockets
 //! forever (slowloris). And the answers hyper writes itself, to a request it cannot parse, carry
-//! a Matrix error like every other ([`MatrixParseErrors`]).
+//! a Matrix error like every other ([`Connection`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -59,58 +59,54 @@ pub struct PerIpAcceptor<A> {
 
 impl<A, S> Accept<TcpStream, S> for PerIpAcceptor<A>
 where
-    A: Accept<Counted<TcpStream>, S> + Clone + Send + 'static,
+    A: Accept<TcpStream, S> + Clone + Send + 'static,
     A::Future: Send,
     A::Stream: Send,
     A::Service: Send,
     S: Send + 'static,
 {
-    type Stream = MatrixParseErrors<A::Stream>;
+    type Stream = Connection<A::Stream>;
     type Service = A::Service;
-    type Future = Pin<
-        Box<dyn Future<Output = io::Result<(MatrixParseErrors<A::Stream>, A::Service)>> + Send>,
-    >;
+    type Future =
+        Pin<Box<dyn Future<Output = io::Result<(Connection<A::Stream>, A::Service)>> + Send>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        let slot = stream.peer_addr().ok().map(|peer| {
-            let ip = peer.ip();
-            let mut open = self.open.lock();
-            let count = open.entry(ip).or_default();
-            *count += 1;
-            Slot {
-                ip,
-                over: *count > self.limits.max_per_ip,
-                open: self.open.clone(),
+        let slot = match stream.peer_addr() {
+            Ok(peer) => {
+                let ip = peer.ip();
+                let count = {
+                    let mut open = self.open.lock();
+                    let count = open.entry(ip).or_default();
+                    *count += 1;
+                    *count
+                };
+                // Made before the check, so that a refused connection gives its count back too.
+                let slot = Slot {
+                    ip,
+                    open: self.open.clone(),
+                };
+                if count > self.limits.max_per_ip {
+                    tracing::warn!(%ip, max = self.limits.max_per_ip, "refused a connection: too many from this address");
+                    return Box::pin(std::future::ready(Err(io::Error::other(
+                        "too many connections from this address",
+                    ))));
+                }
+                Some(slot)
             }
-        });
-        if slot.as_ref().is_some_and(|s| s.over) {
-            tracing::warn!(
-                ip = %slot.as_ref().map(|s| s.ip).expect("checked"),
-                max = self.limits.max_per_ip,
-                "refused a connection: too many from this address"
-            );
-            return Box::pin(std::future::ready(Err(io::Error::other(
-                "too many connections from this address",
-            ))));
-        }
+            Err(_) => None,
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
         let inner = self.inner.clone();
         Box::pin(async move {
-            let (stream, service) = inner
-                .accept(
-                    Counted {
-                        inner: stream,
-                        _slot: slot,
-                    },
-                    service,
-                )
-                .await?;
+            // The place is held from here (a TLS handshake too) until the connection closes.
+            let (stream, service) = inner.accept(stream, service).await?;
             Ok((
-                MatrixParseErrors {
+                Connection {
                     inner: stream,
                     pending: Vec::new(),
+                    _slot: slot,
                 },
                 service,
             ))
@@ -121,7 +117,6 @@ where
 /// One open connection of an address; gives its place back when the connection closes.
 struct Slot {
     ip: IpAddr,
-    over: bool,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
@@ -137,61 +132,18 @@ impl Drop for Slot {
     }
 }
 
-/// A connection that holds its place in the per-address count while it lives.
-pub struct Counted<S> {
-    inner: S,
-    _slot: Option<Slot>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// hyper answers a request it cannot parse (a URI over 64 KiB, too many headers, a head past its
-/// buffer, garbage) by itself, with an empty body, before any service runs, and has no hook for
-/// that answer. This connection recognises the one shape such an answer has (a 4xx head with
-/// `connection: close` and `content-length: 0`, in one write; Hearth's own errors always have a
-/// JSON body) and sends it with a Matrix error body instead. hyper closes the connection after.
-pub struct MatrixParseErrors<S> {
+/// An accepted connection (plain, or TLS): it holds its place in its address's count while it
+/// lives, and gives hyper's own error answers a Matrix body. hyper answers a request it cannot
+/// parse (a URI over 64 KiB, too many headers, a head past its buffer, garbage) by itself, with
+/// an empty body, before any service runs, and has no hook for that answer; this recognises the
+/// one shape such an answer has (a 4xx head with `connection: close` and `content-length: 0`,
+/// in one write; Hearth's own errors always have a JSON body) and sends it with a Matrix error
+/// body instead. hyper closes the connection after.
+pub struct Connection<S> {
     inner: S,
     /// The rewritten answer, still to be written.
     pending: Vec<u8>,
+    _slot: Option<Slot>,
 }
 
 /// The Matrix answer for one of hyper's own error heads, if `head` is one.
@@ -226,7 +178,7 @@ fn matrix_answer(head: &[u8]) -> Option<Vec<u8>> {
     )
 }
 
-impl<S: AsyncWrite + Unpin> MatrixParseErrors<S> {
+impl<S: AsyncWrite + Unpin> Connection<S> {
     /// Writes what is pending; ready once nothing is.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
@@ -240,7 +192,7 @@ impl<S: AsyncWrite + Unpin> MatrixParseErrors<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for MatrixParseErrors<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Connection<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -250,7 +202,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for MatrixParseErrors<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for MatrixParseErrors<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Connection<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

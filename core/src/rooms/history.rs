@@ -344,14 +344,7 @@ impl Rooms {
         let Some(ev) = self.timeline_event(&id)? else {
             return Ok(None);
         };
-        if r.filter.matches(&ev.pdu)
-            && self.may_see(
-                r.user,
-                &ev.pdu,
-                ev.meta.state_before,
-                r.access.shared_history,
-            )?
-        {
+        if r.filter.matches(&ev.pdu) && self.sees(r.user, &ev, r.access)? {
             Ok(Some(ev))
         } else {
             Ok(None)

@@ -399,9 +399,7 @@ impl Rooms {
             let Some(ev) = self.timeline_event(&id)? else {
                 continue;
             };
-            if access.joined_at.is_some_and(|j| ev.meta.pos > j)
-                || self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)?
-            {
+            if self.sees(user, &ev, &access)? {
                 events.push(ev);
             }
         }
@@ -438,15 +436,7 @@ impl Rooms {
                 let Some(ev) = self.timeline_event(&root)? else {
                     continue;
                 };
-                if ev.pdu.room_id != room_id
-                    || !(access.joined_at.is_some_and(|j| ev.meta.pos > j)
-                        || self.may_see(
-                            user,
-                            &ev.pdu,
-                            ev.meta.state_before,
-                            access.shared_history,
-                        )?)
-                {
+                if ev.pdu.room_id != room_id || !self.sees(user, &ev, &access)? {
                     continue;
                 }
                 if participated && !self.participated(user, &ev)? {

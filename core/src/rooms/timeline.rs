@@ -291,15 +291,7 @@ impl Rooms {
                 let Some(ev) = self.timeline_event(&id)? else {
                     continue;
                 };
-                if filter.matches(&ev.pdu)
-                    && (access.joined_at.is_some_and(|j| ev.meta.pos > j)
-                        || self.may_see(
-                            user,
-                            &ev.pdu,
-                            ev.meta.state_before,
-                            access.shared_history,
-                        )?)
-                {
+                if filter.matches(&ev.pdu) && self.sees(user, &ev, access)? {
                     events.push(ev);
                     if events.len() == limit {
                         more = i + 1 < count || !exhausted;
@@ -414,7 +406,7 @@ impl Rooms {
             .timeline_event(event_id)?
             .filter(|e| e.pdu.room_id == room_id && e.live_pos() <= access.max_pos)
             .ok_or_else(not_found)?;
-        if !self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)? {
+        if !self.sees(user, &ev, &access)? {
             return Err(not_found());
         }
         Ok((ev, access))

@@ -2,6 +2,7 @@
 
 use ruma::UserId;
 
+use super::timeline::{Access, TimelineEvent};
 use super::{PduRef, Rooms};
 use crate::Result;
 
@@ -21,12 +22,21 @@ impl Rooms {
             .and_then(|p| p.content_value()[field].as_str().map(str::to_owned)))
     }
 
+    /// Whether the reader `user` with `access` may see `ev`: at once for what came after their
+    /// current join, by the room's history visibility otherwise. Every read path asks this.
+    pub fn sees(&self, user: &UserId, ev: &TimelineEvent, access: &Access) -> Result<bool> {
+        if access.joined_at.is_some_and(|j| ev.meta.pos > j) {
+            return Ok(true);
+        }
+        self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)
+    }
+
     /// Whether `user` may see `pdu`, given the state group before it and whether the user is
     /// joined to the room now. The spec's rules, as Synapse applies them: what was sent while
     /// the user was joined, what `invited` history shows an invitee, and `shared` history to
     /// those who are joined now; an invitee, a knocker or a user who left does not read
     /// `shared` history they were not joined for.
-    pub fn may_see(
+    fn may_see(
         &self,
         user: &UserId,
         pdu: &PduRef,

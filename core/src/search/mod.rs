@@ -365,10 +365,7 @@ impl Search {
         if ev.meta.pos > access.max_pos {
             return Ok(None);
         }
-        let seen = access.joined_at.is_some_and(|j| ev.meta.pos > j)
-            || self
-                .rooms
-                .may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)?;
+        let seen = self.rooms.sees(user, &ev, &access)?;
         Ok(seen.then_some(ev))
     }
 }
