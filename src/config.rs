@@ -77,6 +77,8 @@ pub struct Config {
     pub http_body_timeout_secs: f64,
     /// Open connections one IP address may hold on each listener.
     pub max_connections_per_ip: usize,
+    /// An extra CA (PEM) to trust for push gateways, e.g. a test gateway's.
+    pub push_ca_file: Option<PathBuf>,
     /// Comma-separated CIDR ranges this server never connects to (federation, push gateways,
     /// remote media); unset: loopback, private and other special ranges; empty: none.
     pub ip_range_denylist: Option<String>,
@@ -121,6 +123,7 @@ impl Default for Config {
             http_body_timeout_secs: 60.0,
             max_connections_per_ip: 1000,
             ip_range_denylist: None,
+            push_ca_file: None,
         }
     }
 }
@@ -171,6 +174,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("http_body_timeout_secs", Kind::Float),
     ("max_connections_per_ip", Kind::Int),
     ("ip_range_denylist", Kind::Str),
+    ("push_ca_file", Kind::Str),
 ];
 
 impl Config {

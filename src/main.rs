@@ -201,6 +201,12 @@ async fn serve(config: Config) -> Result<(), String> {
     core.push
         .start(Arc::new(push_gateway::HttpPushGateway::new(
             ip_range_denylist,
+            match &config.push_ca_file {
+                Some(p) => Some(
+                    std::fs::read(p).map_err(|e| format!("push_ca_file {}: {e}", p.display()))?,
+                ),
+                None => None,
+            },
         )?))
         .await
         .map_err(|e| e.to_string())?;

@@ -15,9 +15,14 @@ pub struct HttpPushGateway {
 }
 
 impl HttpPushGateway {
-    pub fn new(deny: IpRanges) -> Result<Self, String> {
+    pub fn new(deny: IpRanges, extra_ca_pem: Option<Vec<u8>>) -> Result<Self, String> {
         let deny = Arc::new(deny);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = extra_ca_pem {
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("push CA: {e}"))?;
+            builder = builder.tls_certs_merge([cert]);
+        }
+        let client = builder
             .dns_resolver(Arc::new(DenyingResolver::new(deny.clone())))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))

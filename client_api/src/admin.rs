@@ -165,3 +165,36 @@ pub async fn room_reports(
     let page = state.core.reports.room_reports(&params.query()?)?;
     Ok(axum::Json(page_json(&page, "room_reports", false)).into_response())
 }
+
+/// `GET /admin/whois/{userId}` (spec: "Server Administration"): a user's devices and where they
+/// were last seen, for the user themselves or a server admin.
+pub async fn whois(
+    State(state): State<AppState>,
+    Auth(session): Auth,
+    Path(user_id): Path<String>,
+) -> ApiResult<Response> {
+    let user = UserId::parse(&user_id).map_err(|_| ApiError::invalid_param("Invalid user ID"))?;
+    if user != session.user_id {
+        require_admin(&state, &session.user_id)?;
+    }
+    if user.server_name() != state.core.config.server_name {
+        return Err(ApiError::not_found("Not a user of this server"));
+    }
+    let devices: serde_json::Map<String, Value> = state
+        .core
+        .accounts
+        .devices(&user)?
+        .into_iter()
+        .map(|(id, d)| {
+            let connections: Vec<Value> = d
+                .last_seen_ts
+                .map(|ts| {
+                    json!({ "ip": d.last_seen_ip, "last_seen": ts, "user_agent": Value::Null })
+                })
+                .into_iter()
+                .collect();
+            (id, json!({ "sessions": [{ "connections": connections }] }))
+        })
+        .collect();
+    Ok(axum::Json(json!({ "user_id": user, "devices": devices })).into_response())
+}

@@ -128,6 +128,13 @@ pub(crate) async fn read_body(
     })
 }
 
+/// Whether a body is JSON text: UTF-8 throughout (serde skips the contents of strings it ignores
+/// without checking them) and well formed.
+fn is_json(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
 /// A parsed ruma request with the session that made it.
 pub struct Ruma<T> {
     pub body: T,
@@ -183,7 +190,7 @@ where
             UNAUTHENTICATED_BODY_BYTES.min(state.config.max_request_bytes)
         };
         let bytes = read_body(&parts.headers, body, limit).await?;
-        if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        if !bytes.is_empty() && !is_json(&bytes) {
             return Err(ApiError::not_json());
         }
         // Clients may send GETs with no body; ruma expects "{}" for bodies with fields.
@@ -264,6 +271,26 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
                     .into_response()
             }
         }
+    }
+}
+
+/// A ruma response with its JSON amended after ruma serialised it: for what ruma leaves out
+/// (values equal to their defaults, which clients and SyTest look for) or cannot express.
+pub struct Patched<R> {
+    pub resp: R,
+    pub patch: Box<dyn FnOnce(&mut serde_json::Value) + Send>,
+}
+
+impl<R: OutgoingResponse> OutgoingResponse for Patched<R> {
+    fn try_into_http_response<T: Default + bytes::BufMut>(
+        self,
+    ) -> Result<axum::http::Response<T>, ruma::api::error::IntoHttpError> {
+        let (parts, body) = self.resp.try_into_http_response::<Vec<u8>>()?.into_parts();
+        let mut value: serde_json::Value = serde_json::from_slice(&body)?;
+        (self.patch)(&mut value);
+        let mut out = T::default();
+        out.put_slice(&serde_json::to_vec(&value)?);
+        Ok(axum::http::Response::from_parts(parts, out))
     }
 }
 

@@ -43,6 +43,8 @@ pub async fn get_field(
     let profile = profile_json(&state, &user).await?;
     match profile.get(&field) {
         Some(v) => Ok(Json(json!({ field: v }))),
+        // An unset display name or avatar is null, as Synapse answers it; other keys are unknown.
+        None if FIELDS.contains(&field.as_str()) => Ok(Json(json!({ field: null }))),
         None => Err(ApiError::not_found(
             "The requested profile key does not exist.",
         )),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::extract::Ruma;
+use crate::extract::{Patched, Ruma};
 
 /// The spec versions whose Client-Server API Hearth serves.
 const VERSIONS: &[&str] = &[
@@ -34,7 +34,7 @@ pub async fn versions(
 pub async fn capabilities(
     state: AppState,
     _: Ruma<get_capabilities::v3::Request>,
-) -> ApiResult<get_capabilities::v3::Response> {
+) -> ApiResult<Patched<get_capabilities::v3::Response>> {
     let available = hearth_core::config::SUPPORTED_ROOM_VERSIONS
         .iter()
         .map(|v| (v.clone(), RoomVersionStability::Stable))
@@ -43,7 +43,19 @@ pub async fn capabilities(
     caps.room_versions =
         RoomVersionsCapability::new(state.core.config.default_room_version.clone(), available);
     caps.get_login_token.enabled = true;
-    Ok(get_capabilities::v3::Response::new(caps))
+    Ok(Patched {
+        resp: get_capabilities::v3::Response::new(caps),
+        // ruma leaves out capabilities at their defaults; clients (and SyTest) look for these
+        // explicitly, and Synapse lists them.
+        patch: Box::new(|v| {
+            let caps = &mut v["capabilities"];
+            for name in ["m.change_password", "m.set_displayname", "m.set_avatar_url"] {
+                if caps[name].is_null() {
+                    caps[name] = json!({ "enabled": true });
+                }
+            }
+        }),
+    })
 }
 
 pub async fn well_known(State(state): State<AppState>) -> Json<Value> {

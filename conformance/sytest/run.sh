@@ -28,6 +28,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 
 HEARTH_SERVER_NAME=localhost:$PORT HEARTH_LISTEN=127.0.0.1:$PORT HEARTH_DATA_DIR=$DATA \
   HEARTH_REGISTRATION=open HEARTH_RATE_LIMIT=false HEARTH_IP_RANGE_DENYLIST= \
+  HEARTH_PUSH_CA_FILE="$SHARED/sytest/keys/ca.crt" \
   RUST_LOG=${RUST_LOG:-info,tantivy=warn,ruma_state_res=warn} \
   "$BIN" serve >"$OUT/hearth.log" 2>&1 &
 PID=$!

@@ -24,15 +24,16 @@ impl Synapse {
         if let Some(p) = std::env::var_os("HEARTH_SYNAPSE_SCRIPT") {
             return PathBuf::from(p);
         }
-        // The workspace sits beside the team's shared/ folder.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/start-synapse.sh")
+        // The repository's own copy of the team's starter (shared/bench/start-synapse.sh), so
+        // that a clone with nothing beside it runs these tests (Synapse comes from PyPI).
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/start-synapse.sh")
     }
 
     async fn start() -> Self {
         let script = Self::script();
         assert!(
             script.is_file(),
-            "{} not found: Synapse interop needs the team's shared/bench scripts beside the workspace",
+            "{} not found: the Synapse starter belongs to the repository",
             script.display()
         );
         let root = std::env::temp_dir().join(unique("hearth-synapse"));

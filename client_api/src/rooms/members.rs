@@ -6,7 +6,7 @@ use ruma::events::room::member::MembershipState;
 use super::{parse_token, raw};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Ruma;
+use crate::extract::{Patched, Ruma};
 
 pub async fn members(
     state: AppState,
@@ -45,7 +45,7 @@ pub async fn members(
 pub async fn joined_members(
     state: AppState,
     req: Ruma<joined_members::v3::Request>,
-) -> ApiResult<joined_members::v3::Response> {
+) -> ApiResult<Patched<joined_members::v3::Response>> {
     let s = req.session().clone();
     let rooms = &state.core.rooms;
     let room_id = &req.body.room_id;
@@ -69,5 +69,19 @@ pub async fn joined_members(
             joined.insert(user, member);
         }
     }
-    Ok(joined_members::v3::Response::new(joined))
+    Ok(Patched {
+        resp: joined_members::v3::Response::new(joined),
+        // Both keys for every member, null when unset, as Synapse answers (ruma leaves them out).
+        patch: Box::new(|v| {
+            if let Some(members) = v["joined"].as_object_mut() {
+                for member in members.values_mut() {
+                    for key in ["display_name", "avatar_url"] {
+                        if member[key].is_null() {
+                            member[key] = serde_json::Value::Null;
+                        }
+                    }
+                }
+            }
+        }),
+    })
 }

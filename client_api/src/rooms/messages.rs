@@ -42,7 +42,21 @@ pub async fn messages(
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let mut resp = get_message_events::v3::Response::new();
     resp.start = from.to_string();
-    resp.end = page.end.map(|e| e.to_string());
+    resp.end = match page.end {
+        Some(end) => Some(end.to_string()),
+        // A chunk that reached the room's edge still has an end, as Synapse answers (clients
+        // and SyTest expect one with every non-empty chunk); paging on from it gives an empty
+        // chunk without one. A page that reached the caller's `to` has none: the range is done.
+        None if !page.events.is_empty() && to.is_none() => Some(
+            if backwards {
+                TimelinePos::History(u64::MAX)
+            } else {
+                TimelinePos::Live(access.max_pos)
+            }
+            .to_string(),
+        ),
+        None => None,
+    };
     resp.chunk = page
         .events
         .iter()
@@ -145,7 +159,14 @@ pub async fn event(
     let s = req.session().clone();
     let b = &req.body;
     let rooms = &state.core.rooms;
-    let (ev, _) = rooms.visible_event(&b.room_id, &s.user_id, &b.event_id)?;
+    // An event of a room one may not read is answered as missing, as Synapse does (its
+    // /context answers 403).
+    let (ev, _) = rooms
+        .visible_event(&b.room_id, &s.user_id, &b.event_id)
+        .map_err(|e| match e {
+            hearth_core::Error::Forbidden(_) => hearth_core::Error::not_found("Event not found."),
+            e => e,
+        })?;
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     Ok(get_room_event::v3::Response::new(raw(
         rooms.format(&ev, viewer, true)

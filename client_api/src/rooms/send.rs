@@ -27,3 +27,32 @@ pub async fn send_message(
     state.core.presence.touch(&s.user_id);
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
 }
+
+/// `POST /rooms/{roomId}/send/{eventType}`: a send without a transaction id, which the spec
+/// dropped long ago and clients (and SyTest) still use; Synapse serves it. Each call is a new
+/// event.
+pub async fn send_message_without_txn(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    crate::extract::Auth(s): crate::extract::Auth,
+    axum::extract::Path((room_id, event_type)): axum::extract::Path<(String, String)>,
+    crate::extract::JsonBody(content): crate::extract::JsonBody,
+) -> ApiResult<axum::Json<Value>> {
+    state.limiter.check(Key::User(s.user_id.to_string()))?;
+    state.limit(Action::Message, [Key::User(s.user_id.to_string())])?;
+    let room_id =
+        ruma::RoomId::parse(&room_id).map_err(|_| ApiError::invalid_param("Invalid room ID"))?;
+    if !content.is_object() {
+        return Err(ApiError::bad_json("The content must be a JSON object"));
+    }
+    let pdu = state
+        .core
+        .rooms
+        .send(
+            &room_id,
+            &s.user_id,
+            NewEvent::message(&event_type, content),
+        )
+        .await?;
+    state.core.presence.touch(&s.user_id);
+    Ok(axum::Json(serde_json::json!({ "event_id": pdu.event_id })))
+}

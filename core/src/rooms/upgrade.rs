@@ -58,8 +58,9 @@ impl Rooms {
         old_room: &RoomId,
         upgrade: Upgrade,
     ) -> Result<OwnedRoomId> {
-        let rules = supported_rules(&upgrade.new_version)?;
+        // An unknown room is 404 whatever version was asked for, as Synapse answers.
         let head = self.head(old_room)?;
+        let rules = supported_rules(&upgrade.new_version)?;
         let (new_room, queued_new, queued_old) = {
             let mut guard = head.lock();
             let mut scratch = guard.clone();

@@ -25,7 +25,9 @@ impl Rooms {
     /// Whether the reader `user` with `access` may see `ev`: at once for what came after their
     /// current join, by the room's history visibility otherwise. Every read path asks this.
     pub fn sees(&self, user: &UserId, ev: &TimelineEvent, access: &Access) -> Result<bool> {
-        if access.joined_at.is_some_and(|j| ev.meta.pos > j) {
+        // Live order only: an event backfilled later has a later commit position, not a later
+        // place in the room.
+        if access.joined_at.is_some_and(|j| ev.live_pos() > j) {
             return Ok(true);
         }
         self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)
