@@ -313,3 +313,66 @@ async fn concurrent_sends_reach_a_long_poll_exactly_once() {
         assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "sender {i} in order");
     }
 }
+
+/// `m.ignored_user_list`: what an ignored user sends (but the room's state) and their invites
+/// no longer reach the user, through /sync and /messages; the others' messages still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_users_messages_and_invites_do_not_arrive() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = server.register("bob", "pw-bob-1").await;
+    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
+    let room = server
+        .create_room(&carol, &json!({ "preset": "public_chat" }))
+        .await;
+    for tok in [&alice, &bob] {
+        let (status, body) = server.join_raw(tok, &room).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = server
+        .put(
+            "/user/@alice:localhost/account_data/m.ignored_user_list",
+            &alice,
+            &json!({ "ignored_users": { "@bob:localhost": {} } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.send_text(&bob, &room, "b1", "from bob").await;
+    server.send_text(&carol, &room, "c1", "from carol").await;
+    let bob_room = server.create_room(&bob, &json!({})).await;
+    let (status, body) = server
+        .post(
+            &format!("/rooms/{}/invite", enc(&bob_room)),
+            &bob,
+            &json!({ "user_id": "@alice:localhost" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (_, sync) = server.get("/sync?timeout=0", &alice).await;
+    let text = sync.to_string();
+    assert!(!text.contains("from bob"), "{sync}");
+    assert!(text.contains("from carol"), "{sync}");
+    assert!(sync["rooms"]["invite"].get(&bob_room).is_none(), "{sync}");
+    // Bob's membership stays in the room's state.
+    let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
+    let state = &sync["rooms"]["join"][&room]["state"]["events"];
+    let all: Vec<&Value> = timeline
+        .as_array()
+        .into_iter()
+        .chain(state.as_array())
+        .flatten()
+        .collect();
+    assert!(
+        all.iter().any(|e| e["state_key"] == "@bob:localhost"),
+        "{sync}"
+    );
+    let (_, messages) = server
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            &alice,
+        )
+        .await;
+    let bodies = message_bodies(messages["chunk"].as_array().expect("chunk"));
+    assert_eq!(bodies, ["from carol"], "{messages}");
+}

@@ -70,6 +70,19 @@ impl AccountData {
         Ok(())
     }
 
+    /// The users `user` ignores (`m.ignored_user_list`): their messages and invites do not
+    /// reach them.
+    pub fn ignored_users(&self, user: &UserId) -> Result<Vec<String>> {
+        Ok(self
+            .get(user, None, "m.ignored_user_list")?
+            .and_then(|v| {
+                v["ignored_users"]
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect())
+            })
+            .unwrap_or_default())
+    }
+
     pub fn push_rules_version(&self) -> u64 {
         self.push_rules_version
             .load(std::sync::atomic::Ordering::Acquire)

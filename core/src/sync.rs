@@ -84,6 +84,7 @@ impl SyncFilter {
     }
 }
 
+#[derive(Clone)]
 pub struct SyncRequest {
     pub user_id: OwnedUserId,
     pub device_id: String,
@@ -262,6 +263,17 @@ impl SyncService {
     }
 
     async fn compute(&self, req: &SyncRequest) -> Result<SyncResponse> {
+        // What the user ignores, read at every sync: the list changes through account data.
+        let ignored = self.account_data.ignored_users(&req.user_id)?;
+        let with_ignored;
+        let req = if ignored.is_empty() {
+            req
+        } else {
+            let mut r = req.clone();
+            r.filter.timeline.ignored_senders = ignored;
+            with_ignored = r;
+            &with_ignored
+        };
         // Read the ephemeral serial first: a change racing this sync is then sent again next
         // time rather than lost.
         let ephemeral = self.ephemeral.current();
@@ -357,7 +369,7 @@ impl SyncService {
                         resp.joined.push(update);
                     }
                 }
-                "invite" if changed_membership => {
+                "invite" if changed_membership && !self.invited_by_ignored(req, m)? => {
                     resp.invited
                         .push((room_id.clone(), self.invite_state(&room_id, m)?));
                 }
@@ -391,6 +403,21 @@ impl SyncService {
             .e2ee
             .unused_fallback_key_types(&req.user_id, &req.device_id)?;
         Ok(resp)
+    }
+
+    /// Whether an invite came from a user the invitee ignores: it is not shown.
+    fn invited_by_ignored(&self, req: &SyncRequest, m: &MembershipRecord) -> Result<bool> {
+        let ignored = &req.filter.timeline.ignored_senders;
+        if ignored.is_empty() {
+            return Ok(false);
+        }
+        let Ok(id) = ruma::EventId::parse(&m.event_id) else {
+            return Ok(false);
+        };
+        Ok(self
+            .rooms
+            .pdu(&id)?
+            .is_some_and(|p| ignored.iter().any(|u| u == p.sender.as_str())))
     }
 
     /// A room's timeline and state for one sync. `full` asks for the whole state at the start

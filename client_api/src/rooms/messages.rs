@@ -29,7 +29,8 @@ pub async fn messages(
         None => TimelinePos::History(u64::MAX),
     };
     let to = b.to.as_deref().map(parse_position).transpose()?;
-    let filter = event_filter(&b.filter);
+    let mut filter = event_filter(&b.filter);
+    filter.ignored_senders = state.core.account_data.ignored_users(&s.user_id)?;
     let limit = (u64::from(b.limit) as usize).clamp(1, 1000);
     let reader = Reader {
         user: &s.user_id,
@@ -87,7 +88,8 @@ pub async fn context(
     let b = &req.body;
     let rooms = &state.core.rooms;
     let (ev, access) = rooms.visible_event(&b.room_id, &s.user_id, &b.event_id)?;
-    let filter = event_filter(&b.filter);
+    let mut filter = event_filter(&b.filter);
+    filter.ignored_senders = state.core.account_data.ignored_users(&s.user_id)?;
     let limit = u64::from(b.limit) as usize;
     let before_n = limit / 2;
     let after_n = limit - before_n;

@@ -35,6 +35,9 @@ pub struct EventFilter {
     pub limit: Option<usize>,
     pub lazy_load_members: bool,
     pub include_redundant_members: bool,
+    /// Users the reader ignores (`m.ignored_user_list`): their events are left out, but for
+    /// state, which the room's state needs (as Synapse leaves them).
+    pub ignored_senders: Vec<String>,
 }
 
 fn type_matches(pattern: &str, kind: &str) -> bool {
@@ -46,6 +49,14 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
 
 impl EventFilter {
     pub fn matches(&self, pdu: &PduRef) -> bool {
+        if !pdu.is_state()
+            && self
+                .ignored_senders
+                .iter()
+                .any(|s| s == pdu.sender.as_str())
+        {
+            return false;
+        }
         self.matches_parts(&pdu.kind.to_string(), Some(pdu.sender.as_str()))
     }
 
