@@ -48,7 +48,10 @@ impl UiaSessions {
                 id
             });
         let mut failure = None;
-        if let Some(auth) = auth {
+        // `{"session": ...}` with no type is a client polling where the session stands (Element
+        // does, while the user is elsewhere in the flow): it completes nothing and fails nothing.
+        let attempt = auth.filter(|a| !matches!(a, AuthData::FallbackAcknowledgement(_)));
+        if let Some(auth) = attempt {
             match self.complete_stage(state, auth, &subject).await {
                 Ok(stage) => {
                     if let Some((_, done)) = self.sessions.lock().get_mut(&session_id)

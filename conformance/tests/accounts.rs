@@ -330,3 +330,36 @@ async fn an_openid_token_tells_a_third_party_who_the_user_is() {
     let resp = server.get_anon(&userinfo(&token)).await;
     assert_matrix_error(&resp, 401, "M_UNKNOWN_TOKEN");
 }
+
+/// Open registration offers the dummy flow alone, as Synapse does (offered a token flow too,
+/// Element Web picks it and asks for a token nobody has), and a session poll with no auth type
+/// (Element sends one) gets the flows back, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_registration_offers_the_dummy_flow_alone_and_answers_session_polls() {
+    let server = TestServer::start().await;
+    let start = json!({ "username": "el", "password": PW });
+    let (status, body) = server.post_anon("/register", &start).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        body["flows"],
+        json!([{ "stages": ["m.login.dummy"] }]),
+        "{body}"
+    );
+    let session = body["session"].as_str().expect("session").to_owned();
+
+    let poll = json!({ "username": "el", "password": PW, "auth": { "session": session } });
+    let (status, body) = server.post_anon("/register", &poll).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.get("errcode").is_none(),
+        "a poll is not an error: {body}"
+    );
+    assert_eq!(body["session"], json!(session), "{body}");
+    assert_eq!(body["completed"], json!([]), "{body}");
+
+    let done = json!({ "username": "el", "password": PW,
+                       "auth": { "type": "m.login.dummy", "session": session } });
+    let (status, body) = server.post_anon("/register", &done).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "@el:localhost");
+}

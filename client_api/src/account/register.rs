@@ -27,7 +27,9 @@ pub async fn register(
         RegistrationMode::Closed => {
             return Err(ApiError::forbidden("Registration has been disabled"));
         }
-        RegistrationMode::Open => &[&["m.login.dummy"], &["m.login.registration_token"]],
+        // Only the dummy flow when anyone may register, as Synapse offers it: offered a token
+        // flow as well, Element picks it and asks the user for a token nobody has.
+        RegistrationMode::Open => &[&["m.login.dummy"]],
         RegistrationMode::Token => &[&["m.login.registration_token"]],
     };
     // Check the name before the client goes through authentication, as Synapse does.
