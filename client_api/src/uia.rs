@@ -17,7 +17,22 @@ const SESSION_TTL: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Default)]
 pub struct UiaSessions {
-    sessions: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+struct Session {
+    started: Instant,
+    /// The stages completed so far.
+    done: Vec<String>,
+    /// What the session authenticates, set by the request that began it: a session completed
+    /// for deleting one device must not delete another (Synapse compares the request too).
+    operation: String,
+    /// The parameters of the request that began it: registration fills in what a later request
+    /// of the same session leaves out (a device id, `inhibit_login`), as Synapse does.
+    params: serde_json::Value,
+    /// The answer of the operation the session completed, for a retry of the same session
+    /// (registration is idempotent).
+    outcome: Option<serde_json::Value>,
 }
 
 /// Who is being authenticated: nobody yet (registration) or a logged-in user.
@@ -28,25 +43,48 @@ pub enum Subject<'a> {
 
 impl UiaSessions {
     /// Completes the stage in `auth` if it checks out; succeeds once some flow is complete,
-    /// otherwise answers 401 with the flows and what is done so far.
+    /// otherwise answers 401 with the flows and what is done so far. `operation` names what is
+    /// being authenticated (and its target); a session is good for that operation alone.
+    /// `params` are the request's parameters, kept by the session that this request begins.
     pub async fn check(
         &self,
         state: &AppState,
         auth: Option<&AuthData>,
         flows: &[&[&str]],
         subject: Subject<'_>,
+        operation: &str,
+        params: serde_json::Value,
     ) -> ApiResult<()> {
-        let session_id = auth
-            .and_then(|a| a.session())
-            .map(str::to_owned)
-            .filter(|s| self.sessions.lock().contains_key(s))
-            .unwrap_or_else(|| {
+        let known = auth.and_then(|a| a.session()).and_then(|s| {
+            let sessions = self.sessions.lock();
+            sessions
+                .get(s)
+                .map(|session| (s.to_owned(), session.operation.clone()))
+        });
+        let session_id = match known {
+            Some((_, started_for)) if started_for != operation => {
+                return Err(ApiError::forbidden(
+                    "This authentication session was started for another operation",
+                ));
+            }
+            Some((id, _)) => id,
+            None => {
                 let id = random_string(24);
                 let mut map = self.sessions.lock();
-                map.retain(|_, (t, _)| t.elapsed() < SESSION_TTL);
-                map.insert(id.clone(), (Instant::now(), Vec::new()));
+                map.retain(|_, s| s.started.elapsed() < SESSION_TTL);
+                map.insert(
+                    id.clone(),
+                    Session {
+                        started: Instant::now(),
+                        done: Vec::new(),
+                        operation: operation.to_owned(),
+                        params,
+                        outcome: None,
+                    },
+                );
                 id
-            });
+            }
+        };
         let mut failure = None;
         // `{"session": ...}` with no type is a client polling where the session stands (Element
         // does, while the user is elsewhere in the flow): it completes nothing and fails nothing.
@@ -54,12 +92,14 @@ impl UiaSessions {
         if let Some(auth) = attempt {
             match self.complete_stage(state, auth, &subject).await {
                 Ok(stage) => {
-                    if let Some((_, done)) = self.sessions.lock().get_mut(&session_id)
-                        && !done.contains(&stage)
+                    if let Some(session) = self.sessions.lock().get_mut(&session_id)
+                        && !session.done.contains(&stage)
                     {
-                        done.push(stage);
+                        session.done.push(stage);
                     }
                 }
+                // Authenticating as someone else is refused outright, not a stage to retry.
+                Err(e) if e.status == StatusCode::FORBIDDEN => return Err(e),
                 Err(e) => failure = Some(e),
             }
         }
@@ -67,14 +107,13 @@ impl UiaSessions {
             .sessions
             .lock()
             .get(&session_id)
-            .map(|(_, d)| d.clone())
+            .map(|s| s.done.clone())
             .unwrap_or_default();
         if failure.is_none()
             && flows
                 .iter()
                 .any(|f| f.iter().all(|s| done.iter().any(|d| d == s)))
         {
-            self.sessions.lock().remove(&session_id);
             return Ok(());
         }
         let body = ApiError::new(
@@ -108,15 +147,58 @@ impl UiaSessions {
         })
     }
 
-    /// The check sensitive account operations make: the user confirms their password.
+    /// The parameters the session in `auth` began with, if it is one of ours.
+    pub fn params(&self, auth: Option<&AuthData>) -> Option<serde_json::Value> {
+        let id = auth?.session()?;
+        self.sessions.lock().get(id).map(|s| s.params.clone())
+    }
+
+    /// What the operation of the session in `auth` answered, if it completed before.
+    pub fn outcome(&self, auth: Option<&AuthData>) -> Option<serde_json::Value> {
+        let id = auth?.session()?;
+        self.sessions.lock().get(id).and_then(|s| s.outcome.clone())
+    }
+
+    /// The operation of the session in `auth` completed with `outcome`; the session stays, for
+    /// a client that retries it.
+    pub fn completed(&self, auth: Option<&AuthData>, outcome: serde_json::Value) {
+        if let Some(id) = auth.and_then(AuthData::session)
+            && let Some(session) = self.sessions.lock().get_mut(id)
+        {
+            session.outcome = Some(outcome);
+            // The password it kept for later stages is no longer needed.
+            session.params = serde_json::Value::Null;
+        }
+    }
+
+    /// A session that did its work (other than registration's) can do no more.
+    fn close(&self, auth: Option<&AuthData>) {
+        if let Some(id) = auth.and_then(AuthData::session) {
+            self.sessions.lock().remove(id);
+        }
+    }
+
+    /// The check sensitive account operations make: the user confirms their password for
+    /// `operation`.
     pub async fn confirm_password(
         &self,
         state: &AppState,
         auth: Option<&AuthData>,
         user: &UserId,
+        operation: &str,
     ) -> ApiResult<()> {
-        self.check(state, auth, &[&["m.login.password"]], Subject::User(user))
-            .await
+        let operation = format!("{operation} by {user}");
+        self.check(
+            state,
+            auth,
+            &[&["m.login.password"]],
+            Subject::User(user),
+            &operation,
+            serde_json::Value::Null,
+        )
+        .await?;
+        self.close(auth);
+        Ok(())
     }
 
     async fn complete_stage(

@@ -363,3 +363,78 @@ async fn open_registration_offers_the_dummy_flow_alone_and_answers_session_polls
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], "@el:localhost");
 }
+
+/// User-interactive auth as Synapse runs it: a registration session remembers what its first
+/// request said and answers a retry as the first time; a session is good for the operation it
+/// began with only; authenticating as another user is refused outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uia_sessions_remember_their_request_and_are_bound_to_it() {
+    let server = TestServer::start().await;
+    let first = json!({ "username": "MiXed", "password": PW, "device_id": "DEV1",
+                        "initial_device_display_name": "my phone" });
+    let (status, body) = server.post_anon("/register", &first).await;
+    assert_eq!(status, 401, "{body}");
+    let session = body["session"].as_str().expect("session").to_owned();
+    let finish = json!({ "auth": { "type": "m.login.dummy", "session": session } });
+    let (status, done) = server.post_anon("/register", &finish).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        done["user_id"], "@mixed:localhost",
+        "names are folded: {done}"
+    );
+    assert_eq!(done["device_id"], "DEV1", "{done}");
+    let token = done["access_token"].as_str().expect("token").to_owned();
+    let (_, device) = server.get("/devices/DEV1", &token).await;
+    assert_eq!(device["display_name"], "my phone", "{device}");
+    // The password came from the first request too.
+    let (status, _) = server.try_login("mixed", PW).await;
+    assert_eq!(status, 200);
+    // A retry of the finished session: the same answer, not "user in use".
+    let (status, again) = server.post_anon("/register", &finish).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["user_id"], done["user_id"]);
+
+    // A session begun for deleting one device does not delete another.
+    let (_, other_token, _) = server.login("mixed", PW).await;
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            "/devices/DEV1",
+            Some(&other_token),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let session = body["session"].as_str().expect("session").to_owned();
+    let password = |user: &str| {
+        json!({ "auth": { "type": "m.login.password", "password": PW, "session": session,
+                          "identifier": { "type": "m.id.user", "user": user } } })
+    };
+    let (status, body) = server
+        .post(
+            "/delete_devices",
+            &other_token,
+            &json!({ "devices": ["DEV1"] }),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let mut wrong_operation = password("mixed");
+    wrong_operation["devices"] = json!(["DEV1"]);
+    let (status, body) = server
+        .post("/delete_devices", &other_token, &wrong_operation)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // Another user's password is refused outright.
+    server.register("someone", PW).await;
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            "/devices/DEV1",
+            Some(&other_token),
+            Some(&password("someone")),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = server.get("/devices/DEV1", &token).await;
+    assert_eq!(status, 200, "the device is still there");
+}

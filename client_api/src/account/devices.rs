@@ -73,7 +73,12 @@ pub async fn delete(
     }
     state
         .uia
-        .confirm_password(&state, req.body.auth.as_ref(), &user)
+        .confirm_password(
+            &state,
+            req.body.auth.as_ref(),
+            &user,
+            &format!("delete device {}", req.body.device_id),
+        )
         .await?;
     state
         .core
@@ -90,7 +95,7 @@ pub async fn delete_many(
     let user = req.session().user_id.clone();
     state
         .uia
-        .confirm_password(&state, req.body.auth.as_ref(), &user)
+        .confirm_password(&state, req.body.auth.as_ref(), &user, "delete devices")
         .await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
     state.core.accounts.delete_devices(&user, &ids).await?;

@@ -88,7 +88,7 @@ pub async fn get_token(
     let user = req.session().user_id.clone();
     state
         .uia
-        .confirm_password(&state, req.body.auth.as_ref(), &user)
+        .confirm_password(&state, req.body.auth.as_ref(), &user, "login token")
         .await?;
     let (token, lifetime) = state.core.accounts.issue_login_token(&user);
     Ok(get_login_token::v1::Response::new(lifetime, token))

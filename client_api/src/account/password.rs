@@ -11,7 +11,12 @@ pub async fn change_password(
     let s = req.session().clone();
     state
         .uia
-        .confirm_password(&state, req.body.auth.as_ref(), &s.user_id)
+        .confirm_password(
+            &state,
+            req.body.auth.as_ref(),
+            &s.user_id,
+            "change password",
+        )
         .await?;
     state
         .core
@@ -35,7 +40,7 @@ pub async fn deactivate(
     let s = req.session().clone();
     state
         .uia
-        .confirm_password(&state, req.body.auth.as_ref(), &s.user_id)
+        .confirm_password(&state, req.body.auth.as_ref(), &s.user_id, "deactivate")
         .await?;
     for room_id in state.core.rooms.joined_rooms(&s.user_id)? {
         if let Err(e) = state.core.rooms.leave(&room_id, &s.user_id, None).await {

@@ -9,13 +9,14 @@ use crate::extract::Ruma;
 use crate::rate_limit::{Action, Key};
 use crate::uia::Subject;
 use crate::{AppState, RegistrationMode};
+use serde_json::json;
 
 pub async fn register(
     state: AppState,
     req: Ruma<register::v3::Request>,
 ) -> ApiResult<register::v3::Response> {
     state.limit(Action::Registration, req.client_ip.map(Key::Ip))?;
-    let body = req.body;
+    let mut body = req.body;
     if body.kind == RegistrationKind::Guest {
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -32,6 +33,24 @@ pub async fn register(
         RegistrationMode::Open => &[&["m.login.dummy"]],
         RegistrationMode::Token => &[&["m.login.registration_token"]],
     };
+    // A retry of a session that registered answers as the first time did (a client that lost
+    // the answer must not be told the name is taken), as Synapse does.
+    if let Some(outcome) = state.uia.outcome(body.auth.as_ref()) {
+        return response_from(&outcome);
+    }
+    // A later request of the session may leave out what the first one said.
+    if let Some(first) = state.uia.params(body.auth.as_ref()) {
+        let text = |key: &str| first[key].as_str().map(str::to_owned);
+        body.username = body.username.or_else(|| text("username"));
+        body.password = body.password.or_else(|| text("password"));
+        body.initial_device_display_name = body
+            .initial_device_display_name
+            .or_else(|| text("initial_device_display_name"));
+        body.device_id = body.device_id.or_else(|| text("device_id").map(Into::into));
+        body.inhibit_login |= first["inhibit_login"].as_bool().unwrap_or(false);
+    }
+    // User names are lower case; Synapse folds what clients send.
+    body.username = body.username.map(|u| u.to_lowercase());
     // Check the name before the client goes through authentication, as Synapse does.
     if let Some(name) = &body.username {
         let user_id = state.core.accounts.user_id_for(name)?;
@@ -39,9 +58,23 @@ pub async fn register(
             return Err(hearth_core::Error::UserInUse.into());
         }
     }
+    let params = json!({
+        "username": body.username,
+        "password": body.password,
+        "device_id": body.device_id,
+        "initial_device_display_name": body.initial_device_display_name,
+        "inhibit_login": body.inhibit_login,
+    });
     state
         .uia
-        .check(&state, body.auth.as_ref(), flows, Subject::Registration)
+        .check(
+            &state,
+            body.auth.as_ref(),
+            flows,
+            Subject::Registration,
+            "register",
+            params,
+        )
         .await?;
 
     let login = (!body.inhibit_login).then(|| LoginOptions {
@@ -64,6 +97,32 @@ pub async fn register(
             resp.expires_in = Some(lifetime);
         }
     }
+    state.uia.completed(
+        body.auth.as_ref(),
+        json!({
+            "user_id": resp.user_id,
+            "access_token": resp.access_token,
+            "device_id": resp.device_id,
+            "refresh_token": resp.refresh_token,
+            "expires_in_ms": resp.expires_in.map(|d| d.as_millis() as u64),
+        }),
+    );
+    Ok(resp)
+}
+
+/// A registration's answer again, from what `register` kept of it.
+fn response_from(outcome: &serde_json::Value) -> ApiResult<register::v3::Response> {
+    let text = |key: &str| outcome[key].as_str().map(str::to_owned);
+    let user_id = text("user_id")
+        .and_then(|u| ruma::OwnedUserId::try_from(u).ok())
+        .ok_or_else(|| ApiError::from(hearth_core::Error::internal("registration outcome")))?;
+    let mut resp = register::v3::Response::new(user_id);
+    resp.access_token = text("access_token");
+    resp.device_id = text("device_id").map(Into::into);
+    resp.refresh_token = text("refresh_token");
+    resp.expires_in = outcome["expires_in_ms"]
+        .as_u64()
+        .map(std::time::Duration::from_millis);
     Ok(resp)
 }
 

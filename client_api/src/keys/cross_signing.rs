@@ -24,7 +24,7 @@ pub async fn upload_signing_keys(
     if state.core.e2ee.signing_upload_needs_auth(&user, &keys)? {
         state
             .uia
-            .confirm_password(&state, b.auth.as_ref(), &user)
+            .confirm_password(&state, b.auth.as_ref(), &user, "cross-signing keys")
             .await?;
     }
     state.core.e2ee.upload_signing_keys(&user, keys).await?;
