@@ -128,6 +128,7 @@ impl From<CoreError> for ApiError {
             CoreError::AliasInUse => {
                 Self::new(S::CONFLICT, "M_UNKNOWN", "Room alias already taken")
             }
+            CoreError::BadAlias(m) => Self::new(S::BAD_REQUEST, "M_BAD_ALIAS", m),
             CoreError::DuplicateAnnotation => Self::new(
                 S::BAD_REQUEST,
                 "M_DUPLICATE_ANNOTATION",

@@ -141,6 +141,8 @@ pub struct Ruma<T> {
     pub session: Option<Session>,
     /// The peer's address, for the limits kept per address.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The body as sent, for what ruma's types leave out (a join's content of its own).
+    pub raw_body: Bytes,
 }
 
 impl<T> Ruma<T> {
@@ -202,6 +204,7 @@ where
         if is_login::<T>() {
             login_has_type(&bytes)?;
         }
+        let raw_body = bytes.clone();
         let http_req = axum::http::Request::from_parts(parts, bytes);
         // A parser that panics on some body is a bug of ours or ruma's, and the client gets a
         // 400 for it, not a dropped connection or a 500.
@@ -220,6 +223,7 @@ where
             body,
             session,
             client_ip,
+            raw_body,
         })
     }
 }

@@ -46,7 +46,9 @@ kill -0 "$PID" 2>/dev/null || { echo "sytest: hearth died during the run; see $O
 # The list: one test a line, "name<TAB>reason"; blank lines and lines starting with # are notes.
 known=$(grep -v '^#' "$KNOWN" | grep -v '^[[:space:]]*$' | cut -f1 | sort -u)
 failed=$(awk -F'\t' '$1 == "FAIL" { print $2 }' "$OUT/results.tsv" | sort -u)
-passed=$(awk -F'\t' '$1 == "PASS" { print $2 }' "$OUT/results.tsv" | sort -u)
+# A multi-test that passes is named with its count of subtests.
+passed=$(awk -F'\t' '$1 == "PASS" { print $2 }' "$OUT/results.tsv" \
+  | sed -E 's/ \([0-9]+ subtests\)$//' | sort -u)
 new=$(comm -23 <(echo "$failed") <(echo "$known") | grep -v '^$')
 # (Some names belong to two tests: a name is fixed when no test of that name failed.)
 fixed=$(comm -12 <(echo "$passed") <(echo "$known") | comm -23 - <(echo "$failed") | grep -v '^$')

@@ -242,3 +242,60 @@ async fn the_user_directory_finds_people_one_shares_rooms_with() {
         .await;
     assert_eq!(none["results"], json!([]), "{none}");
 }
+
+/// A canonical alias may name only aliases that point to the room (400 `M_BAD_ALIAS`
+/// otherwise), and deleting an alias takes it out of the room's canonical alias, as Synapse
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonical_aliases_must_point_to_the_room_and_go_with_their_alias() {
+    let server = TestServer::start().await;
+    let (_, tok, _) = server.register("alias-owner", "pw-owner-1").await;
+    let room = server.create_room(&tok, &json!({})).await;
+    let other = server.create_room(&tok, &json!({})).await;
+    for (alias, target) in [("#mine:localhost", &room), ("#theirs:localhost", &other)] {
+        let (status, body) = server
+            .put(
+                &format!("/directory/room/{}", enc(alias)),
+                &tok,
+                &json!({ "room_id": target }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let path = format!("/rooms/{}/state/m.room.canonical_alias/", enc(&room));
+    for bad in [
+        json!({ "alias": "#nowhere:localhost" }),
+        json!({ "alias": "#theirs:localhost" }),
+        json!({ "alias": "#mine:localhost", "alt_aliases": ["#nowhere:localhost"] }),
+    ] {
+        let resp = server.put(&path, &tok, &bad).await;
+        assert_eq!(resp.0, 400, "{bad}: {resp:?}");
+        assert_eq!(resp.1["errcode"], "M_BAD_ALIAS", "{bad}: {resp:?}");
+    }
+    let resp = server
+        .put(&path, &tok, &json!({ "alias": "not an alias" }))
+        .await;
+    assert_eq!(resp.0, 400, "{resp:?}");
+    let (status, body) = server
+        .put(
+            &path,
+            &tok,
+            &json!({ "alias": "#mine:localhost", "alt_aliases": ["#mine:localhost"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            &format!("/directory/room/{}", enc("#mine:localhost")),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, content) = server.get(&path, &tok).await;
+    assert_eq!(status, 200, "{content}");
+    assert!(content.get("alias").is_none(), "{content}");
+    assert_eq!(content["alt_aliases"], json!([]), "{content}");
+}

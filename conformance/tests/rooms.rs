@@ -621,3 +621,37 @@ async fn every_supported_room_version_works_end_to_end() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION");
 }
+
+/// A join keeps what the client put in its request beside the membership (as Synapse does):
+/// clients and bridges carry their own keys in member events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_keeps_the_content_the_client_sent() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = server.register("bob", "pw-bob-1").await;
+    let room = server
+        .create_room(&alice, &json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = server
+        .post(
+            &format!("/join/{}", enc(&room)),
+            &bob,
+            &json!({ "foo": "bar", "reason": "hello", "membership": "leave" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, member) = server
+        .get(
+            &format!("/rooms/{}/state/m.room.member/@bob:localhost", enc(&room)),
+            &bob,
+        )
+        .await;
+    assert_eq!(status, 200, "{member}");
+    assert_eq!(member["foo"], "bar", "{member}");
+    assert_eq!(member["reason"], "hello", "{member}");
+    assert_eq!(
+        member["membership"], "join",
+        "the membership is the server's: {member}"
+    );
+    assert_eq!(member["displayname"], "bob", "{member}");
+}

@@ -156,6 +156,70 @@ impl Directory {
                 alias: alias.to_string(),
             })])
             .await?;
+        self.forget_canonical_alias(user, &room_id, alias).await;
+        Ok(())
+    }
+
+    /// A deleted alias leaves the room's canonical alias, as Synapse does it: the event is sent
+    /// again without it, by the user who deleted it (if they may; otherwise it stays, stale).
+    async fn forget_canonical_alias(&self, user: &UserId, room: &RoomId, alias: &RoomAliasId) {
+        let Ok(Some(current)) = self.rooms.state_event(room, "m.room.canonical_alias", "") else {
+            return;
+        };
+        let mut content = current.content_value();
+        let mut changed = false;
+        if content["alias"].as_str() == Some(alias.as_str()) {
+            content.as_object_mut().map(|o| o.remove("alias"));
+            changed = true;
+        }
+        if let Some(alt) = content["alt_aliases"].as_array_mut() {
+            let before = alt.len();
+            alt.retain(|a| a.as_str() != Some(alias.as_str()));
+            changed |= alt.len() != before;
+        }
+        if !changed {
+            return;
+        }
+        let event = crate::rooms::NewEvent::state("m.room.canonical_alias", "", content);
+        if let Err(e) = self.rooms.send(room, user, event).await {
+            tracing::info!(%room, error = %e, "a deleted alias stays in the canonical alias");
+        }
+    }
+
+    /// A room's `m.room.canonical_alias` may name only aliases that point to it, as Synapse
+    /// checks: a client cannot advertise an alias it does not hold.
+    pub async fn check_canonical_alias(&self, room: &RoomId, content: &Value) -> Result<()> {
+        let mut aliases = Vec::new();
+        match &content["alias"] {
+            Value::Null => {}
+            Value::String(a) => aliases.push(a.as_str()),
+            _ => return Err(Error::InvalidParam("alias must be a string".into())),
+        }
+        match &content["alt_aliases"] {
+            Value::Null => {}
+            Value::Array(list) => {
+                for a in list {
+                    aliases.push(a.as_str().ok_or_else(|| {
+                        Error::InvalidParam("alt_aliases must be a list of strings".into())
+                    })?);
+                }
+            }
+            _ => return Err(Error::InvalidParam("alt_aliases must be a list".into())),
+        }
+        for alias in aliases {
+            let parsed = RoomAliasId::parse(alias)
+                .map_err(|_| Error::InvalidParam(format!("{alias} is not a room alias")))?;
+            let points_here = match self.resolve(&parsed).await {
+                Ok((target, _)) => target == room,
+                Err(Error::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !points_here {
+                return Err(Error::BadAlias(format!(
+                    "Room alias {alias} does not point to the room"
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub enum Error {
     /// The room alias exists already.
     #[error("Room alias already taken")]
     AliasInUse,
+    /// A canonical alias names an alias that does not point to the room.
+    #[error("{0}")]
+    BadAlias(String),
     /// A user reacted to an event with the same key before.
     #[error("Can't send same reaction twice")]
     DuplicateAnnotation,

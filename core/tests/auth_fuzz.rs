@@ -68,7 +68,7 @@ async fn apply(core: &Core, room: &RoomId, op: &Op) -> Result<(), Error> {
     let profile = MemberProfile::default();
     match *op {
         Op::Join(u) => rooms
-            .join(room, &user(u), &profile, None, &[])
+            .join(room, &user(u), &profile, &Default::default(), &[])
             .await
             .map(drop),
         Op::Leave(u) => rooms.leave(room, &user(u), None).await,

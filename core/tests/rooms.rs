@@ -111,7 +111,13 @@ async fn auth_rules_refuse_outsiders_and_enforce_power_levels() {
     assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
     let refused = core
         .rooms
-        .join(&room, &carol, &MemberProfile::default(), None, &[])
+        .join(
+            &room,
+            &carol,
+            &MemberProfile::default(),
+            &Default::default(),
+            &[],
+        )
         .await;
     assert!(
         matches!(refused, Err(Error::Forbidden(_))),
@@ -123,7 +129,13 @@ async fn auth_rules_refuse_outsiders_and_enforce_power_levels() {
         .await
         .unwrap();
     core.rooms
-        .join(&room, &bob, &MemberProfile::default(), None, &[])
+        .join(
+            &room,
+            &bob,
+            &MemberProfile::default(),
+            &Default::default(),
+            &[],
+        )
         .await
         .unwrap();
     core.rooms.send(&room, &bob, text("hello")).await.unwrap();

@@ -10,11 +10,20 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
 use crate::rate_limit::{Action, Key};
 
+/// What a join request asks to have in the member event: its body's keys (a `reason`, or
+/// content of the client's own) but the signed third-party invite, which is not content.
+fn requested_content(raw_body: &[u8]) -> serde_json::Map<String, serde_json::Value> {
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(raw_body).unwrap_or_default();
+    body.remove("third_party_signed");
+    body
+}
+
 async fn join(
     state: &AppState,
     user: &ruma::UserId,
     room_id: &RoomId,
-    reason: Option<&str>,
+    requested: &serde_json::Map<String, serde_json::Value>,
     via: &[ruma::OwnedServerName],
 ) -> ApiResult<OwnedRoomId> {
     state.limit(Action::Join, [Key::User(user.to_string())])?;
@@ -23,7 +32,7 @@ async fn join(
     Ok(state
         .core
         .rooms
-        .join(room_id, user, &profile, reason, via)
+        .join(room_id, user, &profile, requested, via)
         .await?)
 }
 
@@ -36,7 +45,7 @@ pub async fn join_by_id(
         &state,
         &user,
         &req.body.room_id,
-        req.body.reason.as_deref(),
+        &requested_content(&req.raw_body),
         &[],
     )
     .await?;
@@ -64,7 +73,8 @@ pub async fn join_by_id_or_alias(
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let user = req.session().user_id.clone();
     let (room_id, via) = resolve(&state, req.body.room_id_or_alias.as_str(), req.body.via).await?;
-    let room_id = join(&state, &user, &room_id, req.body.reason.as_deref(), &via).await?;
+    let requested = requested_content(&req.raw_body);
+    let room_id = join(&state, &user, &room_id, &requested, &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

@@ -17,6 +17,13 @@ pub async fn send_state(
     let content: Value =
         serde_json::from_str(b.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let kind = b.event_type.to_string();
+    if kind == "m.room.canonical_alias" {
+        state
+            .core
+            .directory
+            .check_canonical_alias(&b.room_id, &content)
+            .await?;
+    }
     // The same state again from the same sender is the event already there, not a new one (as
     // Synapse deduplicates it): clients that re-send their settings make no noise in the room.
     if kind != "m.room.member"

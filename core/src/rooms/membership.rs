@@ -49,15 +49,23 @@ impl Rooms {
 
     /// Joins a room: locally when this server is in it, otherwise through one of `via` (or the
     /// server in the room id) over federation.
+    /// Joins `user` to the room. `requested` is what the client asked to have in its member
+    /// event (a `reason`, or content of its own, which Synapse keeps too); the membership and
+    /// the profile take precedence over it.
     pub async fn join(
         &self,
         room_id: &RoomId,
         user: &UserId,
         profile: &MemberProfile,
-        reason: Option<&str>,
+        requested: &serde_json::Map<String, Value>,
         via: &[ruma::OwnedServerName],
     ) -> Result<OwnedRoomId> {
-        let mut content = member_content("join", Some(profile), reason);
+        let mut content = member_content("join", Some(profile), None);
+        for (key, value) in requested {
+            if content.get(key).is_none() {
+                content[key] = value.clone();
+            }
+        }
         if !self.exists(room_id)? {
             // The inviting server first: it is in the room for sure.
             let first = self.inviting_server(room_id, user)?;
