@@ -13,7 +13,7 @@ use ruma::api::client::sync::sync_events::v3::{
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Ruma;
+use crate::extract::{Patched, Ruma};
 use crate::rooms::{raw, token};
 use crate::{filter, presence};
 
@@ -82,31 +82,48 @@ pub(crate) async fn until_session_ends<T>(
     }
 }
 
-/// A `/sync` answer. Ruma's response type drops `rooms` when only `rooms.knock` has
-/// something (its emptiness check forgets knocks), so knocks are written into the JSON after
-/// ruma serialised the rest.
-pub struct SyncAnswer {
-    resp: v3::Response,
-    knocks: Option<serde_json::Value>,
-}
+/// A `/sync` answer: ruma's response, with the JSON amended where ruma's serialisation falls
+/// short of what clients expect (see `complete`).
+pub type SyncAnswer = Patched<v3::Response>;
 
-impl ruma::api::OutgoingResponse for SyncAnswer {
-    fn try_into_http_response<T: Default + bytes::BufMut>(
-        self,
-    ) -> Result<http::Response<T>, ruma::api::error::IntoHttpError> {
-        let Some(knocks) = self.knocks else {
-            return self.resp.try_into_http_response();
+/// What ruma leaves out of a `/sync` answer and clients (and SyTest) look for: every room's
+/// `timeline` (with `limited`), `state`, `ephemeral` and `account_data`, even empty, and the
+/// top-level `presence` and `account_data`, as Synapse sends them; and `rooms.knock`, which
+/// ruma drops when it is the only section with something (its emptiness check forgets knocks).
+fn complete(value: &mut serde_json::Value, knocks: Option<serde_json::Value>) {
+    use serde_json::{Value, json};
+    let Some(top) = value.as_object_mut() else {
+        return;
+    };
+    for key in ["presence", "account_data"] {
+        top.entry(key).or_insert_with(|| json!({ "events": [] }));
+    }
+    if let Some(knocks) = knocks {
+        let rooms = top.entry("rooms").or_insert_with(|| json!({}));
+        rooms["knock"] = knocks;
+    }
+    let Some(rooms) = top.get_mut("rooms").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (section, keys) in [
+        ("join", &["state", "ephemeral", "account_data"][..]),
+        ("leave", &["state", "account_data"][..]),
+    ] {
+        let Some(section) = rooms.get_mut(section).and_then(Value::as_object_mut) else {
+            continue;
         };
-        let http = self.resp.try_into_http_response::<Vec<u8>>()?;
-        let (parts, body) = http.into_parts();
-        let mut value: serde_json::Value = serde_json::from_slice(&body)?;
-        if !value["rooms"].is_object() {
-            value["rooms"] = serde_json::json!({});
+        for room in section.values_mut().filter_map(Value::as_object_mut) {
+            for key in keys {
+                room.entry(*key).or_insert_with(|| json!({ "events": [] }));
+            }
+            let timeline = room
+                .entry("timeline")
+                .or_insert_with(|| json!({ "events": [] }));
+            if let Some(timeline) = timeline.as_object_mut() {
+                timeline.entry("events").or_insert_with(|| json!([]));
+                timeline.entry("limited").or_insert(json!(false));
+            }
         }
-        value["rooms"]["knock"] = knocks;
-        let mut out = T::default();
-        out.put_slice(&serde_json::to_vec(&value)?);
-        Ok(http::Response::from_parts(parts, out))
     }
 }
 
@@ -131,9 +148,9 @@ pub(crate) fn to_response(
             .collect();
         serde_json::Value::Object(rooms)
     });
-    SyncAnswer {
+    Patched {
         resp: ruma_response(out, state_after, thread_counts),
-        knocks,
+        patch: Box::new(move |v| complete(v, knocks)),
     }
 }
 

@@ -376,3 +376,55 @@ async fn ignored_users_messages_and_invites_do_not_arrive() {
     let bodies = message_bodies(messages["chunk"].as_array().expect("chunk"));
     assert_eq!(bodies, ["from carol"], "{messages}");
 }
+
+/// The keys Synapse always sends and clients look for: every joined room's timeline (with
+/// `limited`), state, ephemeral and account data, even when empty, and the top-level presence
+/// and account data; heroes only for a room without a name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_answers_carry_their_sections_even_when_empty() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = server.register("bob", "pw-bob-1").await;
+    let named = server
+        .create_room(&alice, &json!({ "preset": "public_chat", "name": "Named" }))
+        .await;
+    let unnamed = server
+        .create_room(&alice, &json!({ "preset": "public_chat" }))
+        .await;
+    for room in [&named, &unnamed] {
+        let (status, body) = server.join_raw(&bob, room).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, first) = server.get("/sync?timeout=0", &alice).await;
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    for room in [&named, &unnamed] {
+        let r = &first["rooms"]["join"][room.as_str()];
+        for key in ["state", "ephemeral", "account_data"] {
+            assert!(r[key]["events"].is_array(), "{key}: {r}");
+        }
+        assert_eq!(r["timeline"]["limited"], json!(false), "{r}");
+    }
+    assert!(first["presence"]["events"].is_array(), "{first}");
+    assert!(first["account_data"]["events"].is_array(), "{first}");
+    let heroes = |room: &str| first["rooms"]["join"][room]["summary"]["m.heroes"].clone();
+    assert!(
+        heroes(&named).as_array().is_none_or(Vec::is_empty),
+        "{}",
+        heroes(&named)
+    );
+    assert_eq!(heroes(&unnamed), json!(["@bob:localhost"]));
+
+    // An incremental sync with one message: the room's other sections are there, empty.
+    server.send_text(&bob, &named, "t1", "hello").await;
+    let (_, next) = server
+        .get(&format!("/sync?timeout=0&since={since}"), &alice)
+        .await;
+    let r = &next["rooms"]["join"][named.as_str()];
+    assert_eq!(
+        message_bodies(r["timeline"]["events"].as_array().expect("events")),
+        ["hello"]
+    );
+    assert_eq!(r["timeline"]["limited"], json!(false), "{r}");
+    assert_eq!(r["state"]["events"], json!([]), "{r}");
+    assert!(next["presence"]["events"].is_array(), "{next}");
+}

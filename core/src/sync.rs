@@ -554,6 +554,19 @@ impl SyncService {
     }
 
     pub(crate) fn summary(&self, room_id: &RoomId, user: &UserId) -> Result<RoomSummary> {
+        // Heroes name a room that has no name of its own; Synapse leaves them out otherwise.
+        let named = self
+            .rooms
+            .state_event(room_id, "m.room.name", "")?
+            .is_some_and(|p| {
+                p.content_value()["name"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            })
+            || self
+                .rooms
+                .state_event(room_id, "m.room.canonical_alias", "")?
+                .is_some_and(|p| p.content_value()["alias"].is_string());
         let head = self.rooms.head(room_id)?;
         let h = head.lock();
         let count = |m: &str| h.members.values().filter(|v| *v == m).count() as u64;
@@ -564,7 +577,7 @@ impl SyncService {
             .map(|(u, _)| u.clone())
             .collect();
         heroes.sort();
-        heroes.truncate(5);
+        heroes.truncate(if named { 0 } else { 5 });
         Ok(RoomSummary {
             heroes,
             joined: count("join"),
