@@ -115,7 +115,7 @@ fn left(sync: &Value) -> Vec<String> {
 async fn one_time_keys_go_once_each_then_the_fallback_key() {
     let server = TestServer::start().await;
     let (alice, alice_token, alice_device) = server.register("alice", PW).await;
-    let (_, bob_token, _) = server.register("bob", PW).await;
+    let (bob, bob_token, bob_device) = server.register("bob", PW).await;
     let (key, public) = signing_key(1);
 
     // Device keys must be the uploader's own.
@@ -187,6 +187,11 @@ async fn one_time_keys_go_once_each_then_the_fallback_key() {
     // None left: the fallback key, again and again.
     assert_eq!(claim_one().await, "signed_curve25519:AAAAFB");
     assert_eq!(claim_one().await, "signed_curve25519:AAAAFB");
+    // A device with nothing to claim is not in the answer, nor its user (as Synapse answers).
+    let nothing = json!({ "one_time_keys": { &bob: { &bob_device: "signed_curve25519" } } });
+    let (status, body) = server.post("/keys/claim", &alice_token, &nothing).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_keys"], json!({}), "{body}");
 
     let since = first["next_batch"].as_str().unwrap();
     let after = sync(&server, &alice_token, Some(since), 0).await;

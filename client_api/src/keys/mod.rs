@@ -131,9 +131,15 @@ pub async fn claim(
                     map.insert(id, to_raw(&key));
                 }
             }
-            by_device.insert(OwnedDeviceId::from(device), map);
+            // A device with no key left is not in the answer, nor a user with no such device
+            // (as Synapse answers, and clients read an empty map as a key).
+            if !map.is_empty() {
+                by_device.insert(OwnedDeviceId::from(device), map);
+            }
         }
-        one_time_keys.insert(user, by_device);
+        if !by_device.is_empty() {
+            one_time_keys.insert(user, by_device);
+        }
     }
     let mut resp = claim_keys::v3::Response::new(one_time_keys);
     resp.failures = claimed.failures;
