@@ -213,9 +213,11 @@ impl E2ee {
                     continue;
                 };
                 let mut keys: Json = serde_json::from_str(&json)?;
-                if let Some(name) = name {
-                    keys["unsigned"] = json!({ "device_display_name": name });
-                }
+                // Always there, as Synapse sends it; the display name when the device has one.
+                keys["unsigned"] = match name {
+                    Some(name) => json!({ "device_display_name": name }),
+                    None => json!({}),
+                };
                 devices.insert(device, keys);
             }
             out.device_keys.insert(user.clone(), devices);
