@@ -148,6 +148,10 @@ pub struct Connection<S> {
 
 /// The Matrix answer for one of hyper's own error heads, if `head` is one.
 fn matrix_answer(head: &[u8]) -> Option<Vec<u8>> {
+    // Every write passes here: only a short 4xx head is worth a look.
+    if head.len() > 256 || !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let rest = text.strip_prefix("HTTP/1.1 4")?;
     if !text.ends_with("\r\n\r\n")

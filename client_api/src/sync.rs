@@ -1,5 +1,6 @@
 //! `/sync` (spec: "Syncing").
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hearth_core::streams::SyncToken;
@@ -10,10 +11,11 @@ use ruma::api::client::sync::sync_events::v3::{
     self, Filter, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomSummary, State, StateEvents,
     Timeline,
 };
+use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Patched, Ruma};
+use crate::extract::Ruma;
 use crate::rooms::{raw, token};
 use crate::{filter, presence};
 
@@ -82,49 +84,77 @@ pub(crate) async fn until_session_ends<T>(
     }
 }
 
-/// A `/sync` answer: ruma's response, with the JSON amended where ruma's serialisation falls
-/// short of what clients expect (see `complete`).
-pub type SyncAnswer = Patched<v3::Response>;
+/// A `/sync` answer: ruma's response, with its JSON completed where ruma's serialisation falls
+/// short of what clients expect (see [`complete`]).
+pub struct SyncAnswer {
+    resp: v3::Response,
+    knocks: Option<Box<RawJsonValue>>,
+}
+
+impl ruma::api::OutgoingResponse for SyncAnswer {
+    fn try_into_http_response<T: Default + bytes::BufMut>(
+        self,
+    ) -> Result<http::Response<T>, ruma::api::error::IntoHttpError> {
+        let (parts, body) = self.resp.try_into_http_response::<Vec<u8>>()?.into_parts();
+        let mut out = T::default();
+        out.put_slice(&complete(&body, self.knocks)?);
+        Ok(http::Response::from_parts(parts, out))
+    }
+}
+
+/// One level of a JSON object, its values kept as raw JSON: completing a `/sync` answer reads
+/// and writes the few levels it touches and copies the events through untouched (a parse into
+/// `serde_json::Value` made every long-poll of a 255-member fan-out half again as slow).
+type Level = BTreeMap<String, Box<RawJsonValue>>;
 
 /// What ruma leaves out of a `/sync` answer and clients (and SyTest) look for: every room's
 /// `timeline` (with `limited`), `state`, `ephemeral` and `account_data`, even empty, and the
 /// top-level `presence` and `account_data`, as Synapse sends them; and `rooms.knock`, which
 /// ruma drops when it is the only section with something (its emptiness check forgets knocks).
-fn complete(value: &mut serde_json::Value, knocks: Option<serde_json::Value>) {
-    use serde_json::{Value, json};
-    let Some(top) = value.as_object_mut() else {
-        return;
+fn complete(body: &[u8], knocks: Option<Box<RawJsonValue>>) -> serde_json::Result<Vec<u8>> {
+    let raw = |s: &str| RawJsonValue::from_string(s.to_owned());
+    let fill = |level: &mut Level, keys: &[&str], value: &str| -> serde_json::Result<()> {
+        for key in keys {
+            if !level.contains_key(*key) {
+                level.insert((*key).to_owned(), raw(value)?);
+            }
+        }
+        Ok(())
     };
-    for key in ["presence", "account_data"] {
-        top.entry(key).or_insert_with(|| json!({ "events": [] }));
-    }
+    let mut top: Level = serde_json::from_slice(body)?;
+    fill(&mut top, &["presence", "account_data"], r#"{"events":[]}"#)?;
+    let mut rooms: Level = match top.get("rooms") {
+        Some(r) => serde_json::from_str(r.get())?,
+        None if knocks.is_some() => Level::new(),
+        None => return serde_json::to_vec(&top),
+    };
     if let Some(knocks) = knocks {
-        let rooms = top.entry("rooms").or_insert_with(|| json!({}));
-        rooms["knock"] = knocks;
+        rooms.insert("knock".to_owned(), knocks);
     }
-    let Some(rooms) = top.get_mut("rooms").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for (section, keys) in [
+    for (name, keys) in [
         ("join", &["state", "ephemeral", "account_data"][..]),
         ("leave", &["state", "account_data"][..]),
     ] {
-        let Some(section) = rooms.get_mut(section).and_then(Value::as_object_mut) else {
+        let Some(section) = rooms.get(name) else {
             continue;
         };
-        for room in section.values_mut().filter_map(Value::as_object_mut) {
-            for key in keys {
-                room.entry(*key).or_insert_with(|| json!({ "events": [] }));
-            }
-            let timeline = room
-                .entry("timeline")
-                .or_insert_with(|| json!({ "events": [] }));
-            if let Some(timeline) = timeline.as_object_mut() {
-                timeline.entry("events").or_insert_with(|| json!([]));
-                timeline.entry("limited").or_insert(json!(false));
-            }
+        let mut section: Level = serde_json::from_str(section.get())?;
+        for room in section.values_mut() {
+            let mut fields: Level = serde_json::from_str(room.get())?;
+            fill(&mut fields, keys, r#"{"events":[]}"#)?;
+            let mut timeline: Level = match fields.get("timeline") {
+                Some(t) => serde_json::from_str(t.get())?,
+                None => Level::new(),
+            };
+            fill(&mut timeline, &["events"], "[]")?;
+            fill(&mut timeline, &["limited"], "false")?;
+            fields.insert("timeline".to_owned(), to_raw_value(&timeline)?);
+            *room = to_raw_value(&fields)?;
         }
+        rooms.insert(name.to_owned(), to_raw_value(&section)?);
     }
+    top.insert("rooms".to_owned(), to_raw_value(&rooms)?);
+    serde_json::to_vec(&top)
 }
 
 /// The spec's `/sync` response for what the core computed (shared with the WebSocket transport).
@@ -146,11 +176,11 @@ pub(crate) fn to_response(
                 )
             })
             .collect();
-        serde_json::Value::Object(rooms)
+        to_raw_value(&rooms).ok()
     });
-    Patched {
+    SyncAnswer {
         resp: ruma_response(out, state_after, thread_counts),
-        patch: Box::new(move |v| complete(v, knocks)),
+        knocks: knocks.flatten(),
     }
 }
 
