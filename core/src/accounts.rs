@@ -500,11 +500,12 @@ impl Accounts {
     /// than one request (a WebSocket, a long-poll) must stop with the token that opened it.
     pub async fn session_ended(&self, session: &Session) {
         let mut ended = self.ended.subscribe();
+        // Only a device known to be gone: a failed read must not end a live session.
         let gone = || {
-            !matches!(
+            matches!(
                 self.store
                     .device(session.user_id.as_str(), session.device_id.as_str()),
-                Ok(Some(_))
+                Ok(None)
             )
         };
         // Subscribed first, then looked: an end committed in between is seen one way or the
