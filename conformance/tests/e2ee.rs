@@ -446,6 +446,23 @@ async fn key_backup_keeps_the_best_copy_of_each_session() {
         "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
         "auth_data": { "public_key": "cHVibGlj", "signatures": {} },
     });
+    // Another algorithm's auth_data may be anything (Synapse takes any value); none is an error.
+    let (status, body) = server
+        .post(
+            "/room_keys/version",
+            &token,
+            &json!({ "algorithm": "m.megolm_backup.v1", "auth_data": "anopaquestring" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let resp = server
+        .post(
+            "/room_keys/version",
+            &token,
+            &json!({ "algorithm": "m.megolm_backup.v1" }),
+        )
+        .await;
+    assert_matrix_error(&resp, 400, "M_BAD_JSON");
     let (status, body) = server.post("/room_keys/version", &token, &algorithm).await;
     assert_eq!(status, 200, "{body}");
     let v1 = body["version"].as_str().unwrap().to_owned();

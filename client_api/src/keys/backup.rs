@@ -26,11 +26,13 @@ fn split_algorithm<T>(raw: &Raw<T>) -> ApiResult<(String, Json)> {
         .and_then(Json::as_str)
         .ok_or_else(|| ApiError::bad_json("algorithm is missing"))?
         .to_owned();
+    // Whatever the algorithm puts there is the client's business (Synapse takes any value);
+    // only its absence is an error.
     let auth_data = json
         .get_mut("auth_data")
         .map(Json::take)
-        .filter(Json::is_object)
-        .ok_or_else(|| ApiError::bad_json("auth_data must be an object"))?;
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ApiError::bad_json("auth_data is missing"))?;
     Ok((algorithm, auth_data))
 }
 
