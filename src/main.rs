@@ -138,12 +138,7 @@ async fn serve(config: Config) -> Result<(), String> {
     .map_err(|e| format!("ip_range_denylist: {e}"))?;
     let federation_config = FederationConfig {
         verify_tls: config.federation_verify_tls,
-        extra_ca_pem: match &config.federation_ca_file {
-            Some(p) => Some(
-                std::fs::read(p).map_err(|e| format!("federation_ca_file {}: {e}", p.display()))?,
-            ),
-            None => None,
-        },
+        extra_ca_pem: read_pem("federation_ca_file", config.federation_ca_file.as_deref())?,
         ip_range_denylist: ip_range_denylist.clone(),
     };
     let federation = Federation::new(keys.clone(), &federation_config)?;
@@ -201,12 +196,7 @@ async fn serve(config: Config) -> Result<(), String> {
     core.push
         .start(Arc::new(push_gateway::HttpPushGateway::new(
             ip_range_denylist,
-            match &config.push_ca_file {
-                Some(p) => Some(
-                    std::fs::read(p).map_err(|e| format!("push_ca_file {}: {e}", p.display()))?,
-                ),
-                None => None,
-            },
+            read_pem("push_ca_file", config.push_ca_file.as_deref())?,
         )?))
         .await
         .map_err(|e| e.to_string())?;
@@ -318,6 +308,12 @@ async fn serve(config: Config) -> Result<(), String> {
         f.abort();
     }
     Ok(())
+}
+
+/// The PEM file a configuration key names, if it names one.
+fn read_pem(key: &str, path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, String> {
+    path.map(|p| std::fs::read(p).map_err(|e| format!("{key} {}: {e}", p.display())))
+        .transpose()
 }
 
 /// Request spans name the path only: query strings may carry access tokens.

@@ -61,7 +61,7 @@ impl Action {
         Action::MediaCreate,
     ];
 
-    /// The configuration key's suffix: `rate_limit_<name>`.
+    /// The action's name in the `rate_limits` setting (`"message=1/20"`).
     pub fn name(self) -> &'static str {
         match self {
             Action::Message => "message",

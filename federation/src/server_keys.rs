@@ -37,6 +37,18 @@ const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// Servers whose failures are remembered; the oldest are forgotten past this.
 const MAX_FAILURES_KEPT: usize = 10_000;
 
+/// A server's entry in `KeyCache::fetching`, removed when its fetch ends.
+struct GateEntry<'a> {
+    cache: &'a KeyCache,
+    server: &'a ServerName,
+}
+
+impl Drop for GateEntry<'_> {
+    fn drop(&mut self) {
+        self.cache.fetching.lock().remove(self.server);
+    }
+}
+
 /// A server whose key document could not be had: when it may be tried again, and the backoff
 /// that led there.
 struct Failed {
@@ -114,6 +126,11 @@ impl KeyCache {
             .or_default()
             .clone();
         let _one_fetch = gate.lock().await;
+        // The gate goes when this fetch ends, however it ends (a caller that hangs up too).
+        let _gate_entry = GateEntry {
+            cache: self,
+            server,
+        };
         // Whoever held the gate before may have fetched it, or failed.
         if let Some(hit) = cached() {
             return Ok(hit);
@@ -147,7 +164,6 @@ impl KeyCache {
                     },
                 );
                 drop(failed);
-                self.fetching.lock().remove(server);
                 tracing::info!(%server, error = %e.message, backoff_ms = backoff, "could not fetch a server's keys");
                 return Err(FedError::unauthorized(format!(
                     "{server}: its keys could not be fetched: {}",
@@ -162,7 +178,6 @@ impl KeyCache {
             document: document.clone(),
         };
         self.servers.write().insert(server.to_owned(), cached);
-        self.fetching.lock().remove(server);
         Ok((document, keys))
     }
 

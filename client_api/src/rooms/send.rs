@@ -8,12 +8,24 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Ruma;
 use crate::rate_limit::{Action, Key};
 
+/// A message event from a user: the message allowance, the send, and the user counted active.
+async fn send(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    event: NewEvent,
+) -> ApiResult<ruma::OwnedEventId> {
+    state.limit(Action::Message, [Key::User(user.to_string())])?;
+    let pdu = state.core.rooms.send(room_id, user, event).await?;
+    state.core.presence.touch(user);
+    Ok(pdu.event_id.clone())
+}
+
 pub async fn send_message(
     state: AppState,
     req: Ruma<send_message_event::v3::Request>,
 ) -> ApiResult<send_message_event::v3::Response> {
     let s = req.session().clone();
-    state.limit(Action::Message, [Key::User(s.user_id.to_string())])?;
     let b = req.body;
     let content: Value =
         serde_json::from_str(b.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
@@ -23,9 +35,8 @@ pub async fn send_message(
         device_id: s.device_id.to_string(),
         txn_id: b.txn_id.to_string(),
     });
-    let pdu = state.core.rooms.send(&b.room_id, &s.user_id, event).await?;
-    state.core.presence.touch(&s.user_id);
-    Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
+    let event_id = send(&state, &s.user_id, &b.room_id, event).await?;
+    Ok(send_message_event::v3::Response::new(event_id))
 }
 
 /// `POST /rooms/{roomId}/send/{eventType}`: a send without a transaction id, which the spec
@@ -38,21 +49,17 @@ pub async fn send_message_without_txn(
     crate::extract::JsonBody(content): crate::extract::JsonBody,
 ) -> ApiResult<axum::Json<Value>> {
     state.limiter.check(Key::User(s.user_id.to_string()))?;
-    state.limit(Action::Message, [Key::User(s.user_id.to_string())])?;
     let room_id =
         ruma::RoomId::parse(&room_id).map_err(|_| ApiError::invalid_param("Invalid room ID"))?;
     if !content.is_object() {
         return Err(ApiError::bad_json("The content must be a JSON object"));
     }
-    let pdu = state
-        .core
-        .rooms
-        .send(
-            &room_id,
-            &s.user_id,
-            NewEvent::message(&event_type, content),
-        )
-        .await?;
-    state.core.presence.touch(&s.user_id);
-    Ok(axum::Json(serde_json::json!({ "event_id": pdu.event_id })))
+    let event_id = send(
+        &state,
+        &s.user_id,
+        &room_id,
+        NewEvent::message(&event_type, content),
+    )
+    .await?;
+    Ok(axum::Json(serde_json::json!({ "event_id": event_id })))
 }
