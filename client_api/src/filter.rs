@@ -126,5 +126,6 @@ pub fn sync_filter(def: &FilterDefinition) -> SyncFilter {
         account_data: plain_filter(&def.account_data),
         presence: plain_filter(&def.presence),
         thread_counts: def.room.timeline.unread_thread_notifications,
+        federation_format: def.event_format == ruma::api::client::filter::EventFormat::Federation,
     }
 }

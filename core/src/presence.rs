@@ -486,6 +486,25 @@ impl Presence {
             .map(|(u, e)| self.view(u, e).to_event())
             .collect())
     }
+
+    /// The current presence of the given users (those it knows), whatever changed when: what a
+    /// sync adds for users the viewer has just come to share a room with.
+    pub fn of_users<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a UserId>,
+    ) -> Vec<(OwnedUserId, Box<RawJsonValue>)> {
+        if !self.config.enabled {
+            return Vec::new();
+        }
+        let known = self.users.read();
+        users
+            .into_iter()
+            .filter_map(|u| {
+                let e = known.entries.get(u)?;
+                Some((u.to_owned(), self.view(u, e).to_event()))
+            })
+            .collect()
+    }
 }
 
 /// Marks the end of a sync when dropped (also when the request is cancelled).

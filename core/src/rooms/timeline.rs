@@ -114,6 +114,10 @@ pub struct Access {
     /// "joined the room at any point after the event was sent"). Never for an invitee or a
     /// knocker who did not join.
     pub shared_history: bool,
+    /// The reader gets the state events that make the room's current state wherever they sit,
+    /// also in history closed to them: a joined member's sync, so that the timeline explains
+    /// the room as it is (as Synapse's sync does).
+    pub current_state_in_timeline: bool,
 }
 
 impl Rooms {
@@ -156,6 +160,19 @@ impl Rooms {
             })
             .and_then(|v| serde_json::value::to_raw_value(&v).ok());
         self.format_with(ev, viewer, with_room_id, relations.as_deref())
+    }
+
+    /// An event as servers exchange it, with its id: what a filter's `event_format:
+    /// federation` asks for.
+    pub fn format_federation(&self, ev: &TimelineEvent) -> Result<Box<RawJsonValue>> {
+        let json = self
+            .store
+            .event_json(ev.pdu.event_id.as_str())?
+            .ok_or_else(|| Error::internal("a timeline event without its JSON"))?;
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&json).map_err(Error::internal)?;
+        obj.insert("event_id".into(), ev.pdu.event_id.as_str().into());
+        serde_json::value::to_raw_value(&obj).map_err(Error::internal)
     }
 
     /// Formats an event without aggregations: the events bundled into another.
@@ -215,6 +232,7 @@ impl Rooms {
                 current: true,
                 joined_at: Some(m.pos),
                 shared_history: true,
+                current_state_in_timeline: false,
             }),
             // A user who left reads up to the moment they left.
             Some(m) if m.membership != "invite" && m.membership != "knock" => Ok(Access {
@@ -222,6 +240,7 @@ impl Rooms {
                 current: false,
                 joined_at: None,
                 shared_history: self.joined_before(user, &m.event_id)?,
+                current_state_in_timeline: false,
             }),
             // An invitee or a knocker has the room's stripped state, and reads no more of it
             // than a stranger (as in Synapse: the room must be world readable).
@@ -233,6 +252,7 @@ impl Rooms {
                         current: true,
                         joined_at: None,
                         shared_history: false,
+                        current_state_in_timeline: false,
                     })
                 } else {
                     Err(Error::forbidden(format!(
@@ -261,7 +281,10 @@ impl Rooms {
 
     /// Events of a room's live timeline between two positions that the reader may see and lets
     /// through, at most `limit`. Backwards pages cover `(to, from]` newest first, forwards pages
-    /// `(from, to]` oldest first.
+    /// `(from, to]` oldest first. `end` is there when the range holds another such event: after
+    /// a full page the scan looks a little further for one (a client told "limited" for nothing
+    /// throws its cached timeline away, and a filter for a rare type would otherwise always say
+    /// so); when that look finds only events the reader does not get, `end` is there too.
     pub fn page(
         &self,
         reader: Reader<'_>,
@@ -283,16 +306,24 @@ impl Rooms {
             (from + 1, to.unwrap_or(StreamPos::MAX).min(access.max_pos))
         };
         let chunk = limit.clamp(1, 200) * 2;
-        // Whether the room has events beyond the page: a client told "limited" for nothing
-        // would throw its cached timeline away.
+        // Where the page ends once it is full, and how many more events the look ahead reads.
+        let mut full_at: Option<StreamPos> = None;
+        let mut probe_left = chunk.max(10) * 5;
+        if limit == 0 {
+            full_at = Some(if backwards { hi } else { lo.saturating_sub(1) });
+        }
         let mut more = false;
         'scan: while lo <= hi {
+            let batch = if full_at.is_some() {
+                chunk.min(probe_left)
+            } else {
+                chunk
+            };
             let ids = self
                 .store
-                .room_events(room_id.as_str(), lo, hi, backwards, chunk)?;
-            let exhausted = ids.len() < chunk;
-            let count = ids.len();
-            for (i, (pos, id)) in ids.into_iter().enumerate() {
+                .room_events(room_id.as_str(), lo, hi, backwards, batch)?;
+            let exhausted = ids.len() < batch;
+            for (pos, id) in ids {
                 if backwards {
                     hi = pos.saturating_sub(1);
                 } else {
@@ -302,23 +333,30 @@ impl Rooms {
                 let Some(ev) = self.timeline_event(&id)? else {
                     continue;
                 };
-                if filter.matches(&ev.pdu) && self.sees(user, &ev, access)? {
+                let wanted = filter.matches(&ev.pdu) && self.sees(user, &ev, access)?;
+                if full_at.is_some() {
+                    probe_left -= 1;
+                    if wanted {
+                        more = true;
+                        break 'scan;
+                    }
+                } else if wanted {
                     events.push(ev);
                     if events.len() == limit {
-                        more = i + 1 < count || !exhausted;
-                        break 'scan;
+                        full_at = Some(if backwards { hi } else { lo - 1 });
                     }
                 }
             }
             if exhausted || hi == 0 {
                 break;
             }
+            if full_at.is_some() && probe_left == 0 {
+                // Only unwanted events so far: whether more lie beyond is left open.
+                more = lo <= hi;
+                break;
+            }
         }
-        let end = match (more && lo <= hi, backwards) {
-            (false, _) => None,
-            (true, true) => Some(hi),
-            (true, false) => Some(lo - 1),
-        };
+        let end = if more { full_at } else { None };
         Ok(Page { events, end })
     }
 

@@ -30,7 +30,19 @@ impl Rooms {
         if access.joined_at.is_some_and(|j| ev.live_pos() > j) {
             return Ok(true);
         }
-        self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)
+        if self.may_see(user, &ev.pdu, ev.meta.state_before, access.shared_history)? {
+            return Ok(true);
+        }
+        Ok(access.current_state_in_timeline && self.in_current_state(&ev.pdu)?)
+    }
+
+    /// Whether `pdu` is part of its room's current state.
+    fn in_current_state(&self, pdu: &PduRef) -> Result<bool> {
+        let Some(key) = &pdu.state_key else {
+            return Ok(false);
+        };
+        let state = self.current_state(&pdu.room_id)?;
+        Ok(state.get(&(pdu.kind.to_string(), key.clone())) == Some(&pdu.event_id))
     }
 
     /// Whether `user` may see `pdu`, given the state group before it and whether the user is

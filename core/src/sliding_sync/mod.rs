@@ -325,6 +325,7 @@ impl SlidingSync {
             current: joined,
             joined_at: joined.then_some(c.membership.pos),
             shared_history: joined,
+            current_state_in_timeline: joined,
         };
         let limit = config.timeline_limit.min(MAX_TIMELINE);
         let mut events = Vec::new();

@@ -6,6 +6,9 @@
 //! (see [`crate::notifier`]): an update wakes only the users it concerns. The WebSocket transport
 //! computes its frames with the same [`SyncService::wait_for_changes`].
 
+mod lazy_members;
+mod state;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +29,8 @@ use crate::to_device::{self, ToDevice};
 use crate::typing::Typing;
 use crate::unread::{RoomCounts, Unread};
 use crate::{Error, Result};
+use lazy_members::{DeviceRoom, SentMembers};
+use state::RoomRange;
 
 /// The room-level parts of a sync filter the server applies.
 #[derive(Clone, Debug, Default)]
@@ -41,6 +46,8 @@ pub struct SyncFilter {
     pub presence: EventFilter,
     /// The client wants per-thread unread counts (`unread_thread_notifications`).
     pub thread_counts: bool,
+    /// `event_format: federation`: room events as servers exchange them.
+    pub federation_format: bool,
 }
 
 /// Applies a filter's type and sender parts, and its limit, to non-PDU events.
@@ -145,6 +152,8 @@ pub struct RoomUpdate {
     pub ephemeral: Vec<Box<RawJsonValue>>,
     /// Unread counts, for joined rooms.
     pub counts: Option<RoomCounts>,
+    /// Users whose join, invite or knock this update carries: the sync adds their presence.
+    pub arrived: Vec<OwnedUserId>,
 }
 
 impl RoomUpdate {
@@ -190,6 +199,7 @@ pub struct SyncService {
     unread: Arc<Unread>,
     e2ee: Arc<E2ee>,
     ephemeral: Arc<EphemeralSerial>,
+    sent_members: SentMembers,
 }
 
 impl SyncService {
@@ -206,6 +216,7 @@ impl SyncService {
             unread: src.unread,
             e2ee: src.e2ee,
             ephemeral: src.ephemeral,
+            sent_members: SentMembers::default(),
         }
     }
 
@@ -329,14 +340,26 @@ impl SyncService {
                     .push(to_event(&entry));
             }
         }
+        // Users the user has come to share a room with: their presence comes whatever its age.
+        let mut arrived: Vec<OwnedUserId> = Vec::new();
         for (room, m) in self.rooms.memberships_of(&req.user_id)?.iter() {
             if !req.filter.wants_room(room) || m.pos > now {
                 continue;
             }
             let room_id = RoomId::parse(room).map_err(Error::internal)?;
             let changed_membership = since_pos.is_none_or(|s| m.pos > s);
+            // How the membership got here since the last sync, when it moved at all.
+            let moved = match since_pos {
+                Some(s) if changed_membership => Some(self.membership_since(m, s)?),
+                _ => None,
+            };
             match m.membership.as_str() {
                 "join" => {
+                    // Joined since the last sync (or left and came back): the room is new to
+                    // the client, with its whole state, as on a first sync.
+                    let newly_joined = moved
+                        .as_ref()
+                        .is_some_and(|h| h.left_since || h.at_since.as_deref() != Some("join"));
                     let room_changed = match since {
                         Some(s) => {
                             self.store
@@ -347,9 +370,16 @@ impl SyncService {
                     };
                     let data = room_data.remove(room.as_str());
                     if changed_membership || room_changed || req.full_state || data.is_some() {
-                        let newly = changed_membership || req.full_state;
-                        let mut update =
-                            self.room_update(req, &room_id, since_pos, now, newly, Some(m.pos))?;
+                        let full = since.is_none() || newly_joined || req.full_state;
+                        let range = RoomRange {
+                            since: since_pos,
+                            upto: now,
+                            next_batch: now,
+                            full_state: full,
+                            newly_joined,
+                            joined_at: Some(m.pos),
+                        };
+                        let mut update = self.room_update(req, &room_id, range)?;
                         update.account_data = data.unwrap_or_default();
                         let mut ephemeral: Vec<Box<RawJsonValue>> = Vec::new();
                         ephemeral.extend(self.typing.for_sync(&room_id, since_eph));
@@ -361,8 +391,14 @@ impl SyncService {
                         )?);
                         update.ephemeral =
                             filter_events(ephemeral, &req.filter.ephemeral, kind_and_sender);
-                        if !newly && update.is_empty() {
+                        if !full && update.is_empty() {
                             continue;
+                        }
+                        if since.is_some() {
+                            if newly_joined {
+                                arrived.extend(self.joined_members(&room_id)?);
+                            }
+                            arrived.append(&mut update.arrived);
                         }
                         update.counts =
                             Some(self.unread.counts(&req.user_id, &room_id, now).await?);
@@ -386,12 +422,41 @@ impl SyncService {
                             || req.filter.include_leave
                             || !self.left_by_self(m, &req.user_id)?) =>
                 {
-                    let full = since.is_none();
-                    resp.left
-                        .push(self.room_update(req, &room_id, since_pos, m.pos, full, None)?);
+                    // Joined and left again since the last sync: the client never had the
+                    // room, so it gets the whole state up to the leave.
+                    let joined_between = moved
+                        .as_ref()
+                        .is_some_and(|h| h.joined_since && h.at_since.as_deref() != Some("join"));
+                    let range = RoomRange {
+                        since: since_pos,
+                        upto: m.pos,
+                        next_batch: now,
+                        full_state: since.is_none() || joined_between,
+                        newly_joined: joined_between,
+                        joined_at: None,
+                    };
+                    resp.left.push(self.room_update(req, &room_id, range)?);
                 }
                 _ => {}
             }
+        }
+        if !arrived.is_empty() {
+            arrived.sort_unstable();
+            arrived.dedup();
+            arrived.retain(|u| *u != req.user_id);
+            let fresh = self.presence.of_users(arrived.iter().map(|u| &**u));
+            let fresh: Vec<Box<RawJsonValue>> = fresh
+                .into_iter()
+                .filter(|(u, _)| {
+                    !resp
+                        .presence
+                        .iter()
+                        .any(|p| kind_and_sender(p).1.as_deref() == Some(u.as_str()))
+                })
+                .map(|(_, e)| e)
+                .collect();
+            resp.presence
+                .extend(filter_events(fresh, &req.filter.presence, kind_and_sender));
         }
         if let Some(since) = since_pos {
             resp.device_lists = self.e2ee.device_lists().changes(&req.user_id, since, now)?;
@@ -420,132 +485,151 @@ impl SyncService {
             .is_some_and(|p| ignored.iter().any(|u| u == p.sender.as_str())))
     }
 
-    /// A room's timeline and state for one sync. `full` asks for the whole state at the start
-    /// of the timeline (first sync, new join, `full_state`); otherwise the state is the change
-    /// between `since` and the timeline's start, which is empty unless the timeline is limited.
+    /// A room's timeline and state for one sync, as Synapse computes them.
+    ///
+    /// The timeline is what happened in `(since, upto]` (the last `limit` events of it), or the
+    /// room's latest events when the room is new to the client. The state is what the client
+    /// needs on top of what it had to know the state at the timeline's start: all of it when
+    /// `full_state`; otherwise nothing for an unbroken timeline, and for a gap the state that
+    /// differs from the last sync's.
     fn room_update(
         &self,
         req: &SyncRequest,
         room_id: &RoomId,
-        since: Option<StreamPos>,
-        upto: StreamPos,
-        full: bool,
-        joined_at: Option<StreamPos>,
+        range: RoomRange,
     ) -> Result<RoomUpdate> {
         let user = &*req.user_id;
-        let joined = joined_at.is_some();
+        let joined = range.joined_at.is_some();
         let access = Access {
-            max_pos: upto,
+            max_pos: range.upto,
             current: joined,
-            joined_at,
+            joined_at: range.joined_at,
             // A left room's timeline shows what the user was joined for, as Synapse's does.
             shared_history: joined,
+            current_state_in_timeline: joined,
         };
         let limit = req.filter.timeline.limit.unwrap_or(10);
-        let to = if full { None } else { since };
+        let to = if range.newly_joined {
+            None
+        } else {
+            range.since
+        };
         let reader = Reader {
             user,
             room_id,
             access: &access,
             filter: &req.filter.timeline,
         };
-        let page = self.rooms.page(reader, upto, to, true, limit)?;
+        let page = self.rooms.page(reader, range.upto, to, true, limit)?;
         let mut events = page.events;
         events.reverse();
-        let limited = page.end.is_some();
-        let prev_batch = events.first().map(|e| e.meta.pos - 1).or(Some(upto));
-
-        let state_group_at = |pos: StreamPos| self.rooms.state_group_at(room_id, pos);
-        let start_group = if req.state_after {
-            match events.last() {
-                Some(e) => Some(e.meta.state_after),
-                None => state_group_at(upto)?,
-            }
-        } else {
-            match events.first() {
-                Some(e) => Some(e.meta.state_before),
-                None => state_group_at(upto)?,
-            }
+        // A room new to the client is always "limited": it has history before the timeline.
+        let limited = page.end.is_some() || range.newly_joined;
+        // A timeline that holds the room's whole history on a first sync (or a new join) hands
+        // out its end as `prev_batch`, as Synapse does: paging back from it reads the room
+        // (SyTest and clients written against Synapse expect events there).
+        let whole_room = page.end.is_none() && (range.since.is_none() || range.newly_joined);
+        let prev_batch = match events.first() {
+            Some(first) if !whole_room => Some(first.meta.pos - 1),
+            _ => Some(range.upto),
         };
-        let mut state: Vec<TimelineEvent> = Vec::new();
-        if let Some(start) = start_group {
-            if full {
-                state = self.rooms.state_events(start)?;
-            } else if (limited || req.state_after)
-                && let Some(s) = since
-            {
-                let before = match state_group_at(s)? {
-                    Some(g) => self.rooms.state_at_group(g)?,
-                    None => Default::default(),
-                };
-                let at_start = self.rooms.state_at_group(start)?;
-                for (k, id) in at_start.iter() {
-                    if before.get(k) != Some(id)
-                        && let Some(ev) = self.rooms.timeline_event(id)?
-                    {
-                        state.push(ev);
-                    }
-                }
-            }
-        }
-        if req.filter.state.lazy_load_members {
-            // Only the members who speak in this timeline (and the user), but all of those,
-            // even when their member event did not change since the last sync.
-            let senders: std::collections::HashSet<&str> = events
-                .iter()
-                .map(|e| e.pdu.sender.as_str())
-                .chain([user.as_str()])
-                .collect();
-            state.retain(|e| {
-                e.pdu.kind.to_string() != "m.room.member"
-                    || e.pdu
-                        .state_key
-                        .as_deref()
-                        .is_some_and(|k| senders.contains(k))
-            });
-            if let Some(start) = start_group {
-                let have: std::collections::HashSet<String> = state
-                    .iter()
-                    .filter_map(|e| e.pdu.state_key.clone())
-                    .collect();
-                let missing = senders
-                    .iter()
-                    .filter(|s| !have.contains(**s))
-                    .map(|s| s.to_string());
-                state.extend(self.rooms.member_events_for(start, missing)?);
-            }
-        }
-        state.retain(|e| req.filter.state.matches(&e.pdu));
 
+        let mut state = self.state_for(req, room_id, &range, &events, limited)?;
+        let lazy = req.filter.state.lazy_load_members;
         let viewer = Some((user, req.device_id.as_str()));
         // The summary only changes with membership; clients keep the last one they got.
-        let membership_changed = full
+        let membership_changed = range.full_state
             || events
                 .iter()
                 .chain(state.iter())
                 .any(|e| e.pdu.membership().is_some());
         let summary = if joined && membership_changed {
-            Some(self.summary(room_id, user)?)
+            let summary = self.summary(room_id, user)?;
+            if lazy && !summary.heroes.is_empty() {
+                // A lazy-loading client names the room from its heroes' member events.
+                let known: std::collections::HashSet<&str> = events
+                    .iter()
+                    .chain(state.iter())
+                    .filter(|e| e.pdu.membership().is_some())
+                    .filter_map(|e| e.pdu.state_key.as_deref())
+                    .collect();
+                let missing: Vec<String> = summary
+                    .heroes
+                    .iter()
+                    .filter(|h| !known.contains(h.as_str()))
+                    .map(|h| h.to_string())
+                    .collect();
+                if !missing.is_empty()
+                    && let Some(group) = self.rooms.state_group_at(room_id, range.upto)?
+                {
+                    let heroes = self.rooms.member_events_for(group, missing)?;
+                    state.extend(self.unsent_members(req, room_id, &range, heroes));
+                }
+            }
+            Some(summary)
         } else {
             None
         };
+        if lazy {
+            let at = DeviceRoom {
+                user,
+                device: &req.device_id,
+                room: room_id,
+            };
+            for e in events.iter().chain(state.iter()) {
+                if e.pdu.membership().is_some()
+                    && let Some(member) = e.pdu.state_key.as_deref()
+                {
+                    self.sent_members.record(
+                        &at,
+                        member,
+                        e.pdu.event_id.as_str(),
+                        range.next_batch,
+                    );
+                }
+            }
+        }
+        let arrived = events
+            .iter()
+            .chain(state.iter())
+            .filter(|e| {
+                matches!(
+                    e.pdu.membership().as_deref(),
+                    Some("join" | "invite" | "knock")
+                )
+            })
+            .filter_map(|e| UserId::parse(e.pdu.state_key.as_deref()?).ok())
+            .collect();
+        let format = |e: &TimelineEvent| {
+            if req.filter.federation_format {
+                self.rooms.format_federation(e)
+            } else {
+                Ok(self.rooms.format(e, viewer, false))
+            }
+        };
         Ok(RoomUpdate {
             room_id: room_id.to_owned(),
-            timeline: events
-                .iter()
-                .map(|e| self.rooms.format(e, viewer, false))
-                .collect(),
+            timeline: events.iter().map(format).collect::<Result<_>>()?,
             limited,
             prev_batch,
-            state: state
-                .iter()
-                .map(|e| self.rooms.format(e, viewer, false))
-                .collect(),
+            state: state.iter().map(format).collect::<Result<_>>()?,
             summary,
             account_data: Vec::new(),
             ephemeral: Vec::new(),
             counts: None,
+            arrived,
         })
+    }
+
+    /// The members of a room joined now.
+    fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        let head = self.rooms.head(room_id)?;
+        let h = head.lock();
+        Ok(h.members
+            .iter()
+            .filter(|(_, m)| *m == "join")
+            .map(|(u, _)| u.clone())
+            .collect())
     }
 
     fn left_by_self(&self, m: &MembershipRecord, user: &UserId) -> Result<bool> {
