@@ -1016,6 +1016,125 @@ async fn bad_push_rule_paths_and_bodies_are_refused() {
 }
 
 #[tokio::test]
+async fn room_push_rules_follow_an_upgrade_for_every_local_member() {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let bob = user(&server, "bob").await;
+    let carol = user(&server, "carol").await;
+    let old = room(&server, &alice, &bob, json!({ "room_version": "10" })).await;
+    let other = server.create_room(&carol.token, &json!({})).await;
+    let put = |u: &User, path: String, body: Value| {
+        let token = u.token.clone();
+        let server = &server;
+        async move {
+            let (status, resp) = server.put(&path, &token, &body).await;
+            assert_eq!(status, 200, "{path}: {resp}");
+        }
+    };
+    // Bob: a room rule and Element's mute (an override on the room id), and a rule he switched
+    // off; Alice (who upgrades) a room rule; Carol, not in the room, a rule for it anyway.
+    put(
+        &bob,
+        format!("/pushrules/global/room/{}", enc(&old)),
+        json!({ "actions": ["notify"] }),
+    )
+    .await;
+    let mute = json!({
+        "conditions": [{ "kind": "event_match", "key": "room_id", "pattern": old }],
+        "actions": [],
+    });
+    put(
+        &bob,
+        format!("/pushrules/global/override/{}", enc(&old)),
+        mute,
+    )
+    .await;
+    let off = json!({
+        "conditions": [{ "kind": "event_match", "key": "room_id", "pattern": old }],
+        "actions": ["notify"],
+    });
+    put(&bob, "/pushrules/global/underride/switched_off".into(), off).await;
+    put(
+        &bob,
+        "/pushrules/global/underride/switched_off/enabled".into(),
+        json!({ "enabled": false }),
+    )
+    .await;
+    put(
+        &bob,
+        format!("/pushrules/global/room/{}", enc(&other)),
+        json!({ "actions": [] }),
+    )
+    .await;
+    put(
+        &alice,
+        format!("/pushrules/global/room/{}", enc(&old)),
+        json!({ "actions": [] }),
+    )
+    .await;
+    put(
+        &carol,
+        format!("/pushrules/global/room/{}", enc(&old)),
+        json!({ "actions": [] }),
+    )
+    .await;
+
+    let (status, up) = server
+        .post(
+            &format!("/rooms/{}/upgrade", enc(&old)),
+            &alice.token,
+            &json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{up}");
+    let new = up["replacement_room"].as_str().unwrap().to_owned();
+
+    let (_, rules) = server.get("/pushrules/global/", &bob.token).await;
+    assert_eq!(
+        rule_ids(&rules["room"]),
+        [new.as_str(), &other, &old],
+        "{rules}"
+    );
+    let (_, copied) = server
+        .get(&format!("/pushrules/global/room/{}", enc(&new)), &bob.token)
+        .await;
+    assert_eq!(copied["actions"], json!(["notify"]));
+    assert_eq!(copied["enabled"], true);
+    let override_ids = rule_ids(&rules["override"]);
+    assert_eq!(
+        override_ids[..3],
+        [".m.rule.master", new.as_str(), &old],
+        "{rules}"
+    );
+    let (_, muted) = server
+        .get(
+            &format!("/pushrules/global/override/{}", enc(&new)),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(
+        muted["conditions"],
+        json!([{ "kind": "event_match", "key": "room_id", "pattern": new }])
+    );
+    assert_eq!(muted["actions"], json!([]));
+    assert_eq!(
+        rule_ids(&rules["underride"])[0],
+        "switched_off",
+        "a disabled rule stays behind"
+    );
+    assert!(!rule_ids(&rules["underride"]).contains(&new));
+
+    let (_, rules) = server.get("/pushrules/global/", &alice.token).await;
+    assert_eq!(rule_ids(&rules["room"]), [new.as_str(), &old]);
+    let (_, rules) = server.get("/pushrules/global/", &carol.token).await;
+    assert_eq!(
+        rule_ids(&rules["room"]),
+        [old.as_str()],
+        "Carol was not in the room"
+    );
+}
+
+#[tokio::test]
 async fn making_push_rules_is_rate_limited_switching_them_is_not() {
     let server = TestServer::builder()
         .env("HEARTH_RATE_LIMIT", "true")

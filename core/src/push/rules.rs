@@ -105,6 +105,40 @@ impl PushRules {
             .await
     }
 
+    /// After `old` was upgraded to `new`: every local member of `old` gets copies of their rules
+    /// about it for `new` ([`RuleSet::copy_room_rules`]; Synapse's
+    /// `transfer_room_state_on_room_upgrade`). The upgrade itself is done: a user whose rules
+    /// cannot be written is passed over, as in Synapse, and only logged.
+    pub async fn room_upgraded(&self, old: &RoomId, new: &RoomId) {
+        let members: Vec<OwnedUserId> = match self.rooms.head(old) {
+            Ok(head) => head
+                .lock()
+                .members
+                .iter()
+                .filter(|(u, m)| *m == "join" && u.server_name() == self.rooms.server_name())
+                .map(|(u, _)| u.clone())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%old, error = %e, "push rules not copied to the upgraded room");
+                return;
+            }
+        };
+        for user in members {
+            if !self.ruleset(&user).has_room_rules(old) {
+                continue;
+            }
+            let copied = self
+                .update(&user, |r| {
+                    r.copy_room_rules(old, new);
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = copied {
+                tracing::warn!(%user, %old, %new, error = %e, "push rules not copied to the upgraded room");
+            }
+        }
+    }
+
     /// The actions of the first rule that applies to `ev` for `user` (`Ruleset::get_actions`, on
     /// an event flattened once for all members). Nothing for the user's own events.
     pub async fn actions(&self, user: &UserId, ev: &TimelineEvent) -> Result<Vec<Action>> {

@@ -14,7 +14,7 @@ use ruma::push::{
     Action, ConditionalPushRule, ConditionalPushRuleInit, PatternedPushRule, PatternedPushRuleInit,
     PushCondition, Ruleset, SimplePushRule, SimplePushRuleInit,
 };
-use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -215,6 +215,45 @@ impl RuleSet {
         Ok(())
     }
 
+    /// Whether an enabled rule of the user's concerns `room` (see [`RuleSet::copy_room_rules`]).
+    pub fn has_room_rules(&self, room: &RoomId) -> bool {
+        Kind::ALL
+            .into_iter()
+            .any(|k| self.rules(k).iter().any(|r| concerns_room(k, r, room)))
+    }
+
+    /// After an upgrade of `old` to `new`: each enabled rule of the user's about `old` (a room
+    /// rule for it, or a rule with a condition on its `room_id`) gets a copy about `new`, with
+    /// `new` as its id, first among its kind. Synapse's
+    /// `copy_push_rules_from_room_to_room_for_user`, which keeps a muted room muted.
+    pub fn copy_room_rules(&mut self, old: &RoomId, new: &RoomId) {
+        let mut copies = Vec::new();
+        for kind in Kind::ALL {
+            for rule in self.rules(kind) {
+                if !concerns_room(kind, rule, old) {
+                    continue;
+                }
+                let mut copy = rule.clone();
+                copy.rule_id = new.to_string();
+                for c in copy.conditions.iter_mut().flatten() {
+                    if let PushCondition::EventMatch(m) = c
+                        && m.key == "room_id"
+                        && m.pattern == old.as_str()
+                    {
+                        m.pattern = new.to_string();
+                    }
+                }
+                copies.push((kind, copy));
+            }
+        }
+        // Backwards, each first in turn: the copies keep their order.
+        for (kind, copy) in copies.into_iter().rev() {
+            let rules = self.rules_mut(kind);
+            rules.retain(|r| r.rule_id != copy.rule_id || r.default);
+            rules.insert(first_user_position(kind, rules), copy);
+        }
+    }
+
     /// The rules as ruma evaluates them. Room and sender rules whose ids are no room or user id
     /// are left out: they match no event.
     pub fn evaluable(&self) -> Ruleset {
@@ -266,6 +305,18 @@ fn first_user_position(kind: Kind, rules: &[Rule]) -> usize {
         Some(r) if kind == Kind::Override && r.default && r.rule_id == ".m.rule.master" => 1,
         _ => 0,
     }
+}
+
+fn concerns_room(kind: Kind, rule: &Rule, room: &RoomId) -> bool {
+    if !rule.enabled || rule.default {
+        return false;
+    }
+    if kind == Kind::Room {
+        return rule.rule_id == room.as_str();
+    }
+    rule.conditions.iter().flatten().any(|c| {
+        matches!(c, PushCondition::EventMatch(m) if m.key == "room_id" && m.pattern == room.as_str())
+    })
 }
 
 fn conditional(r: &Rule) -> Option<ConditionalPushRule> {
@@ -378,7 +429,7 @@ pub fn enabled_body(body: &Value) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use ruma::user_id;
+    use ruma::{room_id, user_id};
     use serde_json::json;
 
     use super::*;
@@ -495,5 +546,38 @@ mod tests {
         assert!(matches!(enabled_body(&json!(true)), Ok(true)));
         assert!(enabled_body(&json!({ "enabled": "yes" })).is_err());
         assert!(actions_body(&json!(["notify"])).is_err());
+    }
+
+    #[test]
+    fn room_rules_follow_an_upgrade() {
+        let (old, new) = (room_id!("!old:x"), room_id!("!new:x"));
+        let mut set = RuleSet::server_default(user_id!("@bob:example.org"));
+        set.insert(Kind::Room, simple_rule(old.as_str()), None, None)
+            .unwrap();
+        let mute = json!({
+            "conditions": [{ "kind": "event_match", "key": "room_id", "pattern": old }],
+            "actions": [],
+        });
+        let rule = new_rule(Kind::Override, old.as_str(), &mute).unwrap();
+        set.insert(Kind::Override, rule, None, None).unwrap();
+        let rule = new_rule(Kind::Underride, "off", &mute).unwrap();
+        set.insert(Kind::Underride, rule, None, None).unwrap();
+        set.set_enabled(Kind::Underride, "off", false).unwrap();
+        assert!(set.has_room_rules(old));
+        assert!(!set.has_room_rules(new));
+
+        set.copy_room_rules(old, new);
+        assert_eq!(ids(&set, Kind::Room), [new.as_str(), old.as_str()]);
+        assert_eq!(
+            ids(&set, Kind::Override)[..3],
+            [".m.rule.master", new.as_str(), old.as_str()]
+        );
+        let copied = set.get(Kind::Override, new.as_str()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&copied.conditions).unwrap(),
+            json!([{ "kind": "event_match", "key": "room_id", "pattern": new }])
+        );
+        assert_eq!(ids(&set, Kind::Underride)[0], "off");
+        assert!(set.get(Kind::Underride, new.as_str()).is_none());
     }
 }
