@@ -127,15 +127,16 @@ pub fn router(state: AppState) -> Router {
         r = r.route(&format!("/_matrix/client/{v}/search"), post(search::search));
     }
     // Push notifications
-    r = add::<c::push::get_pushrules_all::v3::Request, _, _, _>(r, push::rules::all);
-    r = add::<c::push::get_pushrules_global_scope::v3::Request, _, _, _>(r, push::rules::global);
-    r = add::<c::push::get_pushrule::v3::Request, _, _, _>(r, push::rules::get);
-    r = add::<c::push::set_pushrule::v3::Request, _, _, _>(r, push::rules::put);
-    r = add::<c::push::delete_pushrule::v3::Request, _, _, _>(r, push::rules::delete);
-    r = add::<c::push::get_pushrule_enabled::v3::Request, _, _, _>(r, push::rules::enabled);
-    r = add::<c::push::set_pushrule_enabled::v3::Request, _, _, _>(r, push::rules::set_enabled);
-    r = add::<c::push::get_pushrule_actions::v3::Request, _, _, _>(r, push::rules::actions);
-    r = add::<c::push::set_pushrule_actions::v3::Request, _, _, _>(r, push::rules::set_actions);
+    // Push rules: plain handlers, which read the path as Synapse does (rule ids are any string,
+    // scopes and kinds want their trailing slash).
+    for v in ["r0", "v3"] {
+        let rules = get(push::rules::get)
+            .put(push::rules::put)
+            .delete(push::rules::delete);
+        r = r
+            .route(&format!("/_matrix/client/{v}/pushrules/"), rules.clone())
+            .route(&format!("/_matrix/client/{v}/pushrules/{{*path}}"), rules);
+    }
     r = add::<c::push::get_pushers::v3::Request, _, _, _>(r, push::pushers::list);
     r = add::<c::push::set_pusher::v3::Request, _, _, _>(r, push::pushers::set);
     r = add::<c::push::get_notifications::v3::Request, _, _, _>(r, push::notifications::list);

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use hearth_conformance::push_gateway::{TestPushGateway, url_on};
-use hearth_conformance::{Method, TestServer, Value, assert_matrix_error, enc, free_port, json};
+use hearth_conformance::{
+    Method, TestServer, Value, assert_matrix_error, assert_matrix_status, enc, free_port, json,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -258,6 +260,15 @@ async fn a_muted_room_pushes_nothing() {
     let muted = room(&server, &alice, &bob, json!({})).await;
     let other = room(&server, &alice, &bob, json!({})).await;
     set_pusher(&server, &bob, "bob-phone", json!({ "url": gateway.url() })).await;
+    // A rule whose id is no room id (Synapse takes any) leaves the others working.
+    let (status, body) = server
+        .put(
+            "/pushrules/global/room/%23spam:example.com",
+            &bob.token,
+            &json!({ "actions": ["notify"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     // What Element does to mute a room: an override rule on its id with no actions.
     let (status, body) = server
         .put(
@@ -598,4 +609,560 @@ async fn a_user_reading_the_room_is_not_pushed() {
         .await;
     let got = gateway.wait_for(1, WAIT).await;
     assert_eq!(got[0]["event_id"], unread, "only the unread one: {got:?}");
+}
+
+/// The ids of the rules of one kind, in order, from a list of rules.
+fn rule_ids(rules: &Value) -> Vec<String> {
+    rules
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of rules: {rules}"))
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The ids of a user's rules of one kind, from `GET /pushrules/global/{kind}/`.
+async fn kind_rule_ids(server: &TestServer, u: &User, kind: &str) -> Vec<String> {
+    let (status, list) = server
+        .get(&format!("/pushrules/global/{kind}/"), &u.token)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    rule_ids(&list)
+}
+
+/// Every way of reading a rule agrees on it: alone, in its kind's list, in the scope, in all
+/// rules, and its `enabled` and `actions`.
+async fn check_rule(server: &TestServer, u: &User, kind: &str, path_id: &str, id: &str) {
+    let (status, rule) = server
+        .get(&format!("/pushrules/global/{kind}/{path_id}"), &u.token)
+        .await;
+    assert_eq!(status, 200, "{rule}");
+    assert_eq!(rule["rule_id"], id, "{rule}");
+    assert_eq!(rule["default"], false);
+    assert_eq!(rule["enabled"], true);
+    assert_eq!(rule["actions"], json!(["notify"]));
+    let (status, list) = server
+        .get(&format!("/pushrules/global/{kind}/"), &u.token)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert!(rule_ids(&list).contains(&id.to_owned()), "{list}");
+    let (status, scope) = server.get("/pushrules/global/", &u.token).await;
+    assert_eq!(status, 200, "{scope}");
+    assert!(rule_ids(&scope[kind]).contains(&id.to_owned()), "{scope}");
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        assert!(scope[kind].is_array(), "every kind is listed: {scope}");
+    }
+    let (status, all) = server.get("/pushrules/", &u.token).await;
+    assert_eq!(status, 200, "{all}");
+    assert!(rule_ids(&all["global"][kind]).contains(&id.to_owned()));
+    let (status, e) = server
+        .get(
+            &format!("/pushrules/global/{kind}/{path_id}/enabled"),
+            &u.token,
+        )
+        .await;
+    assert_eq!((status, e), (200, json!({ "enabled": true })));
+    let (status, a) = server
+        .get(
+            &format!("/pushrules/global/{kind}/{path_id}/actions"),
+            &u.token,
+        )
+        .await;
+    assert_eq!((status, a), (200, json!({ "actions": ["notify"] })));
+}
+
+#[tokio::test]
+async fn push_rule_ids_are_any_string_and_every_kind_reads_back() {
+    let server = TestServer::start().await;
+    let bob = user(&server, "bob").await;
+    let notice =
+        json!([{ "kind": "event_match", "key": "content.msgtype", "pattern": "m.notice" }]);
+    // (kind, id as the path carries it, id, body): SyTest's, raw `@` and `:` and UTF-8 included.
+    let cases = [
+        (
+            "room",
+            "%23spam:example.com",
+            "#spam:example.com",
+            json!({}),
+        ),
+        ("sender", "@bob:example.com", "@bob:example.com", json!({})),
+        (
+            "content",
+            "my_content_rule",
+            "my_content_rule",
+            json!({ "pattern": "my_pattern" }),
+        ),
+        ("content", "тест", "тест", json!({ "pattern": "тест" })),
+        (
+            "override",
+            "my_override_rule",
+            "my_override_rule",
+            json!({ "conditions": notice }),
+        ),
+        (
+            "underride",
+            "my_underride_rule",
+            "my_underride_rule",
+            json!({ "conditions": notice }),
+        ),
+    ];
+    for (kind, path_id, id, mut body) in cases {
+        body["actions"] = json!(["notify"]);
+        let (status, resp) = server
+            .put(
+                &format!("/pushrules/global/{kind}/{path_id}"),
+                &bob.token,
+                &body,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind} {id}: {resp}");
+        check_rule(&server, &bob, kind, path_id, id).await;
+    }
+    // A content rule shows its pattern; a room rule has no conditions of its own to show.
+    let (_, rule) = server
+        .get("/pushrules/global/content/my_content_rule", &bob.token)
+        .await;
+    assert_eq!(rule["pattern"], "my_pattern");
+    let (_, rule) = server
+        .get("/pushrules/global/room/%23spam:example.com", &bob.token)
+        .await;
+    assert!(rule.get("conditions").is_none(), "{rule}");
+    // The same rules reach the client's account data.
+    let (_, sync) = server.get("/sync?timeout=0", &bob.token).await;
+    let rules = sync["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .expect("m.push_rules in the sync")
+        .clone();
+    assert_eq!(
+        rule_ids(&rules["content"]["global"]["room"]),
+        ["#spam:example.com"]
+    );
+}
+
+#[tokio::test]
+async fn room_rules_are_placed_disabled_and_deleted() {
+    let server = TestServer::start().await;
+    let bob = user(&server, "bob").await;
+    let rule = json!({ "actions": ["notify"] });
+    let put = |id: &str, q: &str| format!("/pushrules/global/room/{}{q}", enc(id));
+    for (id, q) in [
+        ("#a:example.com", ""),
+        ("#b:example.com", ""),
+        ("#c:example.com", "?before=%23a%3Aexample.com"),
+        ("#d:example.com", "?after=%23b%3Aexample.com"),
+    ] {
+        let (status, body) = server.put(&put(id, q), &bob.token, &rule).await;
+        assert_eq!(status, 200, "{id}: {body}");
+    }
+    // New rules come first; `before` and `after` place them.
+    assert_eq!(
+        kind_rule_ids(&server, &bob, "room").await,
+        [
+            "#b:example.com",
+            "#d:example.com",
+            "#c:example.com",
+            "#a:example.com"
+        ]
+    );
+    // Putting a rule again changes it where it stands.
+    let (status, _) = server
+        .put(
+            &put("#a:example.com", ""),
+            &bob.token,
+            &json!({ "actions": [] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        kind_rule_ids(&server, &bob, "room").await[3],
+        "#a:example.com"
+    );
+
+    let a = "/pushrules/global/room/%23a:example.com";
+    let (status, _) = server
+        .put(
+            &format!("{a}/enabled"),
+            &bob.token,
+            &json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, got) = server.get(a, &bob.token).await;
+    assert_eq!(got["enabled"], false, "{got}");
+    assert_eq!(got["actions"], json!([]), "{got}");
+    // A bare boolean is taken too, as Synapse takes it from older clients.
+    let (status, _) = server
+        .put(&format!("{a}/enabled"), &bob.token, &json!(true))
+        .await;
+    assert_eq!(status, 200);
+    let (_, got) = server.get(&format!("{a}/enabled"), &bob.token).await;
+    assert_eq!(got, json!({ "enabled": true }));
+
+    let (status, _) = server
+        .request(Method::DELETE, a, Some(&bob.token), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        kind_rule_ids(&server, &bob, "room").await,
+        ["#b:example.com", "#d:example.com", "#c:example.com"]
+    );
+    assert_matrix_error(&server.get(a, &bob.token).await, 404, "M_NOT_FOUND");
+    let gone = server
+        .request(Method::DELETE, a, Some(&bob.token), None)
+        .await;
+    assert_matrix_error(&gone, 404, "M_NOT_FOUND");
+    let gone = server
+        .put(
+            &format!("{a}/enabled"),
+            &bob.token,
+            &json!({ "enabled": true }),
+        )
+        .await;
+    assert_matrix_error(&gone, 404, "M_NOT_FOUND");
+    let gone = server
+        .put(
+            &format!("{a}/actions"),
+            &bob.token,
+            &json!({ "actions": [] }),
+        )
+        .await;
+    assert_matrix_error(&gone, 404, "M_NOT_FOUND");
+    // `before` and `after` name rules of the same kind that exist.
+    let resp = server
+        .put(
+            &put("#e:example.com", "?after=nonexistent"),
+            &bob.token,
+            &rule,
+        )
+        .await;
+    assert_matrix_status(&resp, 400);
+}
+
+#[tokio::test]
+async fn bad_push_rule_paths_and_bodies_are_refused() {
+    let server = TestServer::start().await;
+    let bob = user(&server, "bob").await;
+    let notify = json!({ "actions": ["notify"] });
+    // SyTest's list (tests/61push/80torture.pl) and a few more, each a 400 Matrix error.
+    let puts = [
+        ("/pushrules/", notify.clone(), "M_UNRECOGNIZED"),
+        (
+            "/pushrules/not_a_scope/room/%23spam:example.com",
+            notify.clone(),
+            "M_UNRECOGNIZED",
+        ),
+        ("/pushrules/global", notify.clone(), "M_UNRECOGNIZED"),
+        ("/pushrules/global/", notify.clone(), "M_UNRECOGNIZED"),
+        ("/pushrules/global/room", notify.clone(), "M_UNRECOGNIZED"),
+        ("/pushrules/global/room/", notify.clone(), "M_UNRECOGNIZED"),
+        (
+            "/pushrules/global/not_a_template/foo",
+            notify.clone(),
+            "M_UNRECOGNIZED",
+        ),
+        (
+            "/pushrules/global/room/%23fo%5Co:example.com",
+            notify.clone(),
+            "M_INVALID_PARAM",
+        ),
+        (
+            "/pushrules/global/room/a%2Fb",
+            notify.clone(),
+            "M_INVALID_PARAM",
+        ),
+        (
+            "/pushrules/global/room/.mine",
+            notify.clone(),
+            "M_INVALID_PARAM",
+        ),
+        (
+            "/pushrules/global/override/my_id",
+            notify.clone(),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/underride/my_id",
+            notify.clone(),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/underride/my_id",
+            json!({ "conditions": [{}], "actions": ["notify"] }),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/override/my_id",
+            json!({ "conditions": "room", "actions": ["notify"] }),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/content/my_id",
+            notify.clone(),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/room/%23my_room:example.com",
+            json!({}),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/room/%23my_room:example.com",
+            json!([]),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/room/%23my_room:example.com",
+            json!({ "actions": ["not_an_action"] }),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/room/%23my_room:example.com",
+            json!({ "actions": [{ "not": "a tweak" }] }),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/room/%23my_room:example.com",
+            json!({ "actions": "notify" }),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/override/.m.rule.master/not_an_attr",
+            json!({ "enabled": true }),
+            "M_UNRECOGNIZED",
+        ),
+        (
+            "/pushrules/global/override/.m.rule.master/enabled",
+            json!({ "enabled": "not a boolean" }),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/override/.m.rule.master/actions",
+            json!({ "actions": ["not_an_action"] }),
+            "M_BAD_JSON",
+        ),
+        (
+            "/pushrules/global/override/.m.rule.master/actions",
+            json!(["notify"]),
+            "M_BAD_JSON",
+        ),
+    ];
+    for (path, body, errcode) in puts {
+        let resp = server.put(path, &bob.token, &body).await;
+        assert!(resp.0 == 400, "PUT {path} {body}: {resp:?}");
+        assert_matrix_error(&resp, 400, errcode);
+    }
+    let not_json = server
+        .request_raw(
+            Method::PUT,
+            "/pushrules/global/room/%23r:example.com",
+            Some(&bob.token),
+            "application/json",
+            b"{".to_vec(),
+        )
+        .await;
+    assert_matrix_error(&not_json, 400, "M_NOT_JSON");
+
+    // Reads: a scope or kind wants its trailing slash; unknown scopes, kinds and attributes
+    // are 400, an unknown rule 404, and `pushrules` with no slash is no endpoint at all.
+    for path in [
+        "/pushrules/global",
+        "/pushrules/global/room",
+        "/pushrules/not_a_scope/",
+        "/pushrules/global/not_a_template/",
+        "/pushrules/global/override/.m.rule.master/not_an_attr",
+        "/pushrules/global/override/.m.rule.master/enabled/more",
+    ] {
+        let resp = server.get(path, &bob.token).await;
+        assert_matrix_error(&resp, 400, "M_UNRECOGNIZED");
+    }
+    let resp = server.get("/pushrules", &bob.token).await;
+    assert_matrix_error(&resp, 404, "M_UNRECOGNIZED");
+    let resp = server
+        .get("/pushrules/global/override/not_a_rule_id", &bob.token)
+        .await;
+    assert_matrix_error(&resp, 404, "M_NOT_FOUND");
+    for path in [
+        "/pushrules/global/room/",
+        "/pushrules/global/room/x/enabled",
+    ] {
+        let resp = server
+            .request(Method::DELETE, path, Some(&bob.token), None)
+            .await;
+        assert_matrix_error(&resp, 400, "M_UNRECOGNIZED");
+    }
+    let resp = server
+        .request(
+            Method::POST,
+            "/pushrules/global/room/x",
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_matrix_error(&resp, 405, "M_UNRECOGNIZED");
+    // Nobody gets past the access token with a bad path.
+    let resp = server.get_anon("/pushrules/not_a_scope/").await;
+    assert_matrix_error(&resp, 401, "M_MISSING_TOKEN");
+    // Attributes of a rule beyond `enabled` and `actions` read as Synapse shows them.
+    let (status, id) = server
+        .get(
+            "/pushrules/global/override/.m.rule.master/rule_id",
+            &bob.token,
+        )
+        .await;
+    assert_eq!((status, id), (200, json!({ "rule_id": ".m.rule.master" })));
+}
+
+#[tokio::test]
+async fn room_push_rules_follow_an_upgrade_for_every_local_member() {
+    let server = TestServer::start().await;
+    let alice = user(&server, "alice").await;
+    let bob = user(&server, "bob").await;
+    let carol = user(&server, "carol").await;
+    let old = room(&server, &alice, &bob, json!({ "room_version": "10" })).await;
+    let other = server.create_room(&carol.token, &json!({})).await;
+    let put = |u: &User, path: String, body: Value| {
+        let token = u.token.clone();
+        let server = &server;
+        async move {
+            let (status, resp) = server.put(&path, &token, &body).await;
+            assert_eq!(status, 200, "{path}: {resp}");
+        }
+    };
+    // Bob: a room rule and Element's mute (an override on the room id), and a rule he switched
+    // off; Alice (who upgrades) a room rule; Carol, not in the room, a rule for it anyway.
+    put(
+        &bob,
+        format!("/pushrules/global/room/{}", enc(&old)),
+        json!({ "actions": ["notify"] }),
+    )
+    .await;
+    let mute = json!({
+        "conditions": [{ "kind": "event_match", "key": "room_id", "pattern": old }],
+        "actions": [],
+    });
+    put(
+        &bob,
+        format!("/pushrules/global/override/{}", enc(&old)),
+        mute,
+    )
+    .await;
+    let off = json!({
+        "conditions": [{ "kind": "event_match", "key": "room_id", "pattern": old }],
+        "actions": ["notify"],
+    });
+    put(&bob, "/pushrules/global/underride/switched_off".into(), off).await;
+    put(
+        &bob,
+        "/pushrules/global/underride/switched_off/enabled".into(),
+        json!({ "enabled": false }),
+    )
+    .await;
+    put(
+        &bob,
+        format!("/pushrules/global/room/{}", enc(&other)),
+        json!({ "actions": [] }),
+    )
+    .await;
+    put(
+        &alice,
+        format!("/pushrules/global/room/{}", enc(&old)),
+        json!({ "actions": [] }),
+    )
+    .await;
+    put(
+        &carol,
+        format!("/pushrules/global/room/{}", enc(&old)),
+        json!({ "actions": [] }),
+    )
+    .await;
+
+    let (status, up) = server
+        .post(
+            &format!("/rooms/{}/upgrade", enc(&old)),
+            &alice.token,
+            &json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{up}");
+    let new = up["replacement_room"].as_str().unwrap().to_owned();
+
+    let (_, rules) = server.get("/pushrules/global/", &bob.token).await;
+    assert_eq!(
+        rule_ids(&rules["room"]),
+        [new.as_str(), &other, &old],
+        "{rules}"
+    );
+    let (_, copied) = server
+        .get(&format!("/pushrules/global/room/{}", enc(&new)), &bob.token)
+        .await;
+    assert_eq!(copied["actions"], json!(["notify"]));
+    assert_eq!(copied["enabled"], true);
+    let override_ids = rule_ids(&rules["override"]);
+    assert_eq!(
+        override_ids[..3],
+        [".m.rule.master", new.as_str(), &old],
+        "{rules}"
+    );
+    let (_, muted) = server
+        .get(
+            &format!("/pushrules/global/override/{}", enc(&new)),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(
+        muted["conditions"],
+        json!([{ "kind": "event_match", "key": "room_id", "pattern": new }])
+    );
+    assert_eq!(muted["actions"], json!([]));
+    assert_eq!(
+        rule_ids(&rules["underride"])[0],
+        "switched_off",
+        "a disabled rule stays behind"
+    );
+    assert!(!rule_ids(&rules["underride"]).contains(&new));
+
+    let (_, rules) = server.get("/pushrules/global/", &alice.token).await;
+    assert_eq!(rule_ids(&rules["room"]), [new.as_str(), &old]);
+    let (_, rules) = server.get("/pushrules/global/", &carol.token).await;
+    assert_eq!(
+        rule_ids(&rules["room"]),
+        [old.as_str()],
+        "Carol was not in the room"
+    );
+}
+
+#[tokio::test]
+async fn making_push_rules_is_rate_limited_switching_them_is_not() {
+    let server = TestServer::builder()
+        .env("HEARTH_RATE_LIMIT", "true")
+        .env("HEARTH_RATE_LIMIT_PER_SECOND", "1")
+        .env("HEARTH_RATE_LIMIT_BURST", "3")
+        .start()
+        .await;
+    let bob = user(&server, "bob").await;
+    let rule = json!({ "actions": ["notify"] });
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let path = format!("/pushrules/global/room/%23r{i}:example.com");
+        let resp = server.put(&path, &bob.token, &rule).await;
+        if resp.0 != 200 {
+            assert_matrix_error(&resp, 429, "M_LIMIT_EXCEEDED");
+        }
+        statuses.push(resp.0);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // The spec limits making rules only: switching one and changing its actions are not.
+    for _ in 0..10 {
+        let (status, body) = server
+            .put(
+                "/pushrules/global/room/%23r0:example.com/enabled",
+                &bob.token,
+                &json!({ "enabled": false }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
 }

@@ -113,7 +113,7 @@ impl AccountData {
                     .iter()
                     .any(|e| e.room_id.is_empty() && e.kind == "m.push_rules")
                 {
-                    let rules = ruma::push::Ruleset::server_default(user);
+                    let rules = crate::push::ruleset::RuleSet::server_default(user);
                     all.push(AccountDataEntry {
                         room_id: String::new(),
                         kind: "m.push_rules".into(),

@@ -24,5 +24,12 @@ pub async fn upgrade_room(
         .upgrade_room(&user, profile, &b.room_id, upgrade)
         .await?;
     tracing::info!(old_room = %b.room_id, %new_room, "room upgraded");
+    // The members' push rules for the old room now hold for the new one too.
+    state
+        .core
+        .push
+        .rules
+        .room_upgraded(&b.room_id, &new_room)
+        .await;
     Ok(upgrade_room::v3::Response::new(new_room))
 }

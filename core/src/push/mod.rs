@@ -1,15 +1,17 @@
 //! Push notifications: push rules, pushers, the notifications the rules produce, and their
 //! delivery to push gateways (docs/push.md).
 //!
-//! `rules` owns each user's rule set and evaluates it (also for `Unread`); `notifications` runs
-//! the rules on every new event and keeps what notifies; `delivery` sends that to each pusher's
-//! gateway through the [`gateway::PushGateway`] the binary supplies.
+//! `ruleset` is a user's rule set as clients read and change it; `rules` keeps each user's and
+//! evaluates it (also for `Unread`); `notifications` runs the rules on every new event and keeps
+//! what notifies; `delivery` sends that to each pusher's gateway through the
+//! [`gateway::PushGateway`] the binary supplies.
 
 pub mod delivery;
 pub mod gateway;
 pub mod notifications;
 pub mod pushers;
 pub mod rules;
+pub mod ruleset;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,10 @@
 //! Each user's push rules and their evaluation (spec: "Push Rules").
 //!
 //! A user's rule set is their `m.push_rules` account data (its `global` scope), as Synapse shows
-//! it to clients; until they change a rule it is the spec's server defaults
-//! (`ruma::push::Ruleset::server_default`). Evaluation is ruma's: the same rules decide the unread
-//! counts of `/sync`, the notifications of `GET /notifications` and what reaches push gateways.
+//! it to clients; until they change a rule it is the spec's server defaults. The rule set is
+//! Hearth's own ([`RuleSet`]: rule ids are any string); evaluation is ruma's, on the rule set as
+//! [`RuleSet::evaluable`] gives it: the same rules decide the unread counts of `/sync`, the
+//! notifications of `GET /notifications` and what reaches push gateways.
 //!
 //! An event is flattened once for every member who evaluates it, and each member's room context
 //! (member count, display name, power levels) is cached until the room's state changes: a
@@ -18,27 +19,29 @@ use ruma::events::room::power_levels::{
     RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
 };
 use ruma::push::{
-    Action, FlattenedJson, InsertPushRuleError, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-    RemovePushRuleError, RuleNotFoundError, Ruleset,
+    Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
 };
 use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::{Value, json};
 
+use super::ruleset::RuleSet;
+use crate::Result;
 use crate::account_data::AccountData;
 use crate::rooms::Rooms;
 use crate::rooms::timeline::TimelineEvent;
-use crate::{Error, Result};
 
 pub const ACCOUNT_DATA_TYPE: &str = "m.push_rules";
 
 type VersionedContext = (u64, Arc<PushConditionRoomCtx>);
+type CachedRules = (u64, Arc<RuleSet>, Arc<Ruleset>);
 
 pub struct PushRules {
     account_data: Arc<AccountData>,
     rooms: Arc<Rooms>,
-    /// Parsed rule sets, with the push rules version they were read at.
-    rulesets: Mutex<LruCache<OwnedUserId, (u64, Arc<Ruleset>)>>,
+    /// Parsed rule sets and what ruma evaluates of them, with the push rules version they were
+    /// read at.
+    rulesets: Mutex<LruCache<OwnedUserId, CachedRules>>,
     /// Events flattened for the push rule conditions: the same for every member.
     flattened: Mutex<LruCache<OwnedEventId, Arc<FlattenedJson>>>,
     /// Push rule contexts with the state group they were made at.
@@ -64,32 +67,35 @@ impl PushRules {
     }
 
     /// The user's rule set: what they stored, or the server defaults.
-    pub fn ruleset(&self, user: &UserId) -> Arc<Ruleset> {
+    pub fn ruleset(&self, user: &UserId) -> Arc<RuleSet> {
+        self.cached(user).1
+    }
+
+    /// The rule set and what ruma evaluates of it, read once per change.
+    fn cached(&self, user: &UserId) -> CachedRules {
         let version = self.account_data.push_rules_version();
-        if let Some((v, r)) = self.rulesets.lock().get(user)
-            && *v == version
+        if let Some(cached) = self.rulesets.lock().get(user)
+            && cached.0 == version
         {
-            return r.clone();
+            return cached.clone();
         }
-        let ruleset = Arc::new(
-            self.account_data
-                .get(user, None, ACCOUNT_DATA_TYPE)
-                .ok()
-                .flatten()
-                .and_then(|c| serde_json::from_value(c["global"].clone()).ok())
-                .unwrap_or_else(|| Ruleset::server_default(user)),
-        );
-        self.rulesets
-            .lock()
-            .put(user.to_owned(), (version, ruleset.clone()));
-        ruleset
+        let stored = self
+            .account_data
+            .get(user, None, ACCOUNT_DATA_TYPE)
+            .ok()
+            .flatten()
+            .and_then(|c| serde_json::from_value(c["global"].clone()).ok());
+        let ruleset = Arc::new(stored.unwrap_or_else(|| RuleSet::server_default(user)));
+        let cached = (version, ruleset.clone(), Arc::new(ruleset.evaluable()));
+        self.rulesets.lock().put(user.to_owned(), cached.clone());
+        cached
     }
 
     /// Changes the user's rule set and stores it; `change` says what went wrong, if anything.
     pub async fn update(
         &self,
         user: &UserId,
-        change: impl FnOnce(&mut Ruleset) -> Result<()>,
+        change: impl FnOnce(&mut RuleSet) -> Result<()>,
     ) -> Result<()> {
         let _guard = self.writes.lock().await;
         let mut ruleset = (*self.ruleset(user)).clone();
@@ -99,13 +105,47 @@ impl PushRules {
             .await
     }
 
+    /// After `old` was upgraded to `new`: every local member of `old` gets copies of their rules
+    /// about it for `new` ([`RuleSet::copy_room_rules`]; Synapse's
+    /// `transfer_room_state_on_room_upgrade`). The upgrade itself is done: a user whose rules
+    /// cannot be written is passed over, as in Synapse, and only logged.
+    pub async fn room_upgraded(&self, old: &RoomId, new: &RoomId) {
+        let members: Vec<OwnedUserId> = match self.rooms.head(old) {
+            Ok(head) => head
+                .lock()
+                .members
+                .iter()
+                .filter(|(u, m)| *m == "join" && u.server_name() == self.rooms.server_name())
+                .map(|(u, _)| u.clone())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%old, error = %e, "push rules not copied to the upgraded room");
+                return;
+            }
+        };
+        for user in members {
+            if !self.ruleset(&user).has_room_rules(old) {
+                continue;
+            }
+            let copied = self
+                .update(&user, |r| {
+                    r.copy_room_rules(old, new);
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = copied {
+                tracing::warn!(%user, %old, %new, error = %e, "push rules not copied to the upgraded room");
+            }
+        }
+    }
+
     /// The actions of the first rule that applies to `ev` for `user` (`Ruleset::get_actions`, on
     /// an event flattened once for all members). Nothing for the user's own events.
     pub async fn actions(&self, user: &UserId, ev: &TimelineEvent) -> Result<Vec<Action>> {
         if ev.pdu.sender == user {
             return Ok(Vec::new());
         }
-        let ruleset = self.ruleset(user);
+        let (_, _, ruleset) = self.cached(user);
         let ctx = self.context(&ev.pdu.room_id, user)?;
         let flat = self.flattened(ev);
         for rule in &*ruleset {
@@ -215,28 +255,6 @@ pub fn tweaks(actions: &[Action]) -> Value {
         }
     }
     Value::Object(out)
-}
-
-impl From<InsertPushRuleError> for Error {
-    fn from(e: InsertPushRuleError) -> Self {
-        // Synapse answers every one of these with 400 M_UNKNOWN.
-        Error::Unknown(e.to_string())
-    }
-}
-
-impl From<RuleNotFoundError> for Error {
-    fn from(_: RuleNotFoundError) -> Self {
-        Error::not_found("Unknown rule")
-    }
-}
-
-impl From<RemovePushRuleError> for Error {
-    fn from(e: RemovePushRuleError) -> Self {
-        match e {
-            RemovePushRuleError::NotFound => Error::not_found("Unknown rule"),
-            _ => Error::Unknown(e.to_string()),
-        }
-    }
 }
 
 /// Thread of an event for counting: `"main"` or the thread root's id.
