@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 mod filter;
 mod keys;
+mod legacy;
 mod media;
 mod presence;
 mod profile;

@@ -42,6 +42,9 @@ pub async fn create_receipt(
                     thread.as_deref(),
                 )
                 .await?;
+            if [READ, READ_PRIVATE].contains(&other.as_str()) {
+                state.core.push.pushers.read(&s.user_id);
+            }
         }
     }
     Ok(create_receipt::v3::Response::new())
@@ -61,6 +64,9 @@ pub async fn set_read_marker(
         receipts
             .set(&s.user_id, &b.room_id, READ_PRIVATE, id, None)
             .await?;
+    }
+    if b.read_receipt.is_some() || b.private_read_receipt.is_some() {
+        state.core.push.pushers.read(&s.user_id);
     }
     if let Some(id) = &b.fully_read {
         fully_read(&state, &s.user_id, &b.room_id, id).await?;

@@ -10,8 +10,9 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
-    AppState, account, account_data, admin, directory, filter, keys, media, presence, profile,
-    push, receipts, rooms, search, server, sliding_sync, sync, to_device, typing, websocket,
+    AppState, account, account_data, admin, directory, filter, keys, legacy, media, presence,
+    profile, push, receipts, rooms, search, server, sliding_sync, sync, to_device, typing,
+    websocket,
 };
 
 /// Registers a handler for a ruma endpoint under all of its paths (r0, v3, unstable...). It
@@ -205,6 +206,24 @@ pub fn router(state: AppState) -> Router {
     // Sync
     r = add::<c::sync::sync_events::v3::Request, _, _, _>(r, sync::sync);
     r = add::<c::sync::sync_events::v5::Request, _, _, _>(r, sliding_sync::sync);
+    // The legacy event stream and snapshots (spec r0.6.1): plain handlers, ruma has no types
+    // for most of them.
+    for v in ["r0", "v3"] {
+        r = r
+            .route(&format!("/_matrix/client/{v}/events"), get(legacy::events))
+            .route(
+                &format!("/_matrix/client/{v}/events/{{event_id}}"),
+                get(legacy::event),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/initialSync"),
+                get(legacy::initial_sync),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/initialSync"),
+                get(legacy::room_initial_sync),
+            );
+    }
     // Typing, receipts, read markers, presence, to-device
     for v in ["r0", "v3"] {
         r = r

@@ -6,7 +6,7 @@
 //! they depend on each other in one direction only:
 //!
 //! `Sync → (Rooms, AccountData, Receipts, Typing, Presence, ToDevice, Unread, E2ee)`,
-//! `SlidingSync → (Sync and its sources)`,
+//! `SlidingSync → (Sync and its sources)`, `Legacy → (Sync's sources)`,
 //! `Unread → (Receipts, PushRules, Rooms)`, `PushRules → (AccountData, Rooms)`,
 //! `Push → (PushRules, Unread, Receipts, Presence, Rooms, Store)`, `Receipts, Typing, Presence → (Rooms, Notifier)`,
 //! `Rooms → (Store, ServerKeys, Notifier)`, `AccountData, ToDevice → (Store, Notifier)`,
@@ -23,6 +23,7 @@ pub mod directory;
 pub mod e2ee;
 pub mod error;
 pub mod keys;
+pub mod legacy;
 pub mod media;
 pub mod notifier;
 pub mod openid;
@@ -74,6 +75,8 @@ pub struct Core {
     pub reports: Arc<reports::Reports>,
     pub sync: Arc<sync::SyncService>,
     pub sliding_sync: Arc<sliding_sync::SlidingSync>,
+    /// The legacy event stream and snapshots (`/events`, `/initialSync`).
+    pub legacy: Arc<legacy::Legacy>,
 }
 
 impl Core {
@@ -212,6 +215,7 @@ impl Core {
             ephemeral,
         };
         let sync = Arc::new(sync::SyncService::new(sources.clone()));
+        let legacy = Arc::new(legacy::Legacy::new(sources.clone()));
         let sliding_sync = Arc::new(sliding_sync::SlidingSync::new(sources, sync.clone()));
         Ok(Self {
             config,
@@ -237,6 +241,7 @@ impl Core {
             reports,
             sync,
             sliding_sync,
+            legacy,
         })
     }
 }

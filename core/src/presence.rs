@@ -123,6 +123,24 @@ impl PresenceView {
         )
         .expect("presence serialises")
     }
+
+    /// The event of the legacy endpoints (`/events`, `/initialSync`): the user named in the
+    /// content, with no `sender`, as Synapse sends it there.
+    pub fn to_legacy_event(&self) -> Box<RawJsonValue> {
+        let mut content = json!({
+            "user_id": self.user_id,
+            "presence": self.state.as_str(),
+            "currently_active": self.currently_active,
+        });
+        if let Some(ago) = self.last_active_ago {
+            content["last_active_ago"] = json!(ago);
+        }
+        if let Some(msg) = &self.status_msg {
+            content["status_msg"] = json!(msg);
+        }
+        serde_json::value::to_raw_value(&json!({ "type": "m.presence", "content": content }))
+            .expect("presence serialises")
+    }
 }
 
 pub struct Presence {
@@ -457,51 +475,66 @@ impl Presence {
     /// `m.presence` events for `viewer`: changes after serial `since` (or everyone not offline
     /// on a first sync) of users who share a room with the viewer.
     pub fn for_sync(&self, viewer: &UserId, since: Option<u64>) -> Result<Vec<Box<RawJsonValue>>> {
-        if !self.config.enabled {
-            return Ok(Vec::new());
-        }
-        let candidates: Vec<(OwnedUserId, Entry)> = {
-            let users = self.users.read();
-            match since {
-                Some(s) => users
-                    .changes
-                    .range(s + 1..)
-                    .filter_map(|(_, u)| users.entries.get(u).map(|e| (u.clone(), e.clone())))
-                    .collect(),
-                None => users
-                    .entries
-                    .iter()
-                    .filter(|(_, e)| e.state != State::Offline)
-                    .map(|(u, e)| (u.clone(), e.clone()))
-                    .collect(),
-            }
-        };
+        Ok(self
+            .visible_to(viewer, since)?
+            .iter()
+            .map(PresenceView::to_event)
+            .collect())
+    }
+
+    /// The presence of the users who share a room with `viewer`, as [`Self::for_sync`]
+    /// selects them.
+    pub fn visible_to(&self, viewer: &UserId, since: Option<u64>) -> Result<Vec<PresenceView>> {
+        let candidates = self.changed_since(since);
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
         let visible = self.co_members(viewer)?;
         Ok(candidates
-            .iter()
-            .filter(|(u, _)| visible.contains(u))
-            .map(|(u, e)| self.view(u, e).to_event())
+            .into_iter()
+            .filter(|v| visible.contains(&v.user_id))
             .collect())
     }
 
-    /// The current presence of the given users (those it knows), whatever changed when: what a
-    /// sync adds for users the viewer has just come to share a room with.
-    pub fn of_users<'a>(
-        &self,
-        users: impl IntoIterator<Item = &'a UserId>,
-    ) -> Vec<(OwnedUserId, Box<RawJsonValue>)> {
+    /// Users whose presence changed after serial `since`, or everyone not offline without one.
+    pub fn changed_since(&self, since: Option<u64>) -> Vec<PresenceView> {
         if !self.config.enabled {
             return Vec::new();
         }
-        let known = self.users.read();
+        let users = self.users.read();
+        match since {
+            Some(s) => users
+                .changes
+                .range(s + 1..)
+                .filter_map(|(_, u)| users.entries.get(u).map(|e| self.view(u, e)))
+                .collect(),
+            None => users
+                .entries
+                .iter()
+                .filter(|(_, e)| e.state != State::Offline)
+                .map(|(u, e)| self.view(u, e))
+                .collect(),
+        }
+    }
+
+    /// The presence of each of `users` (offline for those never seen), for who may see it
+    /// already (the members of a room the viewer reads).
+    pub fn of_users<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) -> Vec<PresenceView> {
+        if !self.config.enabled {
+            return Vec::new();
+        }
+        let all = self.users.read();
         users
             .into_iter()
-            .filter_map(|u| {
-                let e = known.entries.get(u)?;
-                Some((u.to_owned(), self.view(u, e).to_event()))
+            .map(|u| match all.entries.get(u) {
+                Some(e) => self.view(u, e),
+                None => PresenceView {
+                    user_id: u.to_owned(),
+                    state: State::Offline,
+                    status_msg: None,
+                    last_active_ago: None,
+                    currently_active: false,
+                },
             })
             .collect()
     }

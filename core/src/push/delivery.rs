@@ -5,12 +5,15 @@
 //! takes every notification that waits, sends the newest one of each room (its counts cover the
 //! older ones: a burst or a backlog after an outage becomes one push per room, not a flood; a
 //! highlight wins over newer plain messages),
-//! then records the position. A gateway that cannot be reached is retried with exponential
+//! then records the position. When the user reads (a read receipt) and their badge changes, a
+//! pusher gets a push with the new count only, so that a phone's badge clears once the messages
+//! were read elsewhere (as Synapse's `_update_badge`). A gateway that cannot be reached is retried with exponential
 //! backoff, and given up on after a day, as Synapse does. Pushkeys the gateway rejects lose
 //! their pusher.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hearth_storage::push::{NotificationRecord, PushOp, PusherRecord};
@@ -47,7 +50,15 @@ pub(crate) struct Delivery {
     gateway: Arc<dyn PushGateway>,
     config: PushConfig,
     /// Running tasks, per user and (app id, pushkey).
-    tasks: Mutex<HashMap<OwnedUserId, HashMap<PusherKey, Arc<Notify>>>>,
+    tasks: Mutex<HashMap<OwnedUserId, HashMap<PusherKey, Arc<Wake>>>>,
+}
+
+/// How a pusher's task is woken: for new notifications, or (with `badge`) because its user
+/// read something and the badge may have changed.
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    badge: AtomicBool,
 }
 
 enum Outcome {
@@ -85,10 +96,10 @@ impl Delivery {
         let mut tasks = self.tasks.lock();
         let of_user = tasks.entry(user.to_owned()).or_default();
         if let Some(wake) = of_user.get(&key) {
-            wake.notify_one();
+            wake.notify.notify_one();
             return;
         }
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         of_user.insert(key.clone(), wake.clone());
         let this = self.clone();
         let user = user.to_owned();
@@ -99,8 +110,17 @@ impl Delivery {
         let tasks = self.tasks.lock();
         for user in users {
             for wake in tasks.get(user).into_iter().flat_map(HashMap::values) {
-                wake.notify_one();
+                wake.notify.notify_one();
             }
+        }
+    }
+
+    /// The user read something: their pushers check whether the badge changed.
+    pub(crate) fn read(&self, user: &UserId) {
+        let tasks = self.tasks.lock();
+        for wake in tasks.get(user).into_iter().flat_map(HashMap::values) {
+            wake.badge.store(true, Ordering::Release);
+            wake.notify.notify_one();
         }
     }
 
@@ -122,8 +142,11 @@ impl Delivery {
         true
     }
 
-    async fn run(self: Arc<Self>, user: OwnedUserId, key: PusherKey, wake: Arc<Notify>) {
+    async fn run(self: Arc<Self>, user: OwnedUserId, key: PusherKey, wake: Arc<Wake>) {
         let mut backoff = INITIAL_BACKOFF;
+        // The badge the gateway has, so that a read sends a count only when it changed (as
+        // the task starts, taken to be the current one).
+        let mut last_badge = self.badge(&user).await.ok();
         let mut failing_since: Option<Instant> = None;
         // Rooms whose newest notification went out in a round that then failed elsewhere: not
         // sent twice when the round is retried.
@@ -158,7 +181,19 @@ impl Delivery {
                 }
             };
             let Some(&(upto, ref newest)) = rows.last() else {
-                wake.notified().await;
+                if wake.badge.swap(false, Ordering::AcqRel) {
+                    match self
+                        .update_badge(&user, &key, &pusher, &mut last_badge)
+                        .await
+                    {
+                        Ok(Outcome::Rejected) if self.retire(&user, &key) => return,
+                        Ok(_) => {}
+                        // A badge is not worth a retry: the next push carries the count.
+                        Err(e) => tracing::info!(error = %e, app_id = %key.0, "badge push failed"),
+                    }
+                    continue;
+                }
+                wake.notify.notified().await;
                 continue;
             };
             // A user whose client is connected may be reading the room right now: give the
@@ -168,7 +203,10 @@ impl Delivery {
                 let wait = due.saturating_sub(now_ms());
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            match self.round(&user, &key, &pusher, &rows, &mut pushed).await {
+            match self
+                .round(&user, &key, &pusher, &rows, &mut pushed, &mut last_badge)
+                .await
+            {
                 Ok(Outcome::Rejected) => {
                     if self.retire(&user, &key) {
                         return;
@@ -229,6 +267,7 @@ impl Delivery {
         pusher: &PusherRecord,
         rows: &[(StreamPos, NotificationRecord)],
         pushed: &mut HashMap<String, StreamPos>,
+        last_badge: &mut Option<u64>,
     ) -> std::result::Result<Outcome, GatewayError> {
         // Per room the newest notification, or the newest that highlights: a mention must not
         // lose its sound to the chatter after it.
@@ -261,13 +300,54 @@ impl Delivery {
                     continue;
                 }
             };
+            let badge = body["notification"]["counts"]["unread"].as_u64();
             let rejected = self.gateway.notify(url, body).await?;
+            *last_badge = badge;
             pushed.insert(n.room_id.clone(), pos);
             if rejected.contains(&key.1) {
                 tracing::info!(app_id = %key.0, "the push gateway rejected a pushkey; removing its pusher");
                 self.remove(user, key).await;
                 return Ok(Outcome::Rejected);
             }
+        }
+        Ok(Outcome::Delivered)
+    }
+
+    /// Sends the user's badge alone when it differs from the one the gateway last got.
+    async fn update_badge(
+        &self,
+        user: &UserId,
+        key: &PusherKey,
+        pusher: &PusherRecord,
+        last_badge: &mut Option<u64>,
+    ) -> std::result::Result<Outcome, GatewayError> {
+        let badge = match self.badge(user).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "counting a badge failed");
+                return Ok(Outcome::Delivered);
+            }
+        };
+        if *last_badge == Some(badge) {
+            return Ok(Outcome::Delivered);
+        }
+        let data: Value = serde_json::from_str(&pusher.data).unwrap_or_default();
+        let Some(url) = data["url"].as_str() else {
+            return Ok(Outcome::Delivered);
+        };
+        let body = json!({ "notification": {
+            "id": "",
+            "type": null,
+            "sender": "",
+            "counts": { "unread": badge },
+            "devices": [device(key, pusher, &data)],
+        }});
+        let rejected = self.gateway.notify(url, body).await?;
+        *last_badge = Some(badge);
+        if rejected.contains(&key.1) {
+            tracing::info!(app_id = %key.0, "the push gateway rejected a pushkey; removing its pusher");
+            self.remove(user, key).await;
+            return Ok(Outcome::Rejected);
         }
         Ok(Outcome::Delivered)
     }
@@ -306,17 +386,7 @@ impl Delivery {
             "low"
         };
         let badge = self.badge(user).await?;
-        // The gateway gets no `url`: it is where the gateway already is.
-        let mut device_data = data.clone();
-        if let Some(o) = device_data.as_object_mut() {
-            o.remove("url");
-        }
-        let mut device = json!({
-            "app_id": key.0,
-            "pushkey": key.1,
-            "pushkey_ts": pusher.pushkey_ts / 1000,
-            "data": device_data,
-        });
+        let mut device = device(key, pusher, data);
         // Encrypted events go out as `event_id_only` whatever the pusher asked: the
         // ciphertext is useless to the gateway, and the client fetches the event itself.
         let event_id_only = encrypted || data["format"] == "event_id_only";
@@ -426,4 +496,19 @@ impl Delivery {
             ([a, ..], n) => Some(format!("{a} and {} others", n - 1)),
         })
     }
+}
+
+/// The pusher as a notification's `devices` entry names it. The gateway gets no `url`: it is
+/// where the gateway already is.
+fn device(key: &PusherKey, pusher: &PusherRecord, data: &Value) -> Value {
+    let mut device_data = data.clone();
+    if let Some(o) = device_data.as_object_mut() {
+        o.remove("url");
+    }
+    json!({
+        "app_id": key.0,
+        "pushkey": key.1,
+        "pushkey_ts": pusher.pushkey_ts / 1000,
+        "data": device_data,
+    })
 }

@@ -68,6 +68,13 @@ impl Pushers {
         }
     }
 
+    /// The user read something (a read receipt): their pushers send the badge if it changed.
+    pub fn read(&self, user: &UserId) {
+        if let Some(d) = self.delivery.get() {
+            d.read(user);
+        }
+    }
+
     pub fn list(&self, user: &UserId) -> Result<Vec<PusherView>> {
         Ok(self
             .store

@@ -444,16 +444,17 @@ impl SyncService {
             arrived.sort_unstable();
             arrived.dedup();
             arrived.retain(|u| *u != req.user_id);
-            let fresh = self.presence.of_users(arrived.iter().map(|u| &**u));
-            let fresh: Vec<Box<RawJsonValue>> = fresh
+            let fresh: Vec<Box<RawJsonValue>> = self
+                .presence
+                .of_users(arrived.iter().map(|u| &**u))
                 .into_iter()
-                .filter(|(u, _)| {
+                .filter(|p| {
                     !resp
                         .presence
                         .iter()
-                        .any(|p| kind_and_sender(p).1.as_deref() == Some(u.as_str()))
+                        .any(|e| kind_and_sender(e).1.as_deref() == Some(p.user_id.as_str()))
                 })
-                .map(|(_, e)| e)
+                .map(|p| p.to_event())
                 .collect();
             resp.presence
                 .extend(filter_events(fresh, &req.filter.presence, kind_and_sender));
