@@ -428,3 +428,59 @@ async fn sync_answers_carry_their_sections_even_when_empty() {
     assert_eq!(r["state"]["events"], json!([]), "{r}");
     assert!(next["presence"]["events"].is_array(), "{next}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_users_neither_notify_nor_show_receipts() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = server.register("bob", "pw-bob-1").await;
+    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
+    let room = server
+        .create_room(&carol, &json!({ "preset": "public_chat" }))
+        .await;
+    for tok in [&alice, &bob] {
+        let (status, body) = server.join_raw(tok, &room).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = server
+        .put(
+            "/user/@alice:localhost/account_data/m.ignored_user_list",
+            &alice,
+            &json!({ "ignored_users": { "@bob:localhost": {} } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.send_text(&bob, &room, "b1", "from bob").await;
+    let carols = server.send_text(&carol, &room, "c1", "from carol").await;
+    for (tok, who) in [(&bob, "bob"), (&carol, "carol")] {
+        let (status, body) = server
+            .post(
+                &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&carols)),
+                tok,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{who}: {body}");
+    }
+
+    // Events are evaluated for notifications in order: once carol's message counts, bob's
+    // would have too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sync = loop {
+        let (status, sync) = server.get("/sync?timeout=0", &alice).await;
+        assert_eq!(status, 200, "{sync}");
+        let count = &sync["rooms"]["join"][&room]["unread_notifications"]["notification_count"];
+        if count.as_u64().unwrap_or(0) >= 1 || Instant::now() > deadline {
+            break sync;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(
+        joined["unread_notifications"]["notification_count"], 1,
+        "carol's message only: {joined}"
+    );
+    let receipts = joined["ephemeral"]["events"].to_string();
+    assert!(receipts.contains("@carol:localhost"), "{joined}");
+    assert!(!receipts.contains("@bob:localhost"), "{joined}");
+}

@@ -361,15 +361,16 @@ impl Legacy {
                 chunk.push(with_room_id(&typing, &t.room_id)?);
             }
         }
+        let ignored = self.src.account_data.ignored_users(user)?;
         for t in targets.iter().filter(|t| t.ephemeral) {
             if self
                 .src
                 .store
                 .changed_after(&ChangeKey::Room(t.room_id.to_string()), after)
-                && let Some(r) = self
-                    .src
-                    .receipts
-                    .for_sync(&t.room_id, user, Some(after), upto)?
+                && let Some(r) =
+                    self.src
+                        .receipts
+                        .for_sync(&t.room_id, user, Some(after), upto, &ignored)?
             {
                 chunk.push(with_room_id(&r, &t.room_id)?);
             }
@@ -479,7 +480,13 @@ impl Legacy {
                 content.account_data = room_data.remove(room.as_str()).unwrap_or_default();
                 snap.content = Some(content);
                 if m.membership == "join"
-                    && let Some(r) = self.src.receipts.for_sync(&room_id, user, None, now.pos)?
+                    && let Some(r) = self.src.receipts.for_sync(
+                        &room_id,
+                        user,
+                        None,
+                        now.pos,
+                        &self.src.account_data.ignored_users(user)?,
+                    )?
                 {
                     snapshot.receipts.push(with_room_id(&r, &room_id)?);
                 }
@@ -524,7 +531,13 @@ impl Legacy {
             content.receipts = self
                 .src
                 .receipts
-                .for_sync(room_id, user, None, now.pos)?
+                .for_sync(
+                    room_id,
+                    user,
+                    None,
+                    now.pos,
+                    &self.src.account_data.ignored_users(user)?,
+                )?
                 .map(|r| with_room_id(&r, room_id))
                 .transpose()?
                 .into_iter()

@@ -177,11 +177,15 @@ impl Receipts {
         viewer: &UserId,
         since: Option<StreamPos>,
         upto: StreamPos,
+        ignored: &[String],
     ) -> Result<Option<Box<RawJsonValue>>> {
         let mut content: Map<String, Value> = Map::new();
         for r in self.store.receipts(room_id.as_str(), since, upto)? {
             let own = r.user_id == viewer.as_str();
-            if (r.receipt_type == READ_PRIVATE && !own) || (r.receipt_type == DELIVERED && own) {
+            if (r.receipt_type == READ_PRIVATE && !own)
+                || (r.receipt_type == DELIVERED && own)
+                || ignored.contains(&r.user_id)
+            {
                 continue;
             }
             let mut info = json!({ "ts": r.ts });

@@ -145,6 +145,15 @@ impl PushRules {
         if ev.pdu.sender == user {
             return Ok(Vec::new());
         }
+        // What an ignored user sends neither notifies nor counts, as in Synapse.
+        if self
+            .account_data
+            .ignored_users(user)?
+            .iter()
+            .any(|u| u == ev.pdu.sender.as_str())
+        {
+            return Ok(Vec::new());
+        }
         let (_, _, ruleset) = self.cached(user);
         let ctx = self.context(&ev.pdu.room_id, user)?;
         let flat = self.flattened(ev);

@@ -571,6 +571,7 @@ impl SlidingSync {
             }
         }
         if req.receipts.enabled {
+            let ignored = self.src.account_data.ignored_users(user)?;
             for room in scope(&req.receipts) {
                 // A room sent whole gets all its receipts.
                 let after = if resp.rooms.get(&room).is_some_and(|r| r.initial) {
@@ -578,7 +579,11 @@ impl SlidingSync {
                 } else {
                     since.map(|s| s.pos)
                 };
-                if let Some(r) = self.src.receipts.for_sync(&room, user, after, now)? {
+                if let Some(r) = self
+                    .src
+                    .receipts
+                    .for_sync(&room, user, after, now, &ignored)?
+                {
                     resp.receipts.insert(room, r);
                 }
             }

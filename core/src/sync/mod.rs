@@ -388,6 +388,7 @@ impl SyncService {
                             &req.user_id,
                             since_pos,
                             now,
+                            &req.filter.timeline.ignored_senders,
                         )?);
                         update.ephemeral =
                             filter_events(ephemeral, &req.filter.ephemeral, kind_and_sender);
