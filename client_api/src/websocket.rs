@@ -291,11 +291,13 @@ impl Connection {
                         return Err(ApiError::bad_json("content must be an object"));
                     }
                     let mut event = NewEvent::message(&event_type, content);
-                    event.txn = Some(TxnRef {
-                        user_id: user.to_string(),
-                        device_id: self.session.device_id.to_string(),
-                        txn_id,
-                    });
+                    event.txn = Some(TxnRef::send(
+                        user.as_str(),
+                        self.session.device_id.as_str(),
+                        room_id.as_str(),
+                        &event_type,
+                        &txn_id,
+                    ));
                     let pdu = core.rooms.send(&room_id, user, event).await?;
                     core.presence.touch(user);
                     Ok(json!({ "event_id": pdu.event_id }))

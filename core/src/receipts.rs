@@ -207,6 +207,24 @@ impl Receipts {
         )?))
     }
 
+    /// Whether `user` sent a read receipt (public or private) in the room in `(since, upto]`.
+    pub fn read_between(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        since: StreamPos,
+        upto: StreamPos,
+    ) -> Result<bool> {
+        Ok(self
+            .store
+            .receipts(room_id.as_str(), Some(since), upto)?
+            .iter()
+            .any(|r| {
+                r.user_id == user.as_str()
+                    && (r.receipt_type == READ || r.receipt_type == READ_PRIVATE)
+            }))
+    }
+
     /// Positions up to which the user has read the room: `(unthreaded, per thread)`, where the
     /// thread key is `"main"` or a thread root's id. Public and private receipts count alike.
     pub fn read_positions(

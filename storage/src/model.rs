@@ -69,11 +69,48 @@ pub struct EventMeta {
     pub history_seq: Option<u64>,
 }
 
+/// A client transaction: what makes a retried request return the event its first try made.
+/// The spec scopes a transaction id to the device *and* the request path, so the same id sent to
+/// two rooms (or as a message and as a redaction) is two transactions.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct TxnRef {
     pub user_id: String,
     pub device_id: String,
     pub txn_id: String,
+    /// The request path the id belongs to; empty for transactions stored before it was kept.
+    #[serde(default)]
+    pub scope: String,
+}
+
+impl TxnRef {
+    /// `PUT /rooms/{room_id}/send/{event_type}/{txn_id}` (and the WebSocket's send).
+    pub fn send(user: &str, device: &str, room_id: &str, event_type: &str, txn_id: &str) -> Self {
+        Self::scoped(user, device, txn_id, format!("send/{room_id}/{event_type}"))
+    }
+
+    /// `PUT /rooms/{room_id}/redact/{event_id}/{txn_id}`.
+    pub fn redact(user: &str, device: &str, room_id: &str, event_id: &str, txn_id: &str) -> Self {
+        Self::scoped(user, device, txn_id, format!("redact/{room_id}/{event_id}"))
+    }
+
+    fn scoped(user: &str, device: &str, txn_id: &str, scope: String) -> Self {
+        Self {
+            user_id: user.to_owned(),
+            device_id: device.to_owned(),
+            txn_id: txn_id.to_owned(),
+            scope,
+        }
+    }
+
+    /// The transaction table's key for it: the id within its scope (NUL cannot occur in a path
+    /// segment a client sends, so two scopes never share a key).
+    pub fn key(&self) -> String {
+        if self.scope.is_empty() {
+            self.txn_id.clone()
+        } else {
+            format!("{}\0{}", self.scope, self.txn_id)
+        }
+    }
 }
 
 /// A room state snapshot stored as a delta over a previous group; every so often a group is a

@@ -451,7 +451,7 @@ fn apply(
                     (
                         txn_ref.user_id.as_str(),
                         txn_ref.device_id.as_str(),
-                        txn_ref.txn_id.as_str(),
+                        txn_ref.key().as_str(),
                     ),
                     event_id.as_str(),
                 )?;

@@ -49,7 +49,9 @@ pub async fn joined_members(
     let s = req.session().clone();
     let rooms = &state.core.rooms;
     let room_id = &req.body.room_id;
-    if rooms.membership(room_id, &s.user_id)?.as_deref() != Some("join") {
+    // Members, and anyone while the room is world readable (a preview), as Synapse allows.
+    let access = rooms.access(room_id, &s.user_id)?;
+    if !access.current {
         return Err(ApiError::forbidden("You aren't a member of the room"));
     }
     let mut joined = BTreeMap::new();

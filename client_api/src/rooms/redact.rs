@@ -22,11 +22,13 @@ pub async fn redact(
     }
     let mut event = NewEvent::message("m.room.redaction", content);
     event.redacts = Some(b.event_id.clone());
-    event.txn = Some(TxnRef {
-        user_id: s.user_id.to_string(),
-        device_id: s.device_id.to_string(),
-        txn_id: b.txn_id.to_string(),
-    });
+    event.txn = Some(TxnRef::redact(
+        s.user_id.as_str(),
+        s.device_id.as_str(),
+        b.room_id.as_str(),
+        b.event_id.as_str(),
+        b.txn_id.as_str(),
+    ));
     let pdu = state.core.rooms.send(&b.room_id, &s.user_id, event).await?;
     Ok(redact_event::v3::Response::new(pdu.event_id.clone()))
 }

@@ -30,11 +30,13 @@ pub async fn send_message(
     let content: Value =
         serde_json::from_str(b.body.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let mut event = NewEvent::message(&b.event_type.to_string(), content);
-    event.txn = Some(TxnRef {
-        user_id: s.user_id.to_string(),
-        device_id: s.device_id.to_string(),
-        txn_id: b.txn_id.to_string(),
-    });
+    event.txn = Some(TxnRef::send(
+        s.user_id.as_str(),
+        s.device_id.as_str(),
+        b.room_id.as_str(),
+        &b.event_type.to_string(),
+        b.txn_id.as_str(),
+    ));
     let event_id = send(&state, &s.user_id, &b.room_id, event).await?;
     Ok(send_message_event::v3::Response::new(event_id))
 }

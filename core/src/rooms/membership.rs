@@ -80,11 +80,20 @@ impl Rooms {
             self.ingest_remote_join(room_id, joined).await?;
             return Ok(room_id.to_owned());
         }
-        let (state, current) = {
+        let (state, current, anyone_joined) = {
             let head = self.head(room_id)?;
             let h = head.lock();
-            (h.state.clone(), h.membership_of(user).map(str::to_owned))
+            (
+                h.state.clone(),
+                h.membership_of(user).map(str::to_owned),
+                h.members.values().any(|m| m == "join"),
+            )
         };
+        // A room everyone left has no server to vouch for the join: Synapse answers 404 (and
+        // matrix-sdk relies on it), where this server could otherwise revive it alone.
+        if !anyone_joined {
+            return Err(Error::not_found("No known servers for this room"));
+        }
         // Joining again changes nothing (as in Synapse); the profile travels by its own route.
         if current.as_deref() == Some("join") {
             return Ok(room_id.to_owned());

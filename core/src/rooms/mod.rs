@@ -407,7 +407,7 @@ impl Rooms {
         }
         let stored = self
             .store
-            .txn_event(&txn.user_id, &txn.device_id, &txn.txn_id)?;
+            .txn_event(&txn.user_id, &txn.device_id, &txn.key())?;
         stored
             .map(|id| OwnedEventId::try_from(id).map_err(Error::internal))
             .transpose()

@@ -346,7 +346,17 @@ impl SlidingSync {
             limited = page.end.is_some();
         }
         let state = self.required_state(room_id, user, config, since, upto, &events)?;
-        if since.is_some() && events.is_empty() && state.is_empty() {
+        // Nothing new in the room: it comes only when the user read it since (elsewhere, or by
+        // the receipt this client just sent), for its counts to drop.
+        if let Some(since) = since
+            && events.is_empty()
+            && state.is_empty()
+            && !(joined
+                && self
+                    .src
+                    .receipts
+                    .read_between(room_id, user, since.pos, upto)?)
+        {
             return Ok(None);
         }
         let viewer = Some((user, req.device_id.as_str()));
