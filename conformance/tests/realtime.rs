@@ -304,7 +304,18 @@ async fn delivery_receipts_tell_the_sender_a_device_got_the_message() {
     let server = TestServer::start().await;
     let mut alice = session(&server, "alice").await;
     let mut bob = session(&server, "bob").await;
+    let mut carol = session(&server, "carol").await;
     let room = shared_room(&server, &alice, &bob).await;
+    let (status, body) = server
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            &alice.token,
+            &json!({ "user_id": carol.user }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.join_raw(&carol.token, &room).await;
+    assert_eq!(status, 200, "{body}");
     let _ = sync_for(&server, &mut alice, Duration::from_secs(10), |s| {
         s["rooms"]["join"][&room].is_object().then_some(())
     })
@@ -312,6 +323,11 @@ async fn delivery_receipts_tell_the_sender_a_device_got_the_message() {
     let event = server
         .send_text(&alice.token, &room, "d1", "did you get this")
         .await;
+    // Carol's device gets it too (and acknowledges it with its next sync).
+    let _ = sync_for(&server, &mut carol, Duration::from_secs(10), |s| {
+        s.to_string().contains(&event).then_some(())
+    })
+    .await;
 
     // Bob's device receives it; its next sync acknowledges that response.
     let _ = sync_for(&server, &mut bob, Duration::from_secs(10), |s| {
@@ -332,13 +348,24 @@ async fn delivery_receipts_tell_the_sender_a_device_got_the_message() {
     })
     .await;
     assert!(delivered.contains_key(&bob.user), "{delivered:?}");
-    // Bob does not get his own delivery receipts back (he sees alice's, for his join).
-    let (_, full) = server.get("/sync?timeout=0", &bob.token).await;
-    let receipts = ephemeral(&full, &room, "m.receipt").map_or(json!({}), |r| r["content"].clone());
-    for (_, by_type) in receipts.as_object().unwrap() {
-        if let Some(d) = by_type["io.hearth.delivered"].as_object() {
-            assert!(!d.contains_key(&bob.user), "{receipts}");
-        }
+    // A delivery is for the sender only: neither bob (whose own it is) nor carol (a bystander)
+    // gets receipts of deliveries of alice's message.
+    let (status, _) = server
+        .get(
+            &format!("/sync?since={}&timeout=0", carol.since),
+            &carol.token,
+        )
+        .await;
+    assert_eq!(status, 200);
+    for s in [&bob, &carol] {
+        let (_, full) = server.get("/sync?timeout=0", &s.token).await;
+        let receipts =
+            ephemeral(&full, &room, "m.receipt").map_or(json!({}), |r| r["content"].clone());
+        assert!(
+            receipts[&event]["io.hearth.delivered"].is_null(),
+            "{}: {receipts}",
+            s.user
+        );
     }
 }
 

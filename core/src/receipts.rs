@@ -148,18 +148,25 @@ impl Receipts {
         }
         match receipt_type {
             READ_PRIVATE => self.notifier.notify([user]),
+            DELIVERED => {
+                if let Some(sender) = self.sender_of(event_id.as_str())? {
+                    self.notifier.notify([&*sender]);
+                }
+            }
             _ => {
                 let head = self.rooms.head(room_id)?;
-                let users: Vec<OwnedUserId> = head
-                    .lock()
-                    .interested_users()
-                    .filter(|u| receipt_type != DELIVERED || *u != user)
-                    .cloned()
-                    .collect();
+                let users: Vec<OwnedUserId> = head.lock().interested_users().cloned().collect();
                 self.notifier.notify(users.iter().map(|u| &**u));
             }
         }
         Ok(())
+    }
+
+    fn sender_of(&self, event_id: &str) -> Result<Option<OwnedUserId>> {
+        let Ok(id) = EventId::parse(event_id) else {
+            return Ok(None);
+        };
+        Ok(self.rooms.pdu(&id)?.map(|p| p.sender.clone()))
     }
 
     fn event_pos(&self, event_id: &str) -> Result<StreamPos> {
@@ -182,9 +189,13 @@ impl Receipts {
         let mut content: Map<String, Value> = Map::new();
         for r in self.store.receipts(room_id.as_str(), since, upto)? {
             let own = r.user_id == viewer.as_str();
-            if (r.receipt_type == READ_PRIVATE && !own)
-                || (r.receipt_type == DELIVERED && own)
-                || ignored.contains(&r.user_id)
+            if (r.receipt_type == READ_PRIVATE && !own) || ignored.contains(&r.user_id) {
+                continue;
+            }
+            // A delivery is news to the event's sender only: shown to the whole room it made
+            // every member's sync busy with everyone else's deliveries.
+            if r.receipt_type == DELIVERED
+                && self.sender_of(&r.event_id)?.as_deref() != Some(viewer)
             {
                 continue;
             }
