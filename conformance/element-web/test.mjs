@@ -5,7 +5,7 @@
 // Starts the Hearth binary (new data directory, free loopback port, open registration), serves
 // Element's static files with a config.json that points at it, and in the browser: creates an
 // account through the UI, creates a room, sends a message, sees it in the timeline, reloads and
-// sees it again. Throughout, a homeserver response of 5xx, an uncaught page error or an error
+// sees it again, and sees itself in the room's member list. Throughout, a homeserver response of 5xx, an uncaught page error or an error
 // dialog fails the run. On failure: the step that failed, a screenshot and the logs in the output
 // directory. Environment: CHROMIUM (default /usr/bin/chromium), ELEMENT_HEADED=1 to watch.
 import { spawn } from "node:child_process";
@@ -36,8 +36,8 @@ const problems = []; // server errors, page errors, error dialogs: any one fails
 // for the members `at` that cached token: no event of the room precedes it, and the answer is
 // 404 M_NOT_FOUND, as Synapse's ("Can't find event for token"). matrix-js-sdk's
 // Room.loadMembersIfNeeded re-throws the failure from a `.catch` that nobody awaits (an
-// unhandled rejection) and loads the members again after the next sync. The run still fails
-// unless that later load succeeds.
+// unhandled rejection) and loads the members again when next asked: the run opens the member
+// list after the reload, and fails unless that later load succeeds.
 const STALE_MEMBERS = /^MatrixError: \[404\] .*\/rooms\/([^/]+)\/members\?(?:.*&)?at=/;
 const hsErrors = new Set(); // "404 GET /path" the homeserver answered with (not 401: UIA)
 const staleMembers = new Set(); // room ids (as in the URL)
@@ -327,6 +327,13 @@ async function main() {
                 if (page.url() !== roomUrl) await page.goto(roomUrl);
                 await page.locator(".mx_RoomView").getByText(roomName).first().waitFor();
                 await sentMessage(message).waitFor();
+            });
+
+            // The member list loads the members anew (also after the stale-token 404 let pass).
+            await step("see oneself in the room's member list", async () => {
+                await page.getByRole("button", { name: "Room info", exact: true }).click();
+                await page.locator(".mx_RightPanel").getByRole("menuitem", { name: /^People/ }).click();
+                await page.locator(".mx_MemberList").getByText(username, { exact: true }).first().waitFor();
             });
 
             await step("check that nothing went wrong", async () => {
