@@ -30,6 +30,7 @@ mod sync;
 mod to_device;
 mod typing;
 mod uia;
+mod voip;
 mod websocket;
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthPolicy, Ruma, RumaResponse};
 use crate::{
     AppState, account, account_data, admin, directory, filter, keys, legacy, media, presence,
-    profile, push, receipts, rooms, search, server, sliding_sync, sync, to_device, typing,
+    profile, push, receipts, rooms, search, server, sliding_sync, sync, to_device, typing, voip,
     websocket,
 };
 
@@ -242,6 +242,10 @@ pub fn router(state: AppState) -> Router {
     }
     r = add::<c::receipt::create_receipt::v3::Request, _, _, _>(r, receipts::create_receipt);
     r = add::<c::read_marker::set_read_marker::v3::Request, _, _, _>(r, receipts::set_read_marker);
+    // Calls and bridges: none configured
+    r = add::<c::voip::get_turn_server_info::v3::Request, _, _, _>(r, voip::turn_server);
+    r = add::<c::thirdparty::get_protocols::v3::Request, _, _, _>(r, voip::protocols);
+    r = add::<c::thirdparty::get_protocol::v3::Request, _, _, _>(r, voip::protocol);
     r = add::<c::presence::set_presence::v3::Request, _, _, _>(r, presence::set);
     r = add::<c::presence::get_presence::v3::Request, _, _, _>(r, presence::get);
     r = add::<c::to_device::send_event_to_device::v3::Request, _, _, _>(r, to_device::send);
