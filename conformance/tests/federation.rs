@@ -129,6 +129,21 @@ async fn unsigned_or_forged_federation_requests_are_refused() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
 
+    // A header that is not X-Matrix's grammar (a port that is not a number) is a bad request.
+    let malformed = format!(
+        "X-Matrix origin=\"localhost:http\",destination=\"{a_name}\",key=\"ed25519:1\",sig=\"{}\"",
+        "A".repeat(86)
+    );
+    let resp = http
+        .get(&url)
+        .header("Authorization", malformed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+
     // Claims to come from B, with a signature B never made.
     let key_id = "ed25519:forged";
     let forged = format!(
@@ -195,6 +210,27 @@ async fn a_server_vouches_for_the_keys_of_another() {
     let mut expected = vec![a_name.as_str(), b_name.as_str()];
     expected.sort();
     assert_eq!(names, expected, "{many}");
+
+    // The older form names the key id; one B does not have finds nothing.
+    let key_id = doc["verify_keys"]
+        .as_object()
+        .and_then(|m| m.keys().next().cloned())
+        .expect("B has a key");
+    for (id, found) in [(key_id.as_str(), 1), ("ed25519:nope", 0)] {
+        let by_id: serde_json::Value = http
+            .get(format!("{base}/{b_name}/{}", enc(id)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            by_id["server_keys"].as_array().map(Vec::len),
+            Some(found),
+            "{id}: {by_id}"
+        );
+    }
 }
 
 /// Syncs `token` on `server` from `since` until `pick` finds something; returns it and moves

@@ -26,10 +26,14 @@ impl FromRequest<State> for Signed {
             .headers
             .get(http::header::AUTHORIZATION)
             .ok_or_else(|| FedError::unauthorized("Missing X-Matrix Authorization header"))?;
+        // A header that does not parse (an origin like `host:http`) is a malformed request,
+        // 400 as in Synapse; only a well-formed one that fails to verify is 401.
+        let malformed =
+            |msg: String| FedError::new(http::StatusCode::BAD_REQUEST, "M_UNAUTHORIZED", msg);
         let x_matrix = XMatrix::try_from(header)
-            .map_err(|e| FedError::unauthorized(format!("Bad X-Matrix header: {e}")))?;
+            .map_err(|e| malformed(format!("Malformed X-Matrix header: {e}")))?;
         if !crate::discovery::dialable(x_matrix.origin.as_str()) {
-            return Err(FedError::unauthorized("The origin is not a server name"));
+            return Err(malformed("The origin is not a server name".into()));
         }
         // The origin's key first: a stranger claiming a server that cannot vouch for it is
         // turned away before its body is read.

@@ -294,6 +294,10 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
         .route("/_matrix/key/v2/query", axum::routing::post(notary_many))
         .route("/_matrix/key/v2/query/{server_name}", get(notary_one))
+        .route(
+            "/_matrix/key/v2/query/{server_name}/{key_id}",
+            get(notary_one),
+        )
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
         .route(
@@ -399,41 +403,44 @@ async fn server_keys(axum::extract::State(state): axum::extract::State<State>) -
     Json(server_keys::own_key_document(&state.federation.keys))
 }
 
-/// `GET /_matrix/key/v2/query/{serverName}`: another server's keys, as this server vouches for them.
+/// `GET /_matrix/key/v2/query/{serverName}` and its older `/{keyId}` form: another server's
+/// keys, as this server vouches for them.
 async fn notary_one(
     axum::extract::State(state): axum::extract::State<State>,
-    axum::extract::Path(server): axum::extract::Path<String>,
+    axum::extract::Path(path): axum::extract::Path<Vec<String>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Value>, FedError> {
-    let server = ruma::ServerName::parse(&server)
-        .ok()
+    let bad = |m: &str| FedError::new(axum::http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m);
+    let server = path
+        .first()
+        .and_then(|s| ruma::ServerName::parse(s).ok())
         .filter(|s| discovery::dialable(s.as_str()))
-        .ok_or_else(|| {
-            FedError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "M_INVALID_PARAM",
-                "Not a server name",
-            )
-        })?;
+        .ok_or_else(|| bad("Not a server name"))?;
+    let key_ids: Vec<String> = path.get(1).cloned().into_iter().collect();
+    let min_valid = match query.get("minimum_valid_until_ts") {
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| bad("minimum_valid_until_ts must be a timestamp"))?,
+        None => hearth_core::util::now_ms(),
+    };
     let fed = &state.federation;
     // Keys that cannot be had are left out, as for the POST form (and as Synapse answers).
-    match fed
+    let docs = fed
         .key_cache
-        .notarised(&fed.client, &fed.keys, &server)
+        .notarised(&fed.client, &fed.keys, &server, &key_ids, min_valid)
         .await
-    {
-        Ok(doc) => Ok(Json(json!({ "server_keys": [doc] }))),
-        Err(e) => {
+        .unwrap_or_else(|e| {
             tracing::debug!(%server, error = %e, "notary: no keys");
-            Ok(Json(json!({ "server_keys": [] })))
-        }
-    }
+            Vec::new()
+        });
+    Ok(Json(json!({ "server_keys": docs })))
 }
 
 /// Servers one notary request may ask about: each may cost a fetch.
 const MAX_NOTARY_SERVERS: usize = 50;
 
-/// `POST /_matrix/key/v2/query`: the keys of several servers; ones that cannot be had are left
-/// out, as the spec says.
+/// `POST /_matrix/key/v2/query`: the keys of several servers (`{server: {key_id: {
+/// minimum_valid_until_ts}}}`); ones that cannot be had are left out, as the spec says.
 async fn notary_many(
     axum::extract::State(state): axum::extract::State<State>,
     body: axum::body::Bytes,
@@ -456,17 +463,29 @@ async fn notary_many(
         ));
     }
     let fed = &state.federation;
+    let now = hearth_core::util::now_ms();
     let mut docs = Vec::new();
-    for name in servers.keys() {
+    for (name, criteria) in servers {
         let Ok(server) = ruma::ServerName::parse(name) else {
             continue;
         };
+        let wanted = criteria.as_object();
+        let key_ids: Vec<String> = wanted
+            .map(|m| m.keys().take(16).cloned().collect())
+            .unwrap_or_default();
+        // The strictest of the keys' criteria (the spec's default is now).
+        let min_valid = wanted
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|c| c["minimum_valid_until_ts"].as_u64())
+            .max()
+            .unwrap_or(now);
         match fed
             .key_cache
-            .notarised(&fed.client, &fed.keys, &server)
+            .notarised(&fed.client, &fed.keys, &server, &key_ids, min_valid)
             .await
         {
-            Ok(doc) => docs.push(doc),
+            Ok(found) => docs.extend(found),
             Err(e) => tracing::debug!(%server, error = %e, "notary: no keys"),
         }
     }

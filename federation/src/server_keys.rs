@@ -64,7 +64,22 @@ pub struct KeyCache {
     failed: parking_lot::Mutex<lru::LruCache<OwnedServerName, Failed>>,
     /// One fetch per server at a time: requests that arrive meanwhile wait for its result.
     fetching: parking_lot::Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// What this server answers as a notary: for each server, per key id the document valid
+    /// longest that held that key, expired ones too. A later fetch never loses a key the origin
+    /// stopped listing (a spurious answer cannot make the notary forget it).
+    notary: parking_lot::Mutex<lru::LruCache<OwnedServerName, BTreeMap<String, NotaryDoc>>>,
 }
+
+#[derive(Clone)]
+struct NotaryDoc {
+    valid_until: u64,
+    document: Arc<Value>,
+}
+
+/// Servers whose documents the notary keeps; the least recently asked for go first.
+const NOTARY_SERVERS_KEPT: usize = 10_000;
+/// Key ids kept per server: a server could list any number.
+const NOTARY_KEYS_PER_SERVER: usize = 32;
 
 impl Default for KeyCache {
     fn default() -> Self {
@@ -75,6 +90,9 @@ impl Default for KeyCache {
                 std::num::NonZeroUsize::new(MAX_FAILURES_KEPT).expect("non-zero"),
             )),
             fetching: Default::default(),
+            notary: parking_lot::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(NOTARY_SERVERS_KEPT).expect("non-zero"),
+            )),
         }
     }
 }
@@ -145,7 +163,7 @@ impl KeyCache {
             )));
         }
         let fetched = match client.get_unsigned(server, "/_matrix/key/v2/server").await {
-            Ok(document) => verify_key_document(server, &document).map(|v| (document, v)),
+            Ok(document) => check_key_document(server, &document, false).map(|v| (document, v)),
             Err(e) => Err(e),
         };
         let (document, (valid_until, keys)) = match fetched {
@@ -172,6 +190,7 @@ impl KeyCache {
             }
         };
         self.failed.lock().pop(server);
+        self.keep_notarised(server, valid_until, document.clone());
         let cached = Cached {
             valid_until,
             keys: keys.clone(),
@@ -181,26 +200,77 @@ impl KeyCache {
         Ok((document, keys))
     }
 
-    /// A server's key document countersigned by this server, for `/_matrix/key/v2/query`.
+    /// Another server's key documents countersigned by this server, for
+    /// `/_matrix/key/v2/query`: those holding `key_ids` (all it knows when empty), fetched from
+    /// the origin when what it keeps is not valid until `min_valid_until`; when the origin
+    /// cannot be had, the ones it kept, expired or not, as Synapse answers.
     pub async fn notarised(
         &self,
         client: &Client,
         ours: &ServerKeys,
         server: &ServerName,
-    ) -> Result<Value, FedError> {
-        let document = if server == ours.server_name {
-            own_key_document(ours)
+        key_ids: &[String],
+        min_valid_until: u64,
+    ) -> Result<Vec<Value>, FedError> {
+        if server == ours.server_name {
+            return Ok(vec![countersigned(ours, &own_key_document(ours))?]);
+        }
+        if !self.notary_has(server, key_ids, min_valid_until) {
+            match client.get_unsigned(server, "/_matrix/key/v2/server").await {
+                Ok(document) => match check_key_document(server, &document, true) {
+                    Ok((valid_until, _)) => self.keep_notarised(server, valid_until, document),
+                    Err(e) => tracing::debug!(%server, error = %e.message, "notary: bad document"),
+                },
+                Err(e) => tracing::debug!(%server, error = %e.message, "notary: fetch failed"),
+            }
+        }
+        let kept = self.notary.lock().get(server).cloned().unwrap_or_default();
+        let mut docs: Vec<Arc<Value>> = Vec::new();
+        for (id, doc) in &kept {
+            if (key_ids.is_empty() || key_ids.contains(id))
+                && !docs.iter().any(|d| Arc::ptr_eq(d, &doc.document))
+            {
+                docs.push(doc.document.clone());
+            }
+        }
+        docs.iter().map(|d| countersigned(ours, d)).collect()
+    }
+
+    /// Whether the notary keeps, for each of `key_ids` (for some key when empty), a document
+    /// valid until `min_valid_until`.
+    fn notary_has(&self, server: &ServerName, key_ids: &[String], min_valid_until: u64) -> bool {
+        let mut notary = self.notary.lock();
+        let Some(kept) = notary.get(server) else {
+            return false;
+        };
+        let fresh = |d: &NotaryDoc| d.valid_until >= min_valid_until;
+        if key_ids.is_empty() {
+            kept.values().any(fresh)
         } else {
-            self.fetch(client, server).await?.0
+            key_ids.iter().all(|id| kept.get(id).is_some_and(fresh))
+        }
+    }
+
+    fn keep_notarised(&self, server: &ServerName, valid_until: u64, document: Value) {
+        let ids: Vec<String> = document["verify_keys"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let doc = NotaryDoc {
+            valid_until,
+            document: Arc::new(document),
         };
-        let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(document) else {
-            return Err(FedError::peer(format!(
-                "{server}: key document is not canonical JSON"
-            )));
-        };
-        ruma::signatures::sign_json(ours.server_name.as_str(), &ours.key_pair, &mut obj)
-            .map_err(|e| FedError::bad_json(e.to_string()))?;
-        serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))
+        let mut notary = self.notary.lock();
+        let kept = notary.get_or_insert_mut(server.to_owned(), BTreeMap::new);
+        for id in ids {
+            if kept.len() >= NOTARY_KEYS_PER_SERVER && !kept.contains_key(&id) {
+                break;
+            }
+            let e = kept.entry(id).or_insert_with(|| doc.clone());
+            if e.valid_until < doc.valid_until {
+                *e = doc.clone();
+            }
+        }
     }
 
     pub async fn key_map(
@@ -274,7 +344,13 @@ pub fn own_key_document(keys: &ServerKeys) -> Value {
 
 /// Checks a server's key document: it names the server, is signed by one of its own keys, and
 /// has not expired. Returns the validity and the keys (current and old).
-fn verify_key_document(server: &ServerName, doc: &Value) -> Result<(u64, KeySet), FedError> {
+/// A key document's validity and keys, after checking it names `server` and carries its
+/// signature; an expired one only when `allow_expired` (the notary keeps those).
+fn check_key_document(
+    server: &ServerName,
+    doc: &Value,
+    allow_expired: bool,
+) -> Result<(u64, KeySet), FedError> {
     let bad = |m: &str| FedError::peer(format!("{server}: key document {m}"));
     if doc["server_name"].as_str() != Some(server.as_str()) {
         return Err(bad("names another server"));
@@ -282,7 +358,7 @@ fn verify_key_document(server: &ServerName, doc: &Value) -> Result<(u64, KeySet)
     let valid_until = doc["valid_until_ts"]
         .as_u64()
         .ok_or_else(|| bad("has no valid_until_ts"))?;
-    if valid_until <= now_ms() {
+    if valid_until <= now_ms() && !allow_expired {
         return Err(bad("has expired"));
     }
     let mut keys = KeySet::new();
@@ -312,4 +388,15 @@ fn verify_key_document(server: &ServerName, doc: &Value) -> Result<(u64, KeySet)
     let map = PublicKeyMap::from([(server.to_string(), current)]);
     ruma::signatures::verify_json(&map, &obj).map_err(|e| bad(&format!("signature: {e}")))?;
     Ok((valid_until, keys))
+}
+
+/// A key document with this server's signature added.
+fn countersigned(ours: &ServerKeys, document: &Value) -> Result<Value, FedError> {
+    let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(document.clone())
+    else {
+        return Err(FedError::peer("key document is not canonical JSON"));
+    };
+    ruma::signatures::sign_json(ours.server_name.as_str(), &ours.key_pair, &mut obj)
+        .map_err(|e| FedError::bad_json(e.to_string()))?;
+    serde_json::to_value(&obj).map_err(|e| FedError::bad_json(e.to_string()))
 }
