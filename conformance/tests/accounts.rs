@@ -438,3 +438,38 @@ async fn uia_sessions_remember_their_request_and_are_bound_to_it() {
     let (status, _) = server.get("/devices/DEV1", &token).await;
     assert_eq!(status, 200, "the device is still there");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inhibit_login_registers_without_a_device_or_token() {
+    let server = TestServer::start().await;
+    // `inhibit_login` in the first request of the session holds for its last one (SyTest).
+    let first = json!({ "username": "quiet", "password": PW, "inhibit_login": true });
+    let (status, body) = server.post_anon("/register", &first).await;
+    assert_eq!(status, 401, "{body}");
+    let finish = json!({ "auth": { "type": "m.login.dummy", "session": body["session"] } });
+    let (status, done) = server.post_anon("/register", &finish).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["user_id"], "@quiet:localhost", "{done}");
+    // Absent, not null: the spec leaves them out, and clients test for the key.
+    for key in [
+        "access_token",
+        "device_id",
+        "refresh_token",
+        "expires_in_ms",
+    ] {
+        assert!(done.get(key).is_none(), "{key} in {done}");
+    }
+    // The retry of the finished session answers the same.
+    let (status, again) = server.post_anon("/register", &finish).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(again.get("device_id").is_none(), "{again}");
+    // The account exists: its password logs in, and that login is its first device.
+    let (_, token, _) = server.login("quiet", PW).await;
+    let (status, devices) = server.get("/devices", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        devices["devices"].as_array().map(Vec::len),
+        Some(1),
+        "{devices}"
+    );
+}
