@@ -112,13 +112,81 @@ fn left(sync: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_keys_without_their_required_fields_are_refused() {
+    let server = TestServer::start().await;
+    let (alice, token, device) = server.register("alice", PW).await;
+    let (key, public) = signing_key(9);
+    let good = device_keys(&alice, &device, &key, &public);
+    // What SyTest sends: user and device right, algorithms, keys and signatures missing. None
+    // of the upload is kept, not even its one-time key.
+    let bare = json!({
+        "device_keys": { "user_id": alice, "device_id": device },
+        "one_time_keys": { "my_algorithm:my_id_1": "KIhHVkAQi8r41aPNql2zTqQsInpFa8XdslQLC8F8BHc" },
+    });
+    let resp = server.post("/keys/upload", &token, &bare).await;
+    assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    for field in ["user_id", "device_id", "algorithms", "keys", "signatures"] {
+        let mut keys = good.clone();
+        keys.as_object_mut().unwrap().remove(field);
+        let resp = server
+            .post("/keys/upload", &token, &json!({ "device_keys": keys }))
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    for (field, bad) in [
+        ("algorithms", json!("m.megolm.v1.aes-sha2")),
+        ("algorithms", json!([1])),
+        ("keys", json!({ "ed25519:X": 5 })),
+        ("signatures", json!({ &alice: "sig" })),
+        ("signatures", json!({ &alice: { "ed25519:X": true } })),
+    ] {
+        let mut keys = good.clone();
+        keys[field] = bad;
+        let resp = server
+            .post("/keys/upload", &token, &json!({ "device_keys": keys }))
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    for not_an_object in [json!("keys"), json!([good.clone()])] {
+        let resp = server
+            .post(
+                "/keys/upload",
+                &token,
+                &json!({ "device_keys": not_an_object }),
+            )
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    // A one-time or fallback key id must be algorithm:id.
+    for field in ["one_time_keys", "fallback_keys"] {
+        let resp = server
+            .post(
+                "/keys/upload",
+                &token,
+                &json!({ field: { "no_colon": "a2V5" } }),
+            )
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    let (status, body) = server
+        .post("/keys/upload", &token, &json!({ "device_keys": good }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["one_time_key_counts"],
+        json!({ "signed_curve25519": 0 }),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_keys_go_once_each_then_the_fallback_key() {
     let server = TestServer::start().await;
     let (alice, alice_token, alice_device) = server.register("alice", PW).await;
     let (bob, bob_token, bob_device) = server.register("bob", PW).await;
     let (key, public) = signing_key(1);
 
-    // Device keys must be the uploader's own.
+    // Device keys must be the uploader's own (M_BAD_JSON, as Synapse answers).
     let forged = device_keys("@bob:localhost", &alice_device, &key, &public);
     let resp = server
         .post(
@@ -127,7 +195,16 @@ async fn one_time_keys_go_once_each_then_the_fallback_key() {
             &json!({ "device_keys": forged }),
         )
         .await;
-    assert_matrix_error(&resp, 400, "M_INVALID_PARAM");
+    assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    let other_device = device_keys(&alice, "NOTMINE", &key, &public);
+    let resp = server
+        .post(
+            "/keys/upload",
+            &alice_token,
+            &json!({ "device_keys": other_device }),
+        )
+        .await;
+    assert_matrix_error(&resp, 400, "M_BAD_JSON");
 
     let upload = json!({
         "device_keys": device_keys(&alice, &alice_device, &key, &public),
