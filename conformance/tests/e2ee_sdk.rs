@@ -213,3 +213,83 @@ async fn two_users_with_two_devices_each_talk_encrypted_and_a_late_device_restor
         assert!(hits.is_empty(), "{text} is in plain text in {hits:?}");
     }
 }
+
+/// A message encrypted before bob joined, which he has no key for: matrix-sdk explains it as
+/// "sent before you joined" from the event's `unsigned.membership` (MSC4115), and decrypts what
+/// comes after his join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecryptable_message_from_before_the_join_is_explained_by_the_membership() {
+    use matrix_sdk::deserialized_responses::TimelineEventKind;
+    use matrix_sdk::ruma::MilliSecondsSinceUnixEpoch;
+    use matrix_sdk::ruma::api::client::room::Visibility;
+    use matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset;
+    use matrix_sdk_crypto::types::events::{CryptoContextInfo, UtdCause};
+
+    let server = TestServer::start().await;
+    let alice = sdk_register(&server, "alice", PW).await;
+    let bob = sdk_register(&server, "bob", PW).await;
+    sync(&alice).await;
+    sync(&bob).await;
+    // A public, encrypted room with shared history: bob may read what came before his join,
+    // but nobody gave him its key.
+    let mut request = encrypted_room();
+    request.preset = Some(RoomPreset::PublicChat);
+    request.visibility = Visibility::Public;
+    let room_id = alice
+        .create_room(request)
+        .await
+        .expect("createRoom")
+        .room_id()
+        .to_owned();
+    sync(&alice).await;
+    alice
+        .get_room(&room_id)
+        .unwrap()
+        .send(RoomMessageEventContent::text_plain(ALPHA))
+        .await
+        .expect("alice sends before bob joins");
+
+    bob.join_room_by_id(&room_id).await.expect("bob joins");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (raw, utd_info) = loop {
+        let r = sync(&bob).await;
+        let utd = r.rooms.joined.get(&room_id).and_then(|j| {
+            j.timeline.events.iter().find_map(|e| match &e.kind {
+                TimelineEventKind::UnableToDecrypt { event, utd_info } => {
+                    Some((event.clone(), utd_info.clone()))
+                }
+                _ => None,
+            })
+        });
+        if let Some(found) = utd {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob never saw the message from before his join"
+        );
+    };
+    let json: serde_json::Value = serde_json::from_str(raw.json().get()).unwrap();
+    assert_eq!(json["unsigned"]["membership"], "leave", "{json}");
+    let context = CryptoContextInfo {
+        device_creation_ts: MilliSecondsSinceUnixEpoch(0u32.into()),
+        this_device_is_verified: false,
+        backup_exists_on_server: false,
+        is_backup_configured: false,
+    };
+    assert_eq!(
+        UtdCause::determine(&raw, context, &utd_info),
+        UtdCause::SentBeforeWeJoined,
+        "{json}"
+    );
+
+    // After the join, alice's client shares the key with bob's device, and he reads her.
+    sync(&alice).await;
+    alice
+        .get_room(&room_id)
+        .unwrap()
+        .send(RoomMessageEventContent::text_plain(BRAVO))
+        .await
+        .expect("alice sends after bob joined");
+    sees_text(&bob, &room_id, BRAVO, Duration::from_secs(20)).await;
+}
