@@ -204,6 +204,7 @@ where
         if is_login::<T>() {
             login_has_type(&bytes)?;
         }
+        let bytes = legacy_password_auth(bytes)?;
         let raw_body = bytes.clone();
         let http_req = axum::http::Request::from_parts(parts, bytes);
         // A parser that panics on some body is a bug of ours or ruma's, and the client gets a
@@ -248,6 +249,43 @@ fn login_has_type(bytes: &[u8]) -> Result<(), ApiError> {
         Ok(_) => Err(ApiError::bad_json("Missing the login 'type'")),
         Err(e) => Err(ApiError::bad_json(e.to_string())),
     }
+}
+
+/// A user-interactive `m.login.password` stage written the r0 way, naming the user in `user`
+/// (or a third-party id in `medium` and `address`) rather than in `identifier`, as SyTest still
+/// sends it and Synapse still reads it: rewritten with the identifier ruma requires. A stage
+/// that names nobody is refused as Synapse refuses it.
+fn legacy_password_auth(bytes: Bytes) -> Result<Bytes, ApiError> {
+    // Only bodies that can hold such a stage are parsed twice.
+    if !bytes
+        .windows(b"m.login.password".len())
+        .any(|w| w == b"m.login.password")
+    {
+        return Ok(bytes);
+    }
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice(&bytes) else {
+        return Ok(bytes);
+    };
+    let Some(serde_json::Value::Object(auth)) = body.get_mut("auth") else {
+        return Ok(bytes);
+    };
+    if auth.get("type").and_then(|t| t.as_str()) != Some("m.login.password")
+        || auth.contains_key("identifier")
+    {
+        return Ok(bytes);
+    }
+    let text = |k: &str| auth.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let identifier = match (text("user"), text("medium"), text("address")) {
+        (Some(user), _, _) => serde_json::json!({ "type": "m.id.user", "user": user }),
+        (None, Some(medium), Some(address)) => {
+            serde_json::json!({ "type": "m.id.thirdparty", "medium": medium, "address": address })
+        }
+        _ => return Err(ApiError::invalid_param("Invalid login submission")),
+    };
+    auth.insert("identifier".into(), identifier);
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::bad_json(e.to_string()))
 }
 
 fn from_http_error(e: ruma::api::error::FromHttpRequestError) -> ApiError {

@@ -438,3 +438,84 @@ async fn uia_sessions_remember_their_request_and_are_bound_to_it() {
     let (status, _) = server.get("/devices/DEV1", &token).await;
     assert_eq!(status, 200, "the device is still there");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inhibit_login_registers_without_a_device_or_token() {
+    let server = TestServer::start().await;
+    // `inhibit_login` in the first request of the session holds for its last one (SyTest).
+    let first = json!({ "username": "quiet", "password": PW, "inhibit_login": true });
+    let (status, body) = server.post_anon("/register", &first).await;
+    assert_eq!(status, 401, "{body}");
+    let finish = json!({ "auth": { "type": "m.login.dummy", "session": body["session"] } });
+    let (status, done) = server.post_anon("/register", &finish).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["user_id"], "@quiet:localhost", "{done}");
+    // Absent, not null: the spec leaves them out, and clients test for the key.
+    for key in [
+        "access_token",
+        "device_id",
+        "refresh_token",
+        "expires_in_ms",
+    ] {
+        assert!(done.get(key).is_none(), "{key} in {done}");
+    }
+    // The retry of the finished session answers the same.
+    let (status, again) = server.post_anon("/register", &finish).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(again.get("device_id").is_none(), "{again}");
+    // The account exists: its password logs in, and that login is its first device.
+    let (_, token, _) = server.login("quiet", PW).await;
+    let (status, devices) = server.get("/devices", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        devices["devices"].as_array().map(Vec::len),
+        Some(1),
+        "{devices}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_auth_accepts_the_legacy_user_field_as_synapse_does() {
+    let server = TestServer::start().await;
+    let (alice, token, _) = server.register("alice", PW).await;
+    let (_, _, other_device) = server.login("alice", PW).await;
+    let path = format!("/devices/{other_device}");
+    // `{type, user, password}`: the identifier of the r0 days, which SyTest still sends and
+    // Synapse still reads (a localpart or a full user id).
+    for user in ["alice", alice.as_str()] {
+        let (_, _, device) = server.login("alice", PW).await;
+        let body = json!({ "auth": { "type": "m.login.password", "user": user, "password": PW } });
+        let (status, body) = server
+            .request(
+                Method::DELETE,
+                &format!("/devices/{device}"),
+                Some(&token),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, 200, "{user}: {body}");
+    }
+    // The legacy field names the user like the identifier does: someone else is refused, and a
+    // wrong password is a stage to try again.
+    server.register("bob", PW).await;
+    let as_bob = json!({ "auth": { "type": "m.login.password", "user": "bob", "password": PW } });
+    let (status, body) = server
+        .request(Method::DELETE, &path, Some(&token), Some(&as_bob))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let wrong =
+        json!({ "auth": { "type": "m.login.password", "user": "alice", "password": "no" } });
+    let (status, body) = server
+        .request(Method::DELETE, &path, Some(&token), Some(&wrong))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    // Naming nobody at all is a malformed submission (as Synapse answers it), not a 500.
+    let nobody = json!({ "auth": { "type": "m.login.password", "password": PW } });
+    let resp = server
+        .request(Method::DELETE, &path, Some(&token), Some(&nobody))
+        .await;
+    assert_matrix_error(&resp, 400, "M_INVALID_PARAM");
+    let (status, _) = server.get(&path, &token).await;
+    assert_eq!(status, 200, "the device is still there");
+}

@@ -112,13 +112,81 @@ fn left(sync: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_keys_without_their_required_fields_are_refused() {
+    let server = TestServer::start().await;
+    let (alice, token, device) = server.register("alice", PW).await;
+    let (key, public) = signing_key(9);
+    let good = device_keys(&alice, &device, &key, &public);
+    // What SyTest sends: user and device right, algorithms, keys and signatures missing. None
+    // of the upload is kept, not even its one-time key.
+    let bare = json!({
+        "device_keys": { "user_id": alice, "device_id": device },
+        "one_time_keys": { "my_algorithm:my_id_1": "KIhHVkAQi8r41aPNql2zTqQsInpFa8XdslQLC8F8BHc" },
+    });
+    let resp = server.post("/keys/upload", &token, &bare).await;
+    assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    for field in ["user_id", "device_id", "algorithms", "keys", "signatures"] {
+        let mut keys = good.clone();
+        keys.as_object_mut().unwrap().remove(field);
+        let resp = server
+            .post("/keys/upload", &token, &json!({ "device_keys": keys }))
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    for (field, bad) in [
+        ("algorithms", json!("m.megolm.v1.aes-sha2")),
+        ("algorithms", json!([1])),
+        ("keys", json!({ "ed25519:X": 5 })),
+        ("signatures", json!({ &alice: "sig" })),
+        ("signatures", json!({ &alice: { "ed25519:X": true } })),
+    ] {
+        let mut keys = good.clone();
+        keys[field] = bad;
+        let resp = server
+            .post("/keys/upload", &token, &json!({ "device_keys": keys }))
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    for not_an_object in [json!("keys"), json!([good.clone()])] {
+        let resp = server
+            .post(
+                "/keys/upload",
+                &token,
+                &json!({ "device_keys": not_an_object }),
+            )
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    // A one-time or fallback key id must be algorithm:id.
+    for field in ["one_time_keys", "fallback_keys"] {
+        let resp = server
+            .post(
+                "/keys/upload",
+                &token,
+                &json!({ field: { "no_colon": "a2V5" } }),
+            )
+            .await;
+        assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    }
+    let (status, body) = server
+        .post("/keys/upload", &token, &json!({ "device_keys": good }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["one_time_key_counts"],
+        json!({ "signed_curve25519": 0 }),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_keys_go_once_each_then_the_fallback_key() {
     let server = TestServer::start().await;
     let (alice, alice_token, alice_device) = server.register("alice", PW).await;
     let (bob, bob_token, bob_device) = server.register("bob", PW).await;
     let (key, public) = signing_key(1);
 
-    // Device keys must be the uploader's own.
+    // Device keys must be the uploader's own (M_BAD_JSON, as Synapse answers).
     let forged = device_keys("@bob:localhost", &alice_device, &key, &public);
     let resp = server
         .post(
@@ -127,7 +195,16 @@ async fn one_time_keys_go_once_each_then_the_fallback_key() {
             &json!({ "device_keys": forged }),
         )
         .await;
-    assert_matrix_error(&resp, 400, "M_INVALID_PARAM");
+    assert_matrix_error(&resp, 400, "M_BAD_JSON");
+    let other_device = device_keys(&alice, "NOTMINE", &key, &public);
+    let resp = server
+        .post(
+            "/keys/upload",
+            &alice_token,
+            &json!({ "device_keys": other_device }),
+        )
+        .await;
+    assert_matrix_error(&resp, 400, "M_BAD_JSON");
 
     let upload = json!({
         "device_keys": device_keys(&alice, &alice_device, &key, &public),
@@ -219,8 +296,12 @@ async fn device_list_changes_reach_room_members_and_departures_show_as_left() {
     assert!(changed(&s1).contains(&alice), "{s1}");
     let t1 = s1["next_batch"].as_str().unwrap().to_owned();
 
-    // A new device of alice's uploading keys wakes bob's long-poll.
+    // A new device of alice's: its login is news to bob, and so are its keys, which wake his
+    // long-poll.
     let (_, alice2_token, alice2_device) = server.login("alice", PW).await;
+    let s_login = sync(&server, &bob_token, Some(&t1), 0).await;
+    assert_eq!(changed(&s_login), vec![alice.clone()], "{s_login}");
+    let t1 = s_login["next_batch"].as_str().unwrap().to_owned();
     let (key, public) = signing_key(2);
     let poll = sync(&server, &bob_token, Some(&t1), 20_000);
     let upload = async {
@@ -240,7 +321,7 @@ async fn device_list_changes_reach_room_members_and_departures_show_as_left() {
         )
         .await;
     assert_eq!(status, 200, "{kc}");
-    assert_eq!(kc["changed"], json!([alice]));
+    assert_eq!(kc["changed"], json!([alice]), "{kc}");
     assert!(!changed(&s2).contains(&carol));
 
     // Deleting the device (after the password) is a change too, and its keys are gone.
@@ -538,4 +619,140 @@ async fn key_backup_keeps_the_best_copy_of_each_session() {
     assert_matrix_error(&resp, 404, "M_NOT_FOUND");
     let (_, latest) = server.get("/room_keys/version", &token).await;
     assert_eq!(latest["version"], json!(v1));
+}
+
+/// `since` → the next_batch of a sync from it.
+fn next_batch(sync: &Value) -> String {
+    sync["next_batch"].as_str().expect("next_batch").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_and_cross_signing_changes_reach_whom_synapse_tells() {
+    let server = TestServer::start().await;
+    let (alice, alice_token, _) = server.register("alice", PW).await;
+    let (bob, bob_token, _) = server.register("bob", PW).await;
+    let room = server
+        .create_room(&alice_token, &json!({ "preset": "public_chat" }))
+        .await;
+    let (status, _) = server.join_raw(&bob_token, &room).await;
+    assert_eq!(status, 200);
+    let mut a = next_batch(&sync(&server, &alice_token, None, 0).await);
+    let mut b = next_batch(&sync(&server, &bob_token, None, 0).await);
+
+    // A new device logging in, before it uploads any key, is news to the user's other devices
+    // and to those who share a room with them.
+    let (_, bob2_token, bob2_device) = server.login("bob", PW).await;
+    let s = sync(&server, &bob_token, Some(&b), 0).await;
+    assert!(changed(&s).contains(&bob), "bob's own new device: {s}");
+    b = next_batch(&s);
+    let s = sync(&server, &alice_token, Some(&a), 0).await;
+    assert!(changed(&s).contains(&bob), "bob's new device: {s}");
+    let before_login = std::mem::replace(&mut a, next_batch(&s));
+    // Its keys are news again; and `/keys/changes` up to a token from before them still has
+    // the login's change (it reads to now, as Synapse does: the stream keeps a user's latest
+    // change only).
+    let (key, public) = signing_key(24);
+    let body = json!({ "device_keys": device_keys(&bob, &bob2_device, &key, &public) });
+    let (status, _) = server.post("/keys/upload", &bob2_token, &body).await;
+    assert_eq!(status, 200);
+    let (status, kc) = server
+        .get(
+            &format!("/keys/changes?from={}&to={}", enc(&before_login), enc(&a)),
+            &alice_token,
+        )
+        .await;
+    assert_eq!(status, 200, "{kc}");
+    assert_eq!(kc["changed"], json!([bob]), "{kc}");
+    let s = sync(&server, &alice_token, Some(&a), 0).await;
+    assert!(changed(&s).contains(&bob), "bob's new device's keys: {s}");
+    a = next_batch(&s);
+    b = next_batch(&sync(&server, &bob_token, Some(&b), 0).await);
+
+    // Cross-signing keys: master and self-signing are news to all, as before.
+    let cross_key = |user: &str, usage: &str, public: &str| json!({ "user_id": user, "usage": [usage], "keys": { format!("ed25519:{public}"): public } });
+    let (master, master_pub) = signing_key(20);
+    let (ssk, ssk_pub) = signing_key(21);
+    let (usk, usk_pub) = signing_key(22);
+    let mut self_signing = cross_key(&alice, "self_signing", &ssk_pub);
+    sign(&mut self_signing, &alice, &master_pub, &master);
+    let _ = ssk;
+    let upload = json!({
+        "master_key": cross_key(&alice, "master", &master_pub),
+        "self_signing_key": self_signing,
+    });
+    let (status, body) = server
+        .post("/keys/device_signing/upload", &alice_token, &upload)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let s = sync(&server, &bob_token, Some(&b), 0).await;
+    assert!(changed(&s).contains(&alice), "{s}");
+    b = next_batch(&s);
+    let s = sync(&server, &alice_token, Some(&a), 0).await;
+    assert!(changed(&s).contains(&alice), "{s}");
+    a = next_batch(&s);
+
+    // A user-signing key is news to its owner alone (SyTest: "Changing user-signing key
+    // notifies local users"); its upload is authenticated the r0 way SyTest does it.
+    let mut user_signing = cross_key(&alice, "user_signing", &usk_pub);
+    sign(&mut user_signing, &alice, &master_pub, &master);
+    let upload = json!({
+        "user_signing_key": user_signing,
+        "auth": { "type": "m.login.password", "user": alice, "password": PW },
+    });
+    let (status, body) = server
+        .post("/keys/device_signing/upload", &alice_token, &upload)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let s = sync(&server, &alice_token, Some(&a), 0).await;
+    assert_eq!(changed(&s), vec![alice.clone()], "{s}");
+    a = next_batch(&s);
+    let s = sync(&server, &bob_token, Some(&b), 0).await;
+    assert!(
+        !changed(&s).contains(&alice),
+        "alice's user-signing key: {s}"
+    );
+    b = next_batch(&s);
+
+    // Alice signs bob's master key: news to alice (about bob), to nobody else.
+    let (_, bob_master_pub) = signing_key(23);
+    let bob_master = cross_key(&bob, "master", &bob_master_pub);
+    let (status, _) = server
+        .post(
+            "/keys/device_signing/upload",
+            &bob_token,
+            &json!({ "master_key": bob_master }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    a = next_batch(&sync(&server, &alice_token, Some(&a), 0).await);
+    b = next_batch(&sync(&server, &bob_token, Some(&b), 0).await);
+    let mut signed = bob_master.clone();
+    sign(&mut signed, &alice, &usk_pub, &usk);
+    let (status, body) = server
+        .post(
+            "/keys/signatures/upload",
+            &alice_token,
+            &json!({ &bob: { &bob_master_pub: signed } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["failures"].as_object().is_none_or(|f| f.is_empty()),
+        "{body}"
+    );
+    let s = sync(&server, &alice_token, Some(&a), 0).await;
+    assert_eq!(changed(&s), vec![bob.clone()], "{s}");
+    let (status, kc) = server
+        .get(
+            &format!("/keys/changes?from={}&to={}", enc(&a), enc(&next_batch(&s))),
+            &alice_token,
+        )
+        .await;
+    assert_eq!(status, 200, "{kc}");
+    assert_eq!(kc["changed"], json!([bob]), "{kc}");
+    let s = sync(&server, &bob_token, Some(&b), 0).await;
+    assert!(
+        changed(&s).is_empty(),
+        "alice's signature on bob's key: {s}"
+    );
 }

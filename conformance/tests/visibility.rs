@@ -227,3 +227,79 @@ async fn an_invitee_reads_nothing_of_a_shared_room_until_joining() {
     let (status, _) = server.get(&format!("/rooms/{r}/event/{e}"), &bob).await;
     assert_eq!(status, 200);
 }
+
+/// `unsigned.membership` (MSC4115, spec v1.11) of the event with body `text` among `events`.
+fn membership_of(events: &[Value], text: &str) -> Value {
+    let ev = events
+        .iter()
+        .find(|e| e["content"]["body"] == text)
+        .unwrap_or_else(|| panic!("no {text:?} in {events:?}"));
+    ev["unsigned"]["membership"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_says_the_readers_membership_at_it() {
+    let server = TestServer::start().await;
+    let (alice, bob, room, _) = room_with(&server, "shared").await;
+    let (status, _) = server
+        .post(&format!("/rooms/{}/leave", enc(&room)), &bob, &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    server.send_text(&alice, &room, "m3", "gone").await;
+    let (status, _) = server.join_raw(&bob, &room).await;
+    assert_eq!(status, 200);
+    let back = server.send_text(&alice, &room, "m4", "back").await;
+    // Bob's view: "before" came before he joined (leave), "after" while he was joined, "gone"
+    // while he was away (shared history shows it to him, as one he was not joined for).
+    let (status, page) = server
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=100", enc(&room)),
+            &bob,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let chunk = page["chunk"].as_array().unwrap().clone();
+    assert_eq!(membership_of(&chunk, "before"), "leave", "{page}");
+    assert_eq!(membership_of(&chunk, "after"), "join", "{page}");
+    assert_eq!(membership_of(&chunk, "gone"), "leave", "{page}");
+    assert_eq!(membership_of(&chunk, "back"), "join", "{page}");
+    // Every event carries it, the member events too: his own join counts as joined.
+    for ev in &chunk {
+        assert!(ev["unsigned"]["membership"].is_string(), "{ev}");
+    }
+    // The same reader, another sender: alice was joined throughout.
+    let (_, alice_page) = server
+        .get(
+            &format!("/rooms/{}/messages?dir=b&limit=100", enc(&room)),
+            &alice,
+        )
+        .await;
+    let alice_chunk = alice_page["chunk"].as_array().unwrap().clone();
+    assert_eq!(membership_of(&alice_chunk, "before"), "join");
+
+    // /event and /context.
+    let (status, ev) = server
+        .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&back)), &bob)
+        .await;
+    assert_eq!(status, 200, "{ev}");
+    assert_eq!(ev["unsigned"]["membership"], "join", "{ev}");
+    let (status, ctx) = server
+        .get(
+            &format!("/rooms/{}/context/{}?limit=10", enc(&room), enc(&back)),
+            &bob,
+        )
+        .await;
+    assert_eq!(status, 200, "{ctx}");
+    assert_eq!(ctx["event"]["unsigned"]["membership"], "join", "{ctx}");
+    let before: Vec<Value> = ctx["events_before"].as_array().unwrap().clone();
+    assert_eq!(membership_of(&before, "gone"), "leave", "{ctx}");
+
+    // /sync's timeline.
+    let (status, s) = server.get("/sync", &bob).await;
+    assert_eq!(status, 200, "{s}");
+    let timeline = s["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(membership_of(&timeline, "back"), "join", "{s}");
+}

@@ -251,8 +251,27 @@ impl Accounts {
                 self.sessions.write().remove(&h);
             }
         }
+        let is_new_device = match &options.device_id {
+            Some(d) => self.store.device(user_id.as_str(), d)?.is_none(),
+            None => true,
+        };
+        let display_name = options.display_name.clone();
         let login = self.new_login_ops(user_id, options, &mut ops);
-        self.store.submit(ops).await?;
+        if is_new_device {
+            // A new device is news to the user's other devices and to those who share a room
+            // with them (as Synapse notifies it), before it has uploaded any key.
+            let update = DeviceUpdate {
+                device_id: login.device_id.to_string(),
+                display_name,
+                deleted: false,
+                keys: None,
+            };
+            self.device_lists
+                .commit_change(user_id, ops, vec![update])
+                .await?;
+        } else {
+            self.store.submit(ops).await?;
+        }
         self.cache_session(&login);
         Ok(login)
     }

@@ -69,6 +69,9 @@ pub enum E2eeOp {
     },
     /// Records at the next stream position that a user's device list changed.
     DeviceListChanged(String),
+    /// Records at the next stream position a change of `target`'s keys that only `viewer`
+    /// hears of: their own user-signing key, or their signature on `target`'s master key.
+    UserSignatureChanged { viewer: String, target: String },
     /// Creates a version or replaces its algorithm and auth data (count and etag are kept).
     PutBackupVersion {
         user_id: String,
@@ -116,6 +119,13 @@ pub trait E2eeStore {
         after: StreamPos,
         upto: StreamPos,
     ) -> StorageResult<Vec<(StreamPos, String)>>;
+    /// The users whose keys changed in `(after, upto]` in a way only `viewer` hears of.
+    fn user_signature_changes(
+        &self,
+        viewer: &str,
+        after: StreamPos,
+        upto: StreamPos,
+    ) -> StorageResult<Vec<String>>;
     fn backup_versions(&self, user_id: &str) -> StorageResult<Vec<(u64, BackupVersionRecord)>>;
     /// A version's keys, of one room or all: `(room id, session id, JSON)`.
     fn backup_keys(
@@ -230,6 +240,28 @@ impl E2eeStore for RedbStore {
             .collect()
     }
 
+    fn user_signature_changes(
+        &self,
+        viewer: &str,
+        after: StreamPos,
+        upto: StreamPos,
+    ) -> StorageResult<Vec<String>> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(USER_SIGNATURE_STREAM)?;
+        let mut out = Vec::new();
+        for row in t.range(after + 1..=upto)? {
+            let (_, v) = row?;
+            let (v_viewer, target) = v.value();
+            if v_viewer == viewer {
+                out.push(target.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
     fn backup_versions(&self, user_id: &str) -> StorageResult<Vec<(u64, BackupVersionRecord)>> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(BACKUP_VERSIONS)?;
@@ -299,6 +331,8 @@ pub(crate) struct E2eeTables<'t> {
     signatures: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
     device_lists: Table<'t, u64, &'static str>,
     device_list_latest: Table<'t, &'static str, u64>,
+    user_signatures: Table<'t, u64, (&'static str, &'static str)>,
+    user_signature_latest: Table<'t, (&'static str, &'static str), u64>,
     backup_versions: Table<'t, (&'static str, u64), &'static [u8]>,
     backup_keys: Table<'t, (&'static str, u64, &'static str, &'static str), &'static str>,
 }
@@ -313,6 +347,8 @@ impl<'t> E2eeTables<'t> {
             signatures: txn.open_table(KEY_SIGNATURES)?,
             device_lists: txn.open_table(DEVICE_LIST_STREAM)?,
             device_list_latest: txn.open_table(DEVICE_LIST_LATEST)?,
+            user_signatures: txn.open_table(USER_SIGNATURE_STREAM)?,
+            user_signature_latest: txn.open_table(USER_SIGNATURE_LATEST)?,
             backup_versions: txn.open_table(BACKUP_VERSIONS)?,
             backup_keys: txn.open_table(BACKUP_KEYS)?,
         })
@@ -407,6 +443,20 @@ impl<'t> E2eeTables<'t> {
                     self.device_lists.remove(old)?;
                 }
                 self.device_lists.insert(pos, user_id.as_str())?;
+                return Ok(Some(pos));
+            }
+            E2eeOp::UserSignatureChanged { viewer, target } => {
+                *next_pos += 1;
+                let pos = *next_pos;
+                let pair = (viewer.as_str(), target.as_str());
+                let old = self
+                    .user_signature_latest
+                    .insert(pair, pos)?
+                    .map(|v| v.value());
+                if let Some(old) = old {
+                    self.user_signatures.remove(old)?;
+                }
+                self.user_signatures.insert(pos, pair)?;
                 return Ok(Some(pos));
             }
             E2eeOp::PutBackupVersion {

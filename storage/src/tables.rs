@@ -74,6 +74,14 @@ pub const DEVICE_LIST_STREAM: TableDefinition<u64, &str> = TableDefinition::new(
 /// user id → position of the user's latest entry in DEVICE_LIST_STREAM
 pub const DEVICE_LIST_LATEST: TableDefinition<&str, u64> =
     TableDefinition::new("device_list_latest");
+/// stream position → (viewer, target): changes that only the viewer hears of, in stream order:
+/// their own user-signing key changed (target = viewer), or they signed the target's master key
+/// (Synapse's user signature stream); only each pair's latest change is kept
+pub const USER_SIGNATURE_STREAM: TableDefinition<u64, (&str, &str)> =
+    TableDefinition::new("user_signature_stream");
+/// (viewer, target) → position of the pair's latest entry in USER_SIGNATURE_STREAM
+pub const USER_SIGNATURE_LATEST: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("user_signature_latest");
 /// (user id, version) → BackupVersionRecord
 pub const BACKUP_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("backup_versions");

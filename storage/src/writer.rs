@@ -194,7 +194,9 @@ fn change_keys(op: &WriteOp) -> Vec<ChangeKey> {
             user_id, device_id, ..
         } => vec![ChangeKey::ToDevice(user_id.clone(), device_id.clone())],
         WriteOp::PutAccountData { user_id, .. } => vec![ChangeKey::AccountData(user_id.clone())],
-        WriteOp::E2ee(E2eeOp::DeviceListChanged(_)) => vec![ChangeKey::DeviceLists],
+        WriteOp::E2ee(E2eeOp::DeviceListChanged(_) | E2eeOp::UserSignatureChanged { .. }) => {
+            vec![ChangeKey::DeviceLists]
+        }
         _ => Vec::new(),
     }
 }

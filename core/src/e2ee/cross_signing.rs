@@ -1,6 +1,6 @@
 //! Cross-signing: `/keys/device_signing/upload` and `/keys/signatures/upload`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_storage::WriteOp;
 use hearth_storage::e2ee::E2eeOp;
@@ -72,6 +72,8 @@ impl E2ee {
         let (master_id, master_public) =
             single_key(master).ok_or_else(|| Error::InvalidParam("Bad master key".into()))?;
         let mut ops = Vec::new();
+        // Whether a key others see changed (master, self-signing), not only the user-signing key.
+        let mut public_change = false;
         for (usage, key) in keys.by_usage() {
             let Some(key) = key else { continue };
             if usage != "master" && !verify(key, user.as_str(), &master_id, &master_public) {
@@ -82,6 +84,7 @@ impl E2ee {
             if stored.get(usage).map(signed_part) == Some(signed_part(key)) {
                 continue;
             }
+            public_change |= usage != "user_signing";
             ops.push(WriteOp::E2ee(E2eeOp::PutCrossSigningKey {
                 user_id: user.to_string(),
                 usage: usage.into(),
@@ -91,9 +94,16 @@ impl E2ee {
         if ops.is_empty() {
             return Ok(());
         }
-        self.device_lists
-            .commit_change(user, ops, Vec::new())
-            .await?;
+        if public_change {
+            self.device_lists
+                .commit_change(user, ops, Vec::new())
+                .await?;
+        } else {
+            // A new user-signing key is news to the user's own devices alone, as in Synapse.
+            self.device_lists
+                .commit_private_change(user, [user.to_owned()], ops)
+                .await?;
+        }
         // Only the keys others may see travel: the user-signing key stays home.
         if keys.master.is_some() || keys.self_signing.is_some() {
             self.device_lists
@@ -111,7 +121,9 @@ impl E2ee {
     ) -> Result<SignatureFailures> {
         let own = self.stored_signing_keys(signer)?;
         let mut failures = SignatureFailures::new();
-        let mut ops = Vec::new();
+        let mut own_ops = Vec::new();
+        let mut other_ops = Vec::new();
+        let mut others = BTreeSet::new();
         for (target, objects) in signed {
             for (key_id, object) in objects {
                 let outcome = if target == signer {
@@ -120,7 +132,11 @@ impl E2ee {
                     self.sign_other(signer, &own, &target, &key_id, &object)
                 };
                 match outcome {
-                    Ok(op) => ops.push(op),
+                    Ok(op) if target == signer => own_ops.push(op),
+                    Ok(op) => {
+                        other_ops.push(op);
+                        others.insert(target.clone());
+                    }
                     Err(f) => {
                         failures
                             .entry(target.clone())
@@ -130,9 +146,17 @@ impl E2ee {
                 }
             }
         }
-        if !ops.is_empty() {
+        // Signatures on one's own devices and master key are seen by all who share a room;
+        // those on others' master keys by the signer alone, who hears that those users changed
+        // (as Synapse notifies them).
+        if !own_ops.is_empty() {
             self.device_lists
-                .commit_change(signer, ops, Vec::new())
+                .commit_change(signer, own_ops, Vec::new())
+                .await?;
+        }
+        if !other_ops.is_empty() {
+            self.device_lists
+                .commit_private_change(signer, others, other_ops)
                 .await?;
         }
         Ok(failures)

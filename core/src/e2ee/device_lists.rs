@@ -114,6 +114,27 @@ impl DeviceLists {
         Ok(())
     }
 
+    /// Commits `ops` together with changes of `targets`' keys that only `viewer` hears of (in
+    /// their `device_lists.changed`), as Synapse's user signature stream: `viewer`'s own
+    /// user-signing key, or `viewer`'s signatures on the targets' master keys. Nobody else
+    /// needs to query again, and other servers are not told.
+    pub async fn commit_private_change(
+        &self,
+        viewer: &UserId,
+        targets: impl IntoIterator<Item = OwnedUserId>,
+        mut ops: Vec<WriteOp>,
+    ) -> Result<()> {
+        ops.extend(targets.into_iter().map(|target| {
+            WriteOp::E2ee(E2eeOp::UserSignatureChanged {
+                viewer: viewer.to_string(),
+                target: target.to_string(),
+            })
+        }));
+        self.store.submit(ops).await?;
+        self.notifier.notify([viewer]);
+        Ok(())
+    }
+
     /// Another server says one of its users' devices or cross-signing keys changed: the local
     /// users who share a room with them must query their keys again.
     pub async fn remote_changed(&self, user: &UserId) -> Result<()> {
@@ -247,6 +268,14 @@ impl DeviceLists {
                 // The user's own devices changing is news to their other devices.
                 if other == user || self.share_a_room(user, &other)? {
                     changed.insert(other);
+                }
+            }
+            for target in self
+                .store
+                .user_signature_changes(user.as_str(), since, upto)?
+            {
+                if let Ok(target) = UserId::parse(target) {
+                    changed.insert(target);
                 }
             }
         }

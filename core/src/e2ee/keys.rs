@@ -53,11 +53,47 @@ const SIGNED_CURVE25519: &str = "signed_curve25519";
 
 fn algorithm_of(key_id: &str) -> Result<&str> {
     match key_id.split_once(':') {
-        Some((alg, id)) if !alg.is_empty() && !id.is_empty() => Ok(alg),
-        _ => Err(Error::InvalidParam(format!(
+        Some((alg, id)) if !alg.is_empty() && !id.is_empty() && !id.contains(':') => Ok(alg),
+        _ => Err(Error::BadJson(format!(
             "Key id {key_id:?} is not algorithm:id"
         ))),
     }
+}
+
+/// The shape the spec gives device keys (`DeviceKeys`): `user_id` and `device_id` strings (the
+/// uploader's), `algorithms` a list of strings, `keys` a map of strings, `signatures` a map of
+/// maps of strings. Anything else is `M_BAD_JSON`, as Synapse answers.
+fn check_device_keys(keys: &Json, user: &str, device: &str) -> Result<()> {
+    let bad = |what: &str| Err(Error::BadJson(format!("device_keys: {what}")));
+    let Some(obj) = keys.as_object() else {
+        return bad("must be an object");
+    };
+    let is_str_map = |v: &Json| {
+        v.as_object()
+            .is_some_and(|m| m.values().all(Json::is_string))
+    };
+    match obj.get("user_id").map(Json::as_str) {
+        Some(Some(u)) if u == user => {}
+        Some(Some(_)) => return bad("user_id does not match the authenticated user"),
+        _ => return bad("user_id must be a string"),
+    }
+    match obj.get("device_id").map(Json::as_str) {
+        Some(Some(d)) if d == device => {}
+        Some(Some(_)) => return bad("device_id does not match the authenticated device"),
+        _ => return bad("device_id must be a string"),
+    }
+    let algorithms = obj.get("algorithms").and_then(Json::as_array);
+    if !algorithms.is_some_and(|a| a.iter().all(Json::is_string)) {
+        return bad("algorithms must be a list of strings");
+    }
+    if !obj.get("keys").is_some_and(is_str_map) {
+        return bad("keys must be a map of strings");
+    }
+    let signatures = obj.get("signatures").and_then(Json::as_object);
+    if !signatures.is_some_and(|s| s.values().all(is_str_map)) {
+        return bad("signatures must be a map of maps of strings");
+    }
+    Ok(())
 }
 
 impl E2ee {
@@ -71,14 +107,18 @@ impl E2ee {
         let (u, d) = (user.as_str(), device);
         let mut ops = Vec::new();
         let mut announce = None;
+        // The whole upload is checked before any of it is kept.
+        if let Some(keys) = &upload.device_keys {
+            check_device_keys(keys, u, d)?;
+        }
+        for id in upload
+            .one_time_keys
+            .keys()
+            .chain(upload.fallback_keys.keys())
+        {
+            algorithm_of(id)?;
+        }
         if let Some(keys) = upload.device_keys {
-            if keys.get("user_id").and_then(Json::as_str) != Some(u)
-                || keys.get("device_id").and_then(Json::as_str) != Some(d)
-            {
-                return Err(Error::InvalidParam(
-                    "device_keys must name the uploading user and device".into(),
-                ));
-            }
             let stored = self
                 .store
                 .device_keys(u)?

@@ -129,6 +129,8 @@ impl Pdu {
             relations: Option<&'a RawJsonValue>,
             #[serde(skip_serializing_if = "Option::is_none")]
             redacted_because: Option<&'a RawJsonValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            membership: Option<&'a str>,
         }
         #[derive(Serialize)]
         struct ClientEvent<'a> {
@@ -163,6 +165,7 @@ impl Pdu {
                 replaces_state: opts.replaces_state,
                 relations: opts.relations,
                 redacted_because: opts.redacted_because,
+                membership: opts.membership,
             },
         };
         serde_json::value::to_raw_value(&ev).expect("client events serialise")
@@ -181,6 +184,8 @@ pub struct ClientFormat<'a> {
     pub relations: Option<&'a RawJsonValue>,
     /// The redaction that pruned the event, in client format.
     pub redacted_because: Option<&'a RawJsonValue>,
+    /// The reader's membership of the room at the event (after it): `unsigned.membership`.
+    pub membership: Option<&'a str>,
 }
 
 /// Room versions from 12 on name a room after the reference hash of its create event.

@@ -212,6 +212,15 @@ impl Rooms {
             .and_then(|id| EventId::parse(id).ok())
             .and_then(|id| self.timeline_event(&id).ok().flatten())
             .map(|r| self.format_plain(&r, viewer, with_room_id));
+        // The reader's membership at the event, on every event a client reads (spec v1.11,
+        // MSC4115): clients tell "sent before you joined" from a missing key by it.
+        let membership = viewer.and_then(|(user, _)| {
+            self.membership_in_group(user, ev.meta.state_after)
+                .inspect_err(|e| {
+                    tracing::warn!(event_id = %ev.pdu.event_id, error = %e, "no membership at event");
+                })
+                .ok()
+        });
         ev.pdu.to_client(&ClientFormat {
             with_room_id,
             transaction_id,
@@ -219,6 +228,7 @@ impl Rooms {
             replaces_state: ev.meta.replaces_state.as_deref(),
             relations,
             redacted_because: redacted_because.as_deref(),
+            membership: membership.as_deref(),
         })
     }
 

@@ -22,6 +22,16 @@ impl Rooms {
             .and_then(|p| p.content_value()[field].as_str().map(str::to_owned)))
     }
 
+    /// `user`'s membership of the room in the state group `group` ("leave" when they have
+    /// none): what `unsigned.membership` (spec v1.11, MSC4115) reports for an event, given
+    /// the state after it.
+    pub(crate) fn membership_in_group(&self, user: &UserId, group: u64) -> Result<String> {
+        let state = self.state_at_group(group)?;
+        Ok(self
+            .content_field(&state, "m.room.member", user.as_str(), "membership")?
+            .unwrap_or_else(|| "leave".into()))
+    }
+
     /// Whether the reader `user` with `access` may see `ev`: at once for what came after their
     /// current join, by the room's history visibility otherwise. Every read path asks this.
     pub fn sees(&self, user: &UserId, ev: &TimelineEvent, access: &Access) -> Result<bool> {
