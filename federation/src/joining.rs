@@ -2,8 +2,8 @@
 //! ask a resident server for a join template, fill in our user's content, sign it, send it, and
 //! check every PDU of the state and auth chain that comes back before the core takes the room in.
 
-use hearth_core::config::SUPPORTED_ROOM_VERSIONS;
 use hearth_core::rooms::RemoteJoin;
+use hearth_core::rooms::version::SUPPORTED_ROOM_VERSIONS;
 use http::Method;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{

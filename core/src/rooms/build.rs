@@ -5,13 +5,14 @@ use std::sync::Arc;
 use hearth_storage::{AppendEvent, EventMeta, MembershipRecord, TxnRef, WriteOp};
 use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
-use ruma::signatures::{hash_and_sign_event, reference_hash};
+use ruma::signatures::hash_and_sign_event;
 use ruma::state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, UserId};
 use serde_json::{Value, json};
 
 use super::pdu::{Pdu, PduRef};
 use super::state::{StateMap, next_group};
+use super::version::VersionRules;
 use super::{Batch, RoomHead, Rooms};
 use crate::util::now_ms;
 use crate::{Error, Result};
@@ -61,8 +62,7 @@ impl Rooms {
             &rules.redaction,
         )
         .map_err(sign_error)?;
-        let hash = reference_hash(obj, rules).map_err(sign_error)?;
-        OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)
+        rules.event_id_of(obj)
     }
 
     /// Builds the next event of the room on top of `head`, checks it against the auth rules and
@@ -134,11 +134,10 @@ impl Rooms {
             pdu["state_key"] = json!(k);
         }
         if let Some(r) = &ev.redacts {
-            // Room version 11 moved `redacts` from the top level into the content.
-            if head.version == ruma::RoomVersionId::V10 {
-                pdu["redacts"] = json!(r);
-            } else {
+            if head.rules.redacts_in_content() {
                 pdu["content"]["redacts"] = json!(r);
+            } else {
+                pdu["redacts"] = json!(r);
             }
         }
         let mut obj = to_canonical(pdu)?;

@@ -24,6 +24,7 @@ pub mod relations;
 pub mod state;
 pub mod timeline;
 pub mod upgrade;
+pub mod version;
 pub mod visibility;
 
 use std::collections::{HashMap, HashSet};

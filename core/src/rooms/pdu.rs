@@ -288,7 +288,7 @@ mod fuzz {
         let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(value) else {
             return;
         };
-        for version in crate::config::SUPPORTED_ROOM_VERSIONS {
+        for version in super::super::version::SUPPORTED_ROOM_VERSIONS {
             let rules = version.rules().expect("supported");
             let _ = ruma::state_res::check_pdu_format(&obj, &rules.event_format);
             if let Ok(hash) = ruma::signatures::reference_hash(&obj, &rules)
