@@ -86,10 +86,12 @@ async fn an_upgrade_leaves_a_working_successor_and_silences_the_old_room() {
         .post(&upgrade(&old), &bt, &json!({ "new_version": "11" }))
         .await;
     assert_matrix_error(&resp, 403, "M_FORBIDDEN");
-    let resp = server
-        .post(&upgrade(&old), &at, &json!({ "new_version": "9999" }))
-        .await;
-    assert_matrix_error(&resp, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    for version in ["9999", "my_bad_version"] {
+        let resp = server
+            .post(&upgrade(&old), &at, &json!({ "new_version": version }))
+            .await;
+        assert_matrix_error(&resp, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    }
     let resp = server
         .post(
             &upgrade("!nowhere:localhost"),

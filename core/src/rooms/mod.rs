@@ -14,6 +14,7 @@ mod forks;
 mod gap_edge;
 pub mod history;
 pub mod invites;
+mod state_res_v1;
 pub use federated::{RemoteJoin, StateAndAuthChain};
 pub use gap_edge::GapEdge;
 pub mod membership;

@@ -8,14 +8,19 @@
 //! is read from the same value through [`VersionRules`] here, so that no code elsewhere asks
 //! "which version is this?": it asks the rules a question.
 
-use ruma::room_version_rules::{EventIdFormatVersion, RoomIdFormatVersion, RoomVersionRules};
-use ruma::{CanonicalJsonObject, OwnedEventId, RoomVersionId};
-use serde_json::Value;
+use ruma::room_version_rules::{
+    EventIdFormatVersion, EventsReferenceFormatVersion, RoomIdFormatVersion, RoomVersionRules,
+};
+use ruma::signatures::{Ed25519KeyPair, JsonError};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomVersionId};
+use serde_json::{Value, json};
 
 use crate::{Error, Result};
 
-/// Room versions this server can create, join and serve: every stable version from 3 on.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [
+/// Room versions this server can create, join and serve: every stable version.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 12] = [
+    RoomVersionId::V1,
+    RoomVersionId::V2,
     RoomVersionId::V3,
     RoomVersionId::V4,
     RoomVersionId::V5,
@@ -57,9 +62,26 @@ pub trait VersionRules {
     /// The room id is the create event's reference hash, and the create event has no `room_id`
     /// (v12 on).
     fn room_named_by_create(&self) -> bool;
-    /// The id of a signed event: `$` and its reference hash, in standard base64 (v3) or
-    /// URL-safe base64 (v4 on).
+    /// Events are named by their origin server (`$opaque:server`, carried in the PDU's
+    /// `event_id`) rather than by their reference hash (v1 and v2).
+    fn origin_names_events(&self) -> bool;
+    /// `prev_events` and `auth_events` are `[event id, {"sha256": content hash}]` pairs
+    /// rather than bare event ids (v1 and v2).
+    fn references_carry_hashes(&self) -> bool;
+    /// The id of a signed event: the PDU's own `event_id` (v1, v2), else `$` and its reference
+    /// hash, in standard base64 (v3) or URL-safe base64 (v4 on).
     fn event_id_of(&self, signed: &CanonicalJsonObject) -> Result<OwnedEventId>;
+    /// `prev_events` or `auth_events` as the version writes them, from each event's id and
+    /// content hash (`hashes.sha256`, when known).
+    fn event_refs(&self, refs: &[(OwnedEventId, Option<String>)]) -> Value;
+    /// Names (v1, v2: a fresh `$opaque:server_name` id in `event_id`), hashes and signs an
+    /// event of this version as `server_name`; its id.
+    fn sign_event(
+        &self,
+        server_name: &str,
+        key_pair: &Ed25519KeyPair,
+        obj: &mut CanonicalJsonObject,
+    ) -> Result<OwnedEventId>;
 }
 
 impl VersionRules for RoomVersionRules {
@@ -75,19 +97,95 @@ impl VersionRules for RoomVersionRules {
     fn room_named_by_create(&self) -> bool {
         matches!(self.room_id_format, RoomIdFormatVersion::V2)
     }
+    fn origin_names_events(&self) -> bool {
+        matches!(self.event_id_format, EventIdFormatVersion::V1)
+    }
+    fn references_carry_hashes(&self) -> bool {
+        matches!(
+            self.events_reference_format,
+            EventsReferenceFormatVersion::V1
+        )
+    }
     fn event_id_of(&self, signed: &CanonicalJsonObject) -> Result<OwnedEventId> {
-        if matches!(self.event_id_format, EventIdFormatVersion::V1) {
-            return Err(Error::internal(
-                "room versions 1 and 2 have no reference-hash event ids",
-            ));
+        if self.origin_names_events() {
+            return match signed.get("event_id") {
+                Some(CanonicalJsonValue::String(id)) => OwnedEventId::try_from(id.as_str())
+                    .map_err(|e| Error::BadJson(format!("event_id: {e}"))),
+                _ => Err(Error::BadJson("the event has no event_id".into())),
+            };
         }
-        let hash = ruma::signatures::reference_hash(signed, self).map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => {
-                Error::TooLarge("event is larger than 65536 bytes".into())
-            }
-            other => Error::BadJson(other.to_string()),
-        })?;
+        let hash = ruma::signatures::reference_hash(signed, self).map_err(json_error)?;
         OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)
+    }
+    fn event_refs(&self, refs: &[(OwnedEventId, Option<String>)]) -> Value {
+        if self.references_carry_hashes() {
+            refs.iter()
+                .map(|(id, hash)| match hash {
+                    Some(h) => json!([id, { "sha256": h }]),
+                    None => json!([id, {}]),
+                })
+                .collect()
+        } else {
+            refs.iter().map(|(id, _)| json!(id)).collect()
+        }
+    }
+    fn sign_event(
+        &self,
+        server_name: &str,
+        key_pair: &Ed25519KeyPair,
+        obj: &mut CanonicalJsonObject,
+    ) -> Result<OwnedEventId> {
+        if self.origin_names_events() {
+            let id = format!("${}:{server_name}", crate::util::random_string(18));
+            obj.insert("event_id".into(), CanonicalJsonValue::String(id));
+        } else {
+            obj.remove("event_id");
+        }
+        ruma::signatures::hash_and_sign_event(server_name, key_pair, obj, &self.redaction)
+            .map_err(json_error)?;
+        self.event_id_of(obj)
+    }
+}
+
+fn json_error(e: JsonError) -> Error {
+    match e {
+        JsonError::PduTooLarge => Error::TooLarge("event is larger than 65536 bytes".into()),
+        other => Error::BadJson(other.to_string()),
+    }
+}
+
+/// The event ids of a PDU's `prev_events` or `auth_events`, in either version's form (bare ids,
+/// or `[id, hashes]` pairs); entries of neither form are left out.
+pub fn referenced_ids(refs: Option<&CanonicalJsonValue>) -> Vec<OwnedEventId> {
+    let Some(CanonicalJsonValue::Array(refs)) = refs else {
+        return Vec::new();
+    };
+    refs.iter()
+        .filter_map(|r| match r {
+            CanonicalJsonValue::String(id) => Some(id.as_str()),
+            CanonicalJsonValue::Array(pair) => match pair.first() {
+                Some(CanonicalJsonValue::String(id)) => Some(id.as_str()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .filter_map(|id| <&EventId>::try_from(id).ok().map(ToOwned::to_owned))
+        .collect()
+}
+
+/// Whether two copies of an event are the same event (signatures and unsigned data aside):
+/// their reference hashes agree, in every version (in v1 and v2 the id alone proves nothing).
+pub fn same_event(
+    a: &CanonicalJsonObject,
+    b: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> bool {
+    match (
+        ruma::signatures::reference_hash(a, rules),
+        ruma::signatures::reference_hash(b, rules),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }
 
@@ -160,7 +258,7 @@ mod tests {
             "depth": 3,
             "unsigned": { "age_ts": 1000000 }
         });
-        let obj: CanonicalJsonObject = serde_json::from_value(event).unwrap();
+        let mut obj: CanonicalJsonObject = serde_json::from_value(event).unwrap();
         assert_eq!(
             ruma::signatures::content_hash(&obj).unwrap().encode(),
             "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
@@ -168,6 +266,14 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for v in &SUPPORTED_ROOM_VERSIONS {
             let rules = v.rules().unwrap();
+            if rules.origin_names_events() {
+                // Versions 1 and 2: the id is the one the event carries.
+                assert!(rules.event_id_of(&obj).is_err(), "{v}");
+                let mut named = obj.clone();
+                named.insert("event_id".into(), "$0:domain".to_owned().into());
+                assert_eq!(rules.event_id_of(&named).unwrap(), "$0:domain", "{v}");
+                continue;
+            }
             let id = rules.event_id_of(&obj).unwrap();
             let hash = id.as_str().strip_prefix('$').unwrap();
             assert_eq!(hash.len(), 43, "{v}");
@@ -181,6 +287,63 @@ mod tests {
         }
         // `origin` goes in the redaction of v11 on, which changes the hash: two hashes in all.
         assert_eq!(ids.len(), 2, "{ids:?}");
+        // A v3+ event carries no `event_id`; one that does is named by its hash all the same.
+        obj.insert("event_id".into(), "$0:domain".to_owned().into());
+        let v4 = RoomVersionId::V4.rules().unwrap();
+        assert_ne!(v4.event_id_of(&obj).unwrap(), "$0:domain");
+    }
+
+    /// Versions 1 and 2 name an event `$opaque:origin` inside the signed event and reference
+    /// others as `[id, hashes]` pairs; later versions by bare ids. Either form reads back.
+    #[test]
+    fn version_1_and_2_events_carry_their_ids_and_hashed_references() {
+        let key = ruma::signatures::Ed25519KeyPair::generate();
+        let key = Ed25519KeyPair::from_der(&key, "1".into()).unwrap();
+        let refs = [
+            (
+                OwnedEventId::try_from("$a:x").unwrap(),
+                Some("h".to_owned()),
+            ),
+            (OwnedEventId::try_from("$b:x").unwrap(), None),
+        ];
+        for v in &SUPPORTED_ROOM_VERSIONS {
+            let rules = v.rules().unwrap();
+            let written = rules.event_refs(&refs);
+            let old = matches!(v, RoomVersionId::V1 | RoomVersionId::V2);
+            let expected = if old {
+                json!([["$a:x", { "sha256": "h" }], ["$b:x", {}]])
+            } else {
+                json!(["$a:x", "$b:x"])
+            };
+            assert_eq!(written, expected, "{v}");
+            let read = referenced_ids(Some(&CanonicalJsonValue::try_from(written).unwrap()));
+            assert_eq!(read, vec![refs[0].0.clone(), refs[1].0.clone()], "{v}");
+
+            let mut obj: CanonicalJsonObject = serde_json::from_value(json!({
+                "type": "m.room.message", "room_id": "!r:hs", "sender": "@a:hs",
+                "content": { "body": "hi" }, "depth": 2, "origin_server_ts": 5,
+                "prev_events": rules.event_refs(&refs[..1]),
+                "auth_events": rules.event_refs(&refs[1..]),
+                "event_id": "$stale:elsewhere",
+            }))
+            .unwrap();
+            let id = rules.sign_event("hs", &key, &mut obj).unwrap();
+            assert_eq!(rules.event_id_of(&obj).unwrap(), id, "{v}");
+            assert_eq!(obj.contains_key("event_id"), old, "{v}");
+            assert_eq!(id.as_str().ends_with(":hs"), old, "{v}: {id}");
+            let mut keys = ruma::signatures::PublicKeyMap::new();
+            let mut set = ruma::signatures::PublicKeySet::new();
+            set.insert(
+                "ed25519:1".into(),
+                ruma::serde::Base64::new(key.public_key().to_vec()),
+            );
+            keys.insert("hs".into(), set);
+            assert_eq!(
+                ruma::signatures::verify_event(&keys, &obj, &rules).unwrap(),
+                ruma::signatures::Verified::All,
+                "{v}"
+            );
+        }
     }
 
     /// What each version's redaction algorithm keeps (the spec's room version pages).
