@@ -147,7 +147,7 @@ async fn serve(config: Config) -> Result<(), String> {
     core_config.default_room_version =
         RoomVersionId::try_from(config.default_room_version.as_str())
             .ok()
-            .filter(|v| hearth_core::config::SUPPORTED_ROOM_VERSIONS.contains(v))
+            .filter(hearth_core::rooms::version::is_supported)
             .ok_or_else(|| {
                 format!(
                     "default_room_version {:?} is not supported",

@@ -204,6 +204,9 @@ where
         if is_login::<T>() {
             login_has_type(&bytes)?;
         }
+        if is::<T, ruma::api::client::room::upgrade_room::v3::Request>() {
+            upgrade_version_is_an_id(&bytes)?;
+        }
         let bytes = legacy_password_auth(bytes)?;
         let raw_body = bytes.clone();
         let http_req = axum::http::Request::from_parts(parts, bytes);
@@ -226,6 +229,30 @@ where
             client_ip,
             raw_body,
         })
+    }
+}
+
+fn is<T: 'static, U: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>()
+}
+
+/// An upgrade to a version that is not even a valid version id (`my_bad_version`) asks for a
+/// version this server does not support: `M_UNSUPPORTED_ROOM_VERSION`, as Synapse answers, not
+/// the malformed body ruma's parser would make of it.
+fn upgrade_version_is_an_id(bytes: &[u8]) -> Result<(), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Upgrade {
+        new_version: Option<String>,
+    }
+    match serde_json::from_slice::<Upgrade>(bytes) {
+        Ok(Upgrade {
+            new_version: Some(v),
+        }) if ruma::RoomVersionId::try_from(v.as_str()).is_err() => Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            format!("This server does not support room version {v}"),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -35,7 +35,7 @@ pub async fn capabilities(
     state: AppState,
     _: Ruma<get_capabilities::v3::Request>,
 ) -> ApiResult<Patched<get_capabilities::v3::Response>> {
-    let available = hearth_core::config::SUPPORTED_ROOM_VERSIONS
+    let available = hearth_core::rooms::version::SUPPORTED_ROOM_VERSIONS
         .iter()
         .map(|v| (v.clone(), RoomVersionStability::Stable))
         .collect();

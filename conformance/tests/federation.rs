@@ -877,6 +877,16 @@ async fn room_name(server: &TestServer, token: &str, room: &str) -> Option<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_conflict_resolves_the_same_on_both_servers() {
+    state_conflict_resolves_the_same_on_both_servers("11").await;
+}
+
+/// Room version 1 resolves state by its own algorithm (state resolution v1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_conflict_in_a_version_1_room_resolves_the_same_on_both_servers() {
+    state_conflict_resolves_the_same_on_both_servers("1").await;
+}
+
+async fn state_conflict_resolves_the_same_on_both_servers(version: &str) {
     let ca = TestCa::new();
     let (mut a, a_name, _) = federating_server(&ca).await;
     let (mut b, _, _) = federating_server(&ca).await;
@@ -889,7 +899,7 @@ async fn a_state_conflict_resolves_the_same_on_both_servers() {
     } = bob_joins_anns_room(
         (&a, &a_name),
         &b,
-        json!({ "preset": "public_chat", "name": "first name" }),
+        json!({ "preset": "public_chat", "name": "first name", "room_version": version }),
     )
     .await;
     // Bob may rename the room too.
@@ -969,6 +979,65 @@ async fn a_state_conflict_resolves_the_same_on_both_servers() {
         )
     });
     assert!(agreed == "Ann's name" || agreed == "Bob's name", "{agreed}");
+}
+
+/// Rooms of every stable version work across two servers: a user of B joins a room of A, both
+/// send, both read, and B's user pages back through the history from before the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_of_every_version_work_across_two_servers() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    for version in [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+    ] {
+        let room = a
+            .create_room(
+                &ann_tok,
+                &json!({ "preset": "public_chat", "room_version": version }),
+            )
+            .await;
+        a.send_text(&ann_tok, &room, &format!("early{version}"), "before bob")
+            .await;
+        let (status, body) = b
+            .post(
+                &format!("/join/{}?server_name={}", enc(&room), enc(&a_name)),
+                &bob_tok,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {body} {}", b.log_tail(20));
+        let (_, first) = a.get("/sync?timeout=0", &ann_tok).await;
+        let mut ann_since = first["next_batch"].as_str().unwrap().to_owned();
+        let (_, first) = b.get("/sync?timeout=0", &bob_tok).await;
+        let mut bob_since = first["next_batch"].as_str().unwrap().to_owned();
+
+        b.send_text(&bob_tok, &room, &format!("b{version}"), "hi from B")
+            .await;
+        sync_until(&a, &ann_tok, &mut ann_since, |s| {
+            bodies(s, &room)
+                .contains(&"hi from B".to_owned())
+                .then_some(())
+        })
+        .await;
+        a.send_text(&ann_tok, &room, &format!("a{version}"), "hi from A")
+            .await;
+        sync_until(&b, &bob_tok, &mut bob_since, |s| {
+            bodies(s, &room)
+                .contains(&"hi from A".to_owned())
+                .then_some(())
+        })
+        .await;
+        let (events, _) = b.page_back_all(&bob_tok, &room, 10).await;
+        let texts = hearth_conformance::message_bodies(&events);
+        assert!(
+            texts.contains(&"before bob".to_owned()),
+            "v{version}: {texts:?} {}",
+            b.log_tail(20)
+        );
+    }
 }
 
 /// Whether a server's timeline of the room has a rename to `name`.

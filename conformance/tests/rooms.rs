@@ -575,12 +575,22 @@ async fn displayname_shows_in_member_event() {
     .await;
 }
 
+/// Every stable room version: created, listed by `/capabilities`, invited to, joined,
+/// messaged in and redacted in, with event ids of the version's format.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_supported_room_version_works_end_to_end() {
     let server = TestServer::start().await;
     let (_, tok, _) = server.register("alice", "pw-alice-1").await;
     let (_, bob_tok, _) = server.register("bob", "pw-bob-1").await;
-    for version in ["10", "11", "12"] {
+    let versions = [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+    ];
+    let (_, caps) = server.get("/capabilities", &tok).await;
+    let available = &caps["capabilities"]["m.room_versions"]["available"];
+    for version in versions {
+        assert_eq!(available[version], "stable", "{caps}");
+    }
+    for version in versions {
         let room = server
             .create_room(
                 &tok,
@@ -601,9 +611,18 @@ async fn every_supported_room_version_works_end_to_end() {
             .post(&format!("/rooms/{}/join", enc(&room)), &bob_tok, &json!({}))
             .await;
         assert_eq!(status, 200, "v{version}: {body}");
-        server
+        let hello = server
             .send_text(&bob_tok, &room, &format!("v{version}"), "hello")
             .await;
+        // Versions 1 and 2: ids the server makes up, with its name.
+        if version == "1" || version == "2" {
+            assert!(
+                hello.starts_with('$') && hello.ends_with(":localhost"),
+                "v{version}: {hello}"
+            );
+        } else {
+            check_reference_hash_id(version, &hello);
+        }
         let (_, sync) = server.get("/sync", &tok).await;
         let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
             .as_array()
@@ -614,12 +633,44 @@ async fn every_supported_room_version_works_end_to_end() {
             vec!["hello"],
             "v{version}: {sync}"
         );
+        // The sender redacts it: the content goes, the event stays.
+        let (status, body) = server
+            .put(
+                &format!("/rooms/{}/redact/{}/r{version}", enc(&room), enc(&hello)),
+                &bob_tok,
+                &json!({ "reason": "oops" }),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {body}");
+        let (status, event) = server
+            .get(
+                &format!("/rooms/{}/event/{}", enc(&room), enc(&hello)),
+                &tok,
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {event}");
+        assert_eq!(event["content"], json!({}), "v{version}: {event}");
     }
-    let (status, body) = server
-        .post("/createRoom", &tok, &json!({ "room_version": "2" }))
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION");
+    for version in ["0", "13", "9999"] {
+        let (status, body) = server
+            .post("/createRoom", &tok, &json!({ "room_version": version }))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION");
+    }
+}
+
+/// Reference hashes: 43 characters of unpadded base64, standard in version 3 and URL-safe from
+/// version 4 on.
+fn check_reference_hash_id(version: &str, id: &str) {
+    let hash = id.strip_prefix('$').expect("event id");
+    assert_eq!(hash.len(), 43, "v{version}: {id}");
+    let extra = if version == "3" { "+/" } else { "-_" };
+    assert!(
+        hash.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c)),
+        "v{version}: {id}"
+    );
 }
 
 /// A join keeps what the client put in its request beside the membership (as Synapse does):

@@ -86,10 +86,12 @@ async fn an_upgrade_leaves_a_working_successor_and_silences_the_old_room() {
         .post(&upgrade(&old), &bt, &json!({ "new_version": "11" }))
         .await;
     assert_matrix_error(&resp, 403, "M_FORBIDDEN");
-    let resp = server
-        .post(&upgrade(&old), &at, &json!({ "new_version": "9999" }))
-        .await;
-    assert_matrix_error(&resp, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    for version in ["9999", "my_bad_version"] {
+        let resp = server
+            .post(&upgrade(&old), &at, &json!({ "new_version": version }))
+            .await;
+        assert_matrix_error(&resp, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    }
     let resp = server
         .post(
             &upgrade("!nowhere:localhost"),
@@ -350,4 +352,58 @@ async fn a_moderator_upgrade_raises_then_restores_their_level() {
     assert_eq!(old_pl, pl);
     let tombstone = state(&server, &bob, &old, "m.room.tombstone", "").await;
     assert_eq!(tombstone["replacement_room"], new);
+}
+
+/// Rooms of the older versions upgrade to newer ones and back: a version 5 room whose power
+/// levels were written as strings becomes a version 11 room with integer levels, and a version
+/// 11 room moves to version 9; the members follow and talk in each.
+#[tokio::test]
+async fn rooms_of_old_versions_upgrade_with_their_levels_made_integers() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PW).await;
+    let (_, bob, _) = server.register("bob", PW).await;
+    let old = server
+        .create_room(
+            &alice,
+            &json!({ "room_version": "5", "preset": "public_chat" }),
+        )
+        .await;
+    assert_eq!(server.join_raw(&bob, &old).await.0, 200);
+    let mut pl = state(&server, &alice, &old, "m.room.power_levels", "").await;
+    pl["users"]["@bob:localhost"] = json!("50");
+    pl["kick"] = json!("60");
+    let (status, body) = server
+        .put(
+            &format!("/rooms/{}/state/m.room.power_levels/", enc(&old)),
+            &alice,
+            &pl,
+        )
+        .await;
+    assert_eq!(status, 200, "version 5 takes string levels: {body}");
+
+    let mut room = old.clone();
+    for (version, levels) in [("11", json!({ "bob": 50, "kick": 60 })), ("9", json!(null))] {
+        let (status, body) = server
+            .post(
+                &format!("/rooms/{}/upgrade", enc(&room)),
+                &alice,
+                &json!({ "new_version": version }),
+            )
+            .await;
+        assert_eq!(status, 200, "to {version}: {body}");
+        let new = body["replacement_room"].as_str().unwrap().to_owned();
+        let create = state(&server, &alice, &new, "m.room.create", "").await;
+        assert_eq!(create["room_version"], version, "{create}");
+        assert_eq!(create["predecessor"]["room_id"], room.as_str(), "{create}");
+        if !levels.is_null() {
+            let pl = state(&server, &alice, &new, "m.room.power_levels", "").await;
+            assert_eq!(pl["users"]["@bob:localhost"], levels["bob"], "{pl}");
+            assert_eq!(pl["kick"], levels["kick"], "{pl}");
+        }
+        assert_eq!(server.join_raw(&bob, &new).await.0, 200, "to {version}");
+        server
+            .send_text(&bob, &new, &format!("t{version}"), "moved")
+            .await;
+        room = new;
+    }
 }

@@ -37,6 +37,6 @@ impl CoreConfig {
     }
 }
 
-/// Room versions this server can create and join.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] =
-    [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+/// Room versions this server can create and join (defined with every other difference between
+/// versions in `rooms::version`).
+pub use crate::rooms::version::SUPPORTED_ROOM_VERSIONS;

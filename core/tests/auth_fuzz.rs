@@ -178,7 +178,7 @@ proptest! {
 
     #[test]
     fn fuzz_any_sequence_of_attempts_keeps_the_rules(
-        version in prop::sample::select(hearth_core::config::SUPPORTED_ROOM_VERSIONS.to_vec()),
+        version in prop::sample::select(hearth_core::rooms::version::SUPPORTED_ROOM_VERSIONS.to_vec()),
         ops in prop::collection::vec(op(), 1..24),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -55,7 +55,7 @@ fn text(body: &str) -> NewEvent {
 async fn events_are_signed_and_named_by_their_reference_hash() {
     let core = new_core();
     let alice = user("alice");
-    for version in [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12] {
+    for version in hearth_core::rooms::version::SUPPORTED_ROOM_VERSIONS {
         let room = private_room(&core, &alice, version.clone()).await;
         let pdu = core.rooms.send(&room, &alice, text("hi")).await.unwrap();
         let json = core
@@ -66,12 +66,27 @@ async fn events_are_signed_and_named_by_their_reference_hash() {
         let obj: CanonicalJsonObject = serde_json::from_slice(&json).unwrap();
         let rules = version.rules().unwrap();
 
-        let hash = ruma::signatures::reference_hash(&obj, &rules).unwrap();
-        assert_eq!(
-            pdu.event_id.as_str(),
-            format!("${hash}"),
-            "room version {version}"
-        );
+        if matches!(version, RoomVersionId::V1 | RoomVersionId::V2) {
+            // Named by this server, the id inside the signed event; references with hashes.
+            assert!(pdu.event_id.as_str().ends_with(":hearth.test"), "{version}");
+            assert_eq!(
+                obj["event_id"].as_str(),
+                Some(pdu.event_id.as_str()),
+                "{version}"
+            );
+            let prev = &json!(obj["prev_events"])[0];
+            assert!(
+                prev[0].is_string() && prev[1]["sha256"].is_string(),
+                "{prev}"
+            );
+        } else {
+            let hash = ruma::signatures::reference_hash(&obj, &rules).unwrap();
+            assert_eq!(
+                pdu.event_id.as_str(),
+                format!("${hash}"),
+                "room version {version}"
+            );
+        }
 
         let mut keys = std::collections::BTreeMap::new();
         let mut ours = std::collections::BTreeMap::new();
@@ -97,6 +112,87 @@ async fn events_are_signed_and_named_by_their_reference_hash() {
                 room.as_str().trim_start_matches('!'),
                 create.event_id.as_str().trim_start_matches('$')
             );
+        }
+    }
+}
+
+/// The auth rules that differ between versions: knocks from 7, restricted joins from 8,
+/// integer-only power levels from 10, redactions naming their target in the content from 11.
+#[tokio::test]
+async fn each_version_applies_its_own_auth_rules() {
+    let core = new_core();
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let profile = MemberProfile::default();
+    for version in hearth_core::rooms::version::SUPPORTED_ROOM_VERSIONS {
+        let n: u32 = version.as_str().parse().unwrap();
+        let room = private_room(&core, &alice, version.clone()).await;
+
+        // A power level written as a string.
+        let pl = core
+            .rooms
+            .state_event(&room, "m.room.power_levels", "")
+            .unwrap()
+            .unwrap();
+        let mut content = pl.content_value();
+        content["redact"] = json!("40");
+        let sent = core
+            .rooms
+            .send(
+                &room,
+                &alice,
+                NewEvent::state("m.room.power_levels", "", content),
+            )
+            .await;
+        assert_eq!(sent.is_ok(), n < 10, "v{version}: {sent:?}");
+
+        // A knock.
+        let rule = |r: &str| NewEvent::state("m.room.join_rules", "", json!({ "join_rule": r }));
+        core.rooms.send(&room, &alice, rule("knock")).await.unwrap();
+        let knocked = core.rooms.knock(&room, &bob, &profile, None, &[]).await;
+        assert_eq!(knocked.is_ok(), n >= 7, "v{version}: {knocked:?}");
+
+        // A join allowed by membership of another room.
+        let lobby = private_room(&core, &alice, version.clone()).await;
+        core.rooms
+            .send(&lobby, &alice, rule("public"))
+            .await
+            .unwrap();
+        core.rooms
+            .join(&lobby, &carol, &profile, &Default::default(), &[])
+            .await
+            .unwrap();
+        let restricted = NewEvent::state(
+            "m.room.join_rules",
+            "",
+            json!({
+                "join_rule": "restricted",
+                "allow": [{ "type": "m.room_membership", "room_id": lobby }],
+            }),
+        );
+        core.rooms.send(&room, &alice, restricted).await.unwrap();
+        let joined = core
+            .rooms
+            .join(&room, &carol, &profile, &Default::default(), &[])
+            .await;
+        assert_eq!(joined.is_ok(), n >= 8, "v{version}: {joined:?}");
+
+        // A redaction, wherever the version puts its target.
+        let hi = core.rooms.send(&room, &alice, text("hi")).await.unwrap();
+        let mut redaction = NewEvent::message("m.room.redaction", json!({}));
+        redaction.redacts = Some(hi.event_id.clone());
+        let redaction = core.rooms.send(&room, &alice, redaction).await.unwrap();
+        let json = core
+            .store
+            .event_json(redaction.event_id.as_str())
+            .unwrap()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let (top, inner) = (&json["redacts"], &json["content"]["redacts"]);
+        let target = json!(hi.event_id);
+        if n >= 11 {
+            assert_eq!(inner, &target, "v{version}: {json}");
+        } else {
+            assert_eq!(top, &target, "v{version}: {json}");
         }
     }
 }

@@ -58,16 +58,7 @@ fn depth_of(obj: &CanonicalJsonObject) -> u64 {
 }
 
 pub(crate) fn prevs_of(obj: &CanonicalJsonObject) -> Vec<OwnedEventId> {
-    match obj.get("prev_events") {
-        Some(CanonicalJsonValue::Array(a)) => a
-            .iter()
-            .filter_map(|v| match v {
-                CanonicalJsonValue::String(s) => OwnedEventId::try_from(s.as_str()).ok(),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+    hearth_core::rooms::version::referenced_ids(obj.get("prev_events"))
 }
 
 async fn try_fill(

@@ -2,8 +2,9 @@
 //! ask a resident server for a join template, fill in our user's content, sign it, send it, and
 //! check every PDU of the state and auth chain that comes back before the core takes the room in.
 
-use hearth_core::config::SUPPORTED_ROOM_VERSIONS;
 use hearth_core::rooms::RemoteJoin;
+use hearth_core::rooms::version::SUPPORTED_ROOM_VERSIONS;
+use hearth_core::rooms::version::VersionRules as _;
 use http::Method;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{
@@ -121,8 +122,7 @@ impl Federation {
         // it is still the same event.
         if let Some(Ok(CanonicalJsonValue::Object(theirs))) =
             resp.get("event").cloned().map(CanonicalJsonValue::try_from)
-            && ruma::signatures::reference_hash(&theirs, &rules)
-                .is_ok_and(|h| event_id.as_str() == format!("${h}"))
+            && hearth_core::rooms::version::same_event(&theirs, &obj, &rules)
         {
             obj = theirs;
         }
@@ -212,19 +212,13 @@ impl Federation {
         for k in ["event_id", "hashes", "signatures", "unsigned"] {
             obj.remove(k);
         }
-        ruma::signatures::hash_and_sign_event(
-            self.keys.server_name.as_str(),
-            &self.keys.key_pair,
-            &mut obj,
-            &rules.redaction,
-        )
-        .map_err(|e| FedError::bad_json(e.to_string()))?;
-        let event_id = ruma::signatures::reference_hash(&obj, &rules)
-            .map_err(|e| FedError::bad_json(e.to_string()))
-            .and_then(|h| {
-                OwnedEventId::try_from(format!("${h}"))
-                    .map_err(|e| FedError::bad_json(e.to_string()))
-            })?;
+        let event_id = rules
+            .sign_event(
+                self.keys.server_name.as_str(),
+                &self.keys.key_pair,
+                &mut obj,
+            )
+            .map_err(|e| FedError::bad_json(e.to_string()))?;
         Ok(SignedMember {
             version,
             rules,

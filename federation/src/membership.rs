@@ -286,9 +286,7 @@ pub(crate) async fn send_invite(
         )));
     };
     // Same event: the reference hash covers everything but signatures and unsigned data.
-    let returned_id = ruma::signatures::reference_hash(&returned, &rules)
-        .map_err(|e| E::Unknown(e.to_string()))?;
-    if format!("${returned_id}") != event_id.as_str() {
+    if !hearth_core::rooms::version::same_event(&returned, &event, &rules) {
         return Err(E::Unknown(format!("{server} changed the invite")));
     }
     let keys = federation

@@ -3,6 +3,7 @@
 //! content hash. A PDU whose hash does not match is redacted, not dropped. The auth rules come
 //! after, against room state, in the core.
 
+use hearth_core::rooms::version::VersionRules as _;
 use ruma::signatures::{
     PublicKeyMap, Verified, required_server_signatures_to_verify_event, verify_event,
 };
@@ -31,11 +32,9 @@ pub async fn check_signed_pdu(
         // ruma 0.16 forgot to format its size limit into this message.
         FedError::bad_json(e.replace("{MAX_PDU_BYTES}", "65535"))
     })?;
-    let event_id = ruma::signatures::reference_hash(&pdu, &rules)
-        .map_err(|e| FedError::bad_json(e.to_string()))
-        .and_then(|h| {
-            OwnedEventId::try_from(format!("${h}")).map_err(|e| FedError::bad_json(e.to_string()))
-        })?;
+    let event_id = rules
+        .event_id_of(&pdu)
+        .map_err(|e| FedError::bad_json(e.to_string()))?;
 
     let servers = required_server_signatures_to_verify_event(&pdu, &rules.signatures)
         .map_err(|e| FedError::bad_json(e.to_string()))?;
@@ -135,7 +134,7 @@ mod tests {
 
     #[tokio::test]
     async fn genuine_events_pass_and_tampered_ones_do_not() {
-        for version in [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12] {
+        for version in hearth_core::rooms::version::SUPPORTED_ROOM_VERSIONS {
             let (fed, obj) = signed_event(version.clone()).await;
             let ok = check_signed_pdu(&fed, &version, obj.clone()).await.unwrap();
             assert!(!ok.redacted, "v{version}");
@@ -164,6 +163,16 @@ mod tests {
                 check_signed_pdu(&fed, &version, forged).await.is_err(),
                 "v{version}"
             );
+
+            // Versions 1 and 2: an event renamed as another server's, unsigned by it, is refused.
+            if matches!(version, RoomVersionId::V1 | RoomVersionId::V2) {
+                let mut renamed = obj.clone();
+                renamed.insert("event_id".into(), "$other:elsewhere.test".to_owned().into());
+                assert!(
+                    check_signed_pdu(&fed, &version, renamed).await.is_err(),
+                    "v{version}"
+                );
+            }
 
             // Malformed for the room version: refused.
             let mut malformed = obj;

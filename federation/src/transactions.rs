@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::extract::{Path, State as AxState};
 use hearth_core::receipts::READ;
+use hearth_core::rooms::version::VersionRules as _;
 use http::StatusCode;
 use ruma::{CanonicalJsonValue, EventId, OwnedRoomId, RoomId, ServerName, UserId};
 use serde_json::{Map, Value, json};
@@ -114,9 +115,7 @@ async fn handle_pdu(state: &State, origin: &ServerName, pdu: Value) -> (Option<S
 /// The event id of a PDU, for the per-PDU results of a transaction.
 fn pdu_event_id(obj: &ruma::CanonicalJsonObject, version: &ruma::RoomVersionId) -> Option<String> {
     let rules = version.rules()?;
-    ruma::signatures::reference_hash(obj, &rules)
-        .ok()
-        .map(|h| format!("${h}"))
+    rules.event_id_of(obj).ok().map(|id| id.to_string())
 }
 
 /// A server may speak only for its own users, and only in rooms they are in (checked by the core)

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use hearth_storage::{AppendEvent, EventMeta, MembershipRecord, TxnRef, WriteOp};
 use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
-use ruma::signatures::{hash_and_sign_event, reference_hash};
 use ruma::state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, UserId};
 use serde_json::{Value, json};
 
 use super::pdu::{Pdu, PduRef};
 use super::state::{StateMap, next_group};
+use super::version::VersionRules;
 use super::{Batch, RoomHead, Rooms};
 use crate::util::now_ms;
 use crate::{Error, Result};
@@ -48,21 +48,13 @@ impl NewEvent {
 }
 
 impl Rooms {
-    /// Hashes and signs a PDU, returning its event id (the reference hash).
+    /// Names, hashes and signs a PDU as its room version does; its event id.
     pub(crate) fn sign(
         &self,
         rules: &RoomVersionRules,
         obj: &mut CanonicalJsonObject,
     ) -> Result<OwnedEventId> {
-        hash_and_sign_event(
-            self.config.server_name.as_str(),
-            &self.keys.key_pair,
-            obj,
-            &rules.redaction,
-        )
-        .map_err(sign_error)?;
-        let hash = reference_hash(obj, rules).map_err(sign_error)?;
-        OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)
+        rules.sign_event(self.config.server_name.as_str(), &self.keys.key_pair, obj)
     }
 
     /// Builds the next event of the room on top of `head`, checks it against the auth rules and
@@ -121,8 +113,8 @@ impl Rooms {
 
         let depth = head.depth + 1;
         let mut pdu = json!({
-            "auth_events": auth_events,
-            "prev_events": head.extremities,
+            "auth_events": self.event_refs(&head.rules, &auth_events)?,
+            "prev_events": self.event_refs(&head.rules, &head.extremities)?,
             "content": ev.content,
             "depth": depth,
             "origin_server_ts": now_ms(),
@@ -134,11 +126,10 @@ impl Rooms {
             pdu["state_key"] = json!(k);
         }
         if let Some(r) = &ev.redacts {
-            // Room version 11 moved `redacts` from the top level into the content.
-            if head.version == ruma::RoomVersionId::V10 {
-                pdu["redacts"] = json!(r);
-            } else {
+            if head.rules.redacts_in_content() {
                 pdu["content"]["redacts"] = json!(r);
+            } else {
+                pdu["redacts"] = json!(r);
             }
         }
         let mut obj = to_canonical(pdu)?;
@@ -147,6 +138,23 @@ impl Rooms {
 
         self.authorize(&head.rules, &pdu, &head.state)?;
         Ok((pdu, obj))
+    }
+
+    /// `prev_events` or `auth_events` of a new event, as its room version writes them.
+    pub(crate) fn event_refs(
+        &self,
+        rules: &RoomVersionRules,
+        ids: &[OwnedEventId],
+    ) -> Result<Value> {
+        let mut refs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let hash = match rules.references_carry_hashes() {
+                true => self.pdu(id)?.and_then(|p| p.content_hash.clone()),
+                false => None,
+            };
+            refs.push((id.clone(), hash));
+        }
+        Ok(rules.event_refs(&refs))
     }
 
     /// Queues a local event for every other server with a member joined to the room (after the
@@ -324,14 +332,5 @@ pub(crate) fn to_canonical(v: Value) -> Result<CanonicalJsonObject> {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),
         Ok(_) => Err(Error::BadJson("event must be a JSON object".into())),
         Err(e) => Err(Error::BadJson(format!("not canonical JSON: {e}"))),
-    }
-}
-
-fn sign_error(e: ruma::signatures::JsonError) -> Error {
-    match e {
-        ruma::signatures::JsonError::PduTooLarge => {
-            Error::TooLarge("event is larger than 65536 bytes".into())
-        }
-        other => Error::BadJson(other.to_string()),
     }
 }

@@ -5,14 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ruma::room_version_rules::RoomVersionRules;
 use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::build::{NewEvent, to_canonical};
 use super::pdu::{Pdu, derived_room_id};
+use super::version::{VersionRules, supported_rules};
 use super::{Batch, Queued, RoomHead, Rooms};
-use crate::config::SUPPORTED_ROOM_VERSIONS;
 use crate::util::{now_ms, random_string};
 use crate::{Error, Result};
 
@@ -46,18 +45,6 @@ pub struct CreateRoom {
     /// The whole content of the first power levels event, instead of the defaults (a room
     /// upgrade copies the old room's); `power_level_content_override` still goes on top.
     pub power_levels: Option<Map<String, Value>>,
-}
-
-/// The rules of a version this server makes rooms of.
-pub(super) fn supported_rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    if !SUPPORTED_ROOM_VERSIONS.contains(version) {
-        return Err(Error::UnsupportedRoomVersion(format!(
-            "This server does not support room version {version}"
-        )));
-    }
-    version
-        .rules()
-        .ok_or_else(|| Error::internal("supported versions have rules"))
 }
 
 impl Rooms {
@@ -126,7 +113,7 @@ impl Rooms {
         } else {
             Preset::PrivateChat
         });
-        let v12 = rules.authorization.explicitly_privilege_room_creators;
+        let privileged = rules.creators_privileged();
 
         let mut head = RoomHead {
             room_id: match room_id {
@@ -150,14 +137,14 @@ impl Rooms {
             // m.room.create
             let mut create = req.creation_content.clone().unwrap_or_default();
             create.insert("room_version".into(), json!(version));
-            if !rules.authorization.use_room_create_sender {
+            if rules.creator_in_create() {
                 create.insert("creator".into(), json!(creator));
             }
-            if v12 && preset == Preset::TrustedPrivateChat && !req.invite.is_empty() {
+            if privileged && preset == Preset::TrustedPrivateChat && !req.invite.is_empty() {
                 create.insert("additional_creators".into(), json!(req.invite));
             }
             let create = NewEvent::state("m.room.create", "", Value::Object(create));
-            if v12 {
+            if rules.room_named_by_create() {
                 self.prepare_v12_create(&mut head, creator, create, &mut batch)?;
             } else {
                 self.prepare(&mut head, creator, create, &mut batch)?;
@@ -182,7 +169,7 @@ impl Rooms {
 
             // m.room.power_levels, as Synapse makes them, then the client's override on top.
             let mut users = Map::new();
-            if !v12 {
+            if !privileged {
                 users.insert(creator.to_string(), json!(100));
                 if preset == Preset::TrustedPrivateChat {
                     for u in &req.invite {

@@ -166,8 +166,8 @@ impl Rooms {
             "content": content,
             "origin_server_ts": now_ms(),
             "depth": h.depth + 1,
-            "prev_events": h.extremities,
-            "auth_events": auth_events,
+            "prev_events": self.event_refs(&h.rules, &h.extremities)?,
+            "auth_events": self.event_refs(&h.rules, &auth_events)?,
         });
         // Try the event against the current state before the other server signs anything.
         let probe_id = OwnedEventId::try_from("$make_member_probe").map_err(Error::internal)?;
@@ -343,15 +343,9 @@ impl Rooms {
 
     /// The prev events of a PDU that this server does not have.
     pub fn missing_prevs(&self, obj: &CanonicalJsonObject) -> Result<Vec<OwnedEventId>> {
-        let prevs = match obj.get("prev_events") {
-            Some(ruma::CanonicalJsonValue::Array(a)) => a.clone(),
-            _ => Vec::new(),
-        };
         let mut out = Vec::new();
-        for p in prevs {
-            if let Some(id) = p.as_str().and_then(|s| OwnedEventId::try_from(s).ok())
-                && self.pdu(&id)?.is_none()
-            {
+        for id in super::version::referenced_ids(obj.get("prev_events")) {
+            if self.pdu(&id)?.is_none() {
                 out.push(id);
             }
         }

@@ -1,4 +1,5 @@
-//! Where branches of a room's graph meet (spec: room versions, "State resolution" v2).
+//! Where branches of a room's graph meet (spec: room versions, "State resolution" v2; v1 for
+//! room version 1 in `state_res_v1.rs`).
 //!
 //! A remote event usually extends exactly this server's forward extremities, and its state
 //! before is the room's current state. When it does not (two servers wrote while they could
@@ -11,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ruma::events::StateEventType;
-use ruma::room_version_rules::RoomVersionRules;
+use ruma::room_version_rules::{RoomVersionRules, StateResolutionVersion};
 use ruma::state_res::utils::event_id_set::EventIdSet;
 use ruma::{EventId, OwnedEventId};
 
@@ -51,10 +52,13 @@ impl Rooms {
         if states.iter().all(|s| s == &states[0]) {
             return Ok((*states[0]).clone());
         }
+        if matches!(rules.state_res, StateResolutionVersion::V1) {
+            return self.resolve_v1(rules, states);
+        }
         let v2 = rules
             .state_res
             .v2_rules()
-            .ok_or_else(|| Error::internal("room version without state resolution v2"))?;
+            .ok_or_else(|| Error::internal("room version without a known state resolution"))?;
         let maps: Vec<ruma::state_res::StateMap<OwnedEventId>> = states
             .iter()
             .map(|s| {

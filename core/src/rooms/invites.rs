@@ -11,8 +11,8 @@ use serde_json::Value;
 use serde_json::value::RawValue as RawJsonValue;
 
 use super::build::NewEvent;
+use super::version::is_supported;
 use super::{Pdu, PduRef, RoomHead, Rooms};
-use crate::config::SUPPORTED_ROOM_VERSIONS;
 use crate::{Error, Result};
 
 /// Where the stripped state of a room this server is not in is kept, in the `unsigned` data of
@@ -114,7 +114,7 @@ impl Rooms {
         mut obj: CanonicalJsonObject,
         invite_room_state: Vec<Value>,
     ) -> Result<CanonicalJsonObject> {
-        if !SUPPORTED_ROOM_VERSIONS.contains(version) {
+        if !is_supported(version) {
             return Err(Error::IncompatibleRoomVersion(version.to_string()));
         }
         let rules = version

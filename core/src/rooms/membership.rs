@@ -7,6 +7,7 @@ use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::create::MemberProfile;
+use super::version::{VersionRules, power_level};
 use super::{NewEvent, Rooms, StateMap};
 use crate::{Error, Result};
 
@@ -143,7 +144,7 @@ impl Rooms {
         let h = head.lock();
         let invite_level = self
             .power_levels(&h.state)?
-            .map(|pl| pl["invite"].as_i64().unwrap_or(0))
+            .map(|pl| power_level(&pl["invite"]).unwrap_or(0))
             .unwrap_or(0);
         for (member, m) in &h.members {
             if m == "join"
@@ -165,7 +166,7 @@ impl Rooms {
 
     /// A user's power level in the current state (creators of v12 rooms rank above all).
     pub(crate) fn power_of(&self, head: &super::RoomHead, user: &UserId) -> Result<i64> {
-        if head.rules.authorization.explicitly_privilege_room_creators
+        if head.rules.creators_privileged()
             && let Some(create) = head.state.get(&("m.room.create".into(), String::new()))
             && let Some(create) = self.pdu(create)?
         {
@@ -179,9 +180,8 @@ impl Rooms {
             }
         }
         match self.power_levels(&head.state)? {
-            Some(pl) => Ok(pl["users"][user.as_str()]
-                .as_i64()
-                .unwrap_or_else(|| pl["users_default"].as_i64().unwrap_or(0))),
+            Some(pl) => Ok(power_level(&pl["users"][user.as_str()])
+                .unwrap_or_else(|| power_level(&pl["users_default"]).unwrap_or(0))),
             // Without a power levels event the creator has 100, everyone else 0.
             None => {
                 let creator = head
@@ -204,9 +204,8 @@ impl Rooms {
         let head = self.head(room_id)?;
         let h = head.lock();
         let needed = match self.power_levels(&h.state)? {
-            Some(pl) => pl["events"][kind]
-                .as_i64()
-                .or_else(|| pl["state_default"].as_i64())
+            Some(pl) => power_level(&pl["events"][kind])
+                .or_else(|| power_level(&pl["state_default"]))
                 .unwrap_or(50),
             None => 50,
         };

@@ -14,6 +14,7 @@ mod forks;
 mod gap_edge;
 pub mod history;
 pub mod invites;
+mod state_res_v1;
 pub use federated::{RemoteJoin, StateAndAuthChain};
 pub use gap_edge::GapEdge;
 pub mod membership;
@@ -24,6 +25,7 @@ pub mod relations;
 pub mod state;
 pub mod timeline;
 pub mod upgrade;
+pub mod version;
 pub mod visibility;
 
 use std::collections::{HashMap, HashSet};

@@ -27,6 +27,8 @@ pub struct Pdu {
     pub auth_events: Vec<OwnedEventId>,
     pub depth: u64,
     redacts: Option<OwnedEventId>,
+    /// `hashes.sha256`: what room versions 1 and 2 write beside a reference to this event.
+    pub content_hash: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -39,11 +41,33 @@ struct Fields {
     content: Box<RawJsonValue>,
     origin_server_ts: MilliSecondsSinceUnixEpoch,
     #[serde(default)]
-    prev_events: Vec<OwnedEventId>,
+    prev_events: Vec<EventRef>,
     #[serde(default)]
-    auth_events: Vec<OwnedEventId>,
+    auth_events: Vec<EventRef>,
     depth: UInt,
     redacts: Option<OwnedEventId>,
+    hashes: Option<Hashes>,
+}
+
+/// A reference to another event: its id (v3 on) or `[id, hashes]` (v1, v2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(OwnedEventId),
+    WithHashes(OwnedEventId, serde::de::IgnoredAny),
+}
+
+impl EventRef {
+    fn id(self) -> OwnedEventId {
+        match self {
+            Self::Id(id) | Self::WithHashes(id, _) => id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Hashes {
+    sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -79,10 +103,11 @@ impl Pdu {
             state_key: f.state_key,
             content: f.content,
             origin_server_ts: f.origin_server_ts,
-            prev_events: f.prev_events,
-            auth_events: f.auth_events,
+            prev_events: f.prev_events.into_iter().map(EventRef::id).collect(),
+            auth_events: f.auth_events.into_iter().map(EventRef::id).collect(),
             depth: f.depth.into(),
             redacts,
+            content_hash: f.hashes.and_then(|h| h.sha256),
         })
     }
 
@@ -293,7 +318,7 @@ mod fuzz {
         let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(value) else {
             return;
         };
-        for version in crate::config::SUPPORTED_ROOM_VERSIONS {
+        for version in super::super::version::SUPPORTED_ROOM_VERSIONS {
             let rules = version.rules().expect("supported");
             let _ = ruma::state_res::check_pdu_format(&obj, &rules.event_format);
             if let Ok(hash) = ruma::signatures::reference_hash(&obj, &rules)

@@ -14,6 +14,7 @@ use ruma::canonical_json::redact;
 use ruma::{CanonicalJsonObject, EventId, OwnedEventId, UserId};
 
 use super::relations::relation_of;
+use super::version::power_level;
 use super::{Batch, Pdu, PduRef, RoomHead, Rooms};
 use crate::{Error, Result};
 
@@ -25,7 +26,7 @@ impl Rooms {
             .get(&("m.room.power_levels".into(), String::new()))
             .and_then(|id| self.pdu(id).ok().flatten())
             .map(|p| p.content_value());
-        Ok(pl.and_then(|pl| pl["redact"].as_i64()).unwrap_or(50))
+        Ok(pl.and_then(|pl| power_level(&pl["redact"])).unwrap_or(50))
     }
 
     /// What Synapse checks before a local user's redaction is built: the target is known and in

@@ -16,7 +16,8 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId}
 use serde_json::{Map, Value, json};
 
 use super::build::NewEvent;
-use super::create::{CreateRoom, MemberProfile, Preset, supported_rules};
+use super::create::{CreateRoom, MemberProfile, Preset};
+use super::version::{VersionRules, power_level, supported_rules};
 use super::{Batch, RoomHead, Rooms};
 use crate::{Error, Result};
 
@@ -106,7 +107,7 @@ impl Rooms {
         upgrade: &Upgrade,
         rules: &RoomVersionRules,
     ) -> Result<(RoomHead, Batch)> {
-        let v12 = rules.authorization.explicitly_privilege_room_creators;
+        let privileged = rules.creators_privileged();
         let state = self.read_old_room(old)?;
 
         let mut creation = Map::new();
@@ -117,7 +118,7 @@ impl Rooms {
         if !state.create["type"].is_null() {
             creation.insert("type".into(), state.create["type"].clone());
         }
-        if v12 && !upgrade.additional_creators.is_empty() {
+        if privileged && !upgrade.additional_creators.is_empty() {
             creation.insert(
                 "additional_creators".into(),
                 json!(upgrade.additional_creators),
@@ -131,7 +132,7 @@ impl Rooms {
         let mut first_pl = state.power_levels.clone();
         let mut final_pl = None;
         if let Some(pl) = &mut first_pl {
-            if v12 {
+            if privileged {
                 let users = pl.get_mut("users").and_then(Value::as_object_mut);
                 if let Some(users) = users {
                     users.remove(user.as_str());
@@ -182,7 +183,7 @@ impl Rooms {
         };
         // The old room's events carry its room record: unlisted from here on.
         old.is_public = false;
-        let (new_head, new_batch) = if v12 {
+        let (new_head, new_batch) = if rules.room_named_by_create() {
             // The room id derives from the create event, so the tombstone comes second and the
             // predecessor names no event.
             request.creation_content = Some(creation);
@@ -350,28 +351,25 @@ fn sorted_members(head: &RoomHead) -> Vec<(String, String)> {
 }
 
 fn level(v: Option<&Value>, default: i64) -> i64 {
-    v.and_then(Value::as_i64).unwrap_or(default)
+    v.and_then(power_level).unwrap_or(default)
 }
 
 /// Power levels with every level an integer: rooms before version 10 allowed strings such as
 /// `"50"`, which later versions refuse (Synapse's `copy_and_fixup_power_levels_contents`). A value
 /// that is no number at all is dropped, leaving the spec's default in its place.
 fn integer_power_levels(content: &Value) -> Map<String, Value> {
-    fn int(v: &Value) -> Option<i64> {
-        v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
-    }
     let mut out = Map::new();
     for (k, v) in content.as_object().into_iter().flatten() {
         match v {
             Value::Object(inner) => {
                 let levels: Map<String, Value> = inner
                     .iter()
-                    .filter_map(|(k, v)| Some((k.clone(), json!(int(v)?))))
+                    .filter_map(|(k, v)| Some((k.clone(), json!(power_level(v)?))))
                     .collect();
                 out.insert(k.clone(), levels.into());
             }
             other => {
-                if let Some(n) = int(other) {
+                if let Some(n) = power_level(other) {
                     out.insert(k.clone(), json!(n));
                 }
             }
@@ -386,7 +384,7 @@ fn raise_to_copy_state(pl: &mut Map<String, Value>, user: &UserId) {
     let events_max = pl
         .get("events")
         .and_then(Value::as_object)
-        .map(|e| e.values().filter_map(Value::as_i64).max().unwrap_or(0))
+        .map(|e| e.values().filter_map(power_level).max().unwrap_or(0))
         .unwrap_or(0);
     let needed = level(pl.get("state_default"), 50)
         .max(level(pl.get("ban"), 50))
