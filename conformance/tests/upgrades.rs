@@ -407,3 +407,48 @@ async fn rooms_of_old_versions_upgrade_with_their_levels_made_integers() {
         room = new;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_keep_their_tags_and_direct_chats_across_an_upgrade() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (bob_id, bob, _) = server.register("bob", "pw-bob-1").await;
+    let room = server
+        .create_room(&alice, &json!({ "invite": [bob_id], "is_direct": true }))
+        .await;
+    let (status, body) = server.join_raw(&bob, &room).await;
+    assert_eq!(status, 200, "{body}");
+    let tag = format!("/user/{}/rooms/{}/tags/u.work", enc(&bob_id), enc(&room));
+    let (status, body) = server.put(&tag, &bob, &json!({ "order": 0.5 })).await;
+    assert_eq!(status, 200, "{body}");
+    let direct = format!("/user/{}/account_data/m.direct", enc(&bob_id));
+    let (status, body) = server
+        .put(&direct, &bob, &json!({ alice_id.clone(): [room] }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = server
+        .post(
+            &format!("/rooms/{}/upgrade", enc(&room)),
+            &alice,
+            &json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let new_room = body["replacement_room"]
+        .as_str()
+        .expect("replacement")
+        .to_owned();
+
+    let (status, tags) = server
+        .get(
+            &format!("/user/{}/rooms/{}/tags", enc(&bob_id), enc(&new_room)),
+            &bob,
+        )
+        .await;
+    assert_eq!(status, 200, "{tags}");
+    assert_eq!(tags["tags"]["u.work"]["order"], 0.5, "{tags}");
+    let (status, direct) = server.get(&direct, &bob).await;
+    assert_eq!(status, 200, "{direct}");
+    assert_eq!(direct[&alice_id], json!([room, new_room]), "{direct}");
+}

@@ -155,6 +155,37 @@ impl AccountData {
     }
 }
 
+impl AccountData {
+    /// A room `user` is in was upgraded: its tags go to the new room, and a direct chat stays
+    /// one (`m.direct` lists the new room beside the old), as Synapse carries them over.
+    pub async fn room_upgraded_for(&self, user: &UserId, old: &RoomId, new: &RoomId) -> Result<()> {
+        let tags = self.get(user, Some(old), "m.tag")?;
+        if let Some(tags) = tags
+            && self.get(user, Some(new), "m.tag")?.is_none()
+        {
+            self.set(user, Some(new), "m.tag", tags).await?;
+        }
+        if let Some(mut direct) = self.get(user, None, "m.direct")?
+            && let Some(by_user) = direct.as_object_mut()
+        {
+            let mut changed = false;
+            for rooms in by_user.values_mut() {
+                if let Some(list) = rooms.as_array_mut()
+                    && list.iter().any(|r| r == old.as_str())
+                    && !list.iter().any(|r| r == new.as_str())
+                {
+                    list.push(json!(new));
+                    changed = true;
+                }
+            }
+            if changed {
+                self.set(user, None, "m.direct", direct).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An account data entry as a sync event: `{"type": ..., "content": ...}`.
 pub fn to_event(e: &AccountDataEntry) -> Box<serde_json::value::RawValue> {
     let content: Box<serde_json::value::RawValue> =

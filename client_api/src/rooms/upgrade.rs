@@ -31,5 +31,16 @@ pub async fn upgrade_room(
         .rules
         .room_upgraded(&b.room_id, &new_room)
         .await;
+    // And their tags and direct-chat lists.
+    for member in state.core.rooms.local_members(&b.room_id)? {
+        if let Err(e) = state
+            .core
+            .account_data
+            .room_upgraded_for(&member, &b.room_id, &new_room)
+            .await
+        {
+            tracing::warn!(%member, error = %e, "tags and m.direct not carried to the upgraded room");
+        }
+    }
     Ok(upgrade_room::v3::Response::new(new_room))
 }

@@ -110,14 +110,8 @@ impl PushRules {
     /// `transfer_room_state_on_room_upgrade`). The upgrade itself is done: a user whose rules
     /// cannot be written is passed over, as in Synapse, and only logged.
     pub async fn room_upgraded(&self, old: &RoomId, new: &RoomId) {
-        let members: Vec<OwnedUserId> = match self.rooms.head(old) {
-            Ok(head) => head
-                .lock()
-                .members
-                .iter()
-                .filter(|(u, m)| *m == "join" && u.server_name() == self.rooms.server_name())
-                .map(|(u, _)| u.clone())
-                .collect(),
+        let members = match self.rooms.local_members(old) {
+            Ok(members) => members,
             Err(e) => {
                 tracing::warn!(%old, error = %e, "push rules not copied to the upgraded room");
                 return;

@@ -338,6 +338,17 @@ impl Rooms {
         Ok(self.head(room_id)?.lock().state.clone())
     }
 
+    /// This server's users joined to a room now.
+    pub fn local_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        let head = self.head(room_id)?;
+        let h = head.lock();
+        Ok(h.members
+            .iter()
+            .filter(|(u, m)| *m == "join" && u.server_name() == self.server_name())
+            .map(|(u, _)| u.clone())
+            .collect())
+    }
+
     pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
         Ok(self
             .head(room_id)?
