@@ -54,25 +54,6 @@ SYTEST_OUT=$OUT "$SHARED/run-federation.sh" "http://127.0.0.1:$PORT" "localhost:
   | tee "$OUT/summary.txt"
 kill -0 "$PID" 2>/dev/null || { echo "sytest: hearth died during the run; see $OUT/hearth.log" >&2; exit 1; }
 
-known=$(grep -v '^#' "$KNOWN" | grep -v '^[[:space:]]*$' | cut -f1 | sort -u)
-# results.tsv here has the test's source file in a third column.
-failed=$(awk -F'\t' '$1 == "FAIL" { print $2 }' "$OUT/results.tsv" | sort -u)
-passed=$(awk -F'\t' '$1 == "PASS" { print $2 }' "$OUT/results.tsv" \
-  | sed -E 's/ \([0-9]+ subtests\)$//' | sort -u)
-new=$(comm -23 <(echo "$failed") <(echo "$known") | grep -v '^$')
-fixed=$(comm -12 <(echo "$passed") <(echo "$known") | comm -23 - <(echo "$failed") | grep -v '^$')
-
-if [ -n "$fixed" ]; then
-  echo "sytest: these pass now; take them off conformance/sytest/known-failures-federation.txt:"
-  echo "$fixed" | sed 's/^/  /'
-fi
-if [ -n "$new" ]; then
-  echo "sytest: failures not on conformance/sytest/known-failures-federation.txt (diagnostics in $OUT/sytest.tap):"
-  echo "$new" | sed 's/^/  /'
-  exit 1
-fi
-if ! grep -qE '^1\.\.[0-9]+$' "$OUT/sytest.tap"; then
-  echo "sytest: the run did not finish; see $OUT/sytest.stderr" >&2
-  exit 1
-fi
-echo "sytest: no failure beyond the known ones ($(echo "$known" | grep -c .) listed)"
+# shellcheck source=conformance/sytest/compare.sh
+. "$HERE/compare.sh"
+compare_with_known "$KNOWN" "$OUT"

@@ -43,27 +43,6 @@ done
 SYTEST_OUT=$OUT "$SHARED/run.sh" "http://127.0.0.1:$PORT" "localhost:$PORT" | tee "$OUT/summary.txt"
 kill -0 "$PID" 2>/dev/null || { echo "sytest: hearth died during the run; see $OUT/hearth.log" >&2; exit 1; }
 
-# The list: one test a line, "name<TAB>reason"; blank lines and lines starting with # are notes.
-known=$(grep -v '^#' "$KNOWN" | grep -v '^[[:space:]]*$' | cut -f1 | sort -u)
-failed=$(awk -F'\t' '$1 == "FAIL" { print $2 }' "$OUT/results.tsv" | sort -u)
-# A multi-test that passes is named with its count of subtests.
-passed=$(awk -F'\t' '$1 == "PASS" { print $2 }' "$OUT/results.tsv" \
-  | sed -E 's/ \([0-9]+ subtests\)$//' | sort -u)
-new=$(comm -23 <(echo "$failed") <(echo "$known") | grep -v '^$')
-# (Some names belong to two tests: a name is fixed when no test of that name failed.)
-fixed=$(comm -12 <(echo "$passed") <(echo "$known") | comm -23 - <(echo "$failed") | grep -v '^$')
-
-if [ -n "$fixed" ]; then
-  echo "sytest: these pass now; take them off conformance/sytest/known-failures.txt:"
-  echo "$fixed" | sed 's/^/  /'
-fi
-if [ -n "$new" ]; then
-  echo "sytest: failures not on conformance/sytest/known-failures.txt (diagnostics in $OUT/sytest.tap):"
-  echo "$new" | sed 's/^/  /'
-  exit 1
-fi
-if ! grep -qE '^1\.\.[0-9]+$' "$OUT/sytest.tap"; then
-  echo "sytest: the run did not finish; see $OUT/sytest.stderr" >&2
-  exit 1
-fi
-echo "sytest: no failure beyond the known ones ($(echo "$known" | grep -c .) listed)"
+# shellcheck source=conformance/sytest/compare.sh
+. "$HERE/compare.sh"
+compare_with_known "$KNOWN" "$OUT"

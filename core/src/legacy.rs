@@ -653,12 +653,11 @@ struct AccountDataEvents {
 }
 
 fn joined_members(legacy: &Legacy, room_id: &RoomId) -> Result<HashSet<OwnedUserId>> {
-    let head = legacy.src.rooms.head(room_id)?;
-    let h = head.lock();
-    Ok(h.members
-        .iter()
-        .filter(|(_, m)| *m == "join")
-        .map(|(u, _)| u.clone())
+    Ok(legacy
+        .src
+        .rooms
+        .joined_members(room_id)?
+        .into_iter()
         .collect())
 }
 

@@ -286,13 +286,7 @@ impl DeviceLists {
     }
 
     fn joined_members(&self, room: &RoomId) -> Result<Vec<OwnedUserId>> {
-        let head = self.rooms.head(room)?;
-        let h = head.lock();
-        Ok(h.members
-            .iter()
-            .filter(|(_, m)| *m == "join")
-            .map(|(u, _)| u.clone())
-            .collect())
+        self.rooms.joined_members(room)
     }
 
     /// Other users who joined or left a room in `(since, upto]`.

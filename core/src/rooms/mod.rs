@@ -338,15 +338,22 @@ impl Rooms {
         Ok(self.head(room_id)?.lock().state.clone())
     }
 
-    /// This server's users joined to a room now.
-    pub fn local_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+    /// The users joined to a room now.
+    pub fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
         let head = self.head(room_id)?;
         let h = head.lock();
         Ok(h.members
             .iter()
-            .filter(|(u, m)| *m == "join" && u.server_name() == self.server_name())
+            .filter(|(_, m)| *m == "join")
             .map(|(u, _)| u.clone())
             .collect())
+    }
+
+    /// This server's users joined to a room now.
+    pub fn local_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        let mut members = self.joined_members(room_id)?;
+        members.retain(|u| u.server_name() == self.server_name());
+        Ok(members)
     }
 
     pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {

@@ -397,7 +397,7 @@ impl SyncService {
                         }
                         if since.is_some() {
                             if newly_joined {
-                                arrived.extend(self.joined_members(&room_id)?);
+                                arrived.extend(self.rooms.joined_members(&room_id)?);
                             }
                             arrived.append(&mut update.arrived);
                         }
@@ -621,17 +621,6 @@ impl SyncService {
             counts: None,
             arrived,
         })
-    }
-
-    /// The members of a room joined now.
-    fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
-        let head = self.rooms.head(room_id)?;
-        let h = head.lock();
-        Ok(h.members
-            .iter()
-            .filter(|(_, m)| *m == "join")
-            .map(|(u, _)| u.clone())
-            .collect())
     }
 
     fn left_by_self(&self, m: &MembershipRecord, user: &UserId) -> Result<bool> {
