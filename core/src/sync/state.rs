@@ -3,6 +3,7 @@
 //! (`compute_state_delta`, `_calculate_state`), which clients and SyTest hold servers to.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use hearth_storage::{MembershipRecord, StreamPos};
 use ruma::{EventId, OwnedEventId, RoomId};
@@ -10,8 +11,8 @@ use ruma::{EventId, OwnedEventId, RoomId};
 use super::lazy_members::DeviceRoom;
 use super::{SyncRequest, SyncService};
 use crate::Result;
-use crate::rooms::StateMap;
 use crate::rooms::timeline::TimelineEvent;
+use crate::rooms::{SharedState, StateMap};
 
 /// The part of a room's stream one sync covers.
 pub(super) struct RoomRange {
@@ -109,21 +110,25 @@ impl SyncService {
                 }
             }
         }
-        let only_needed = |map: &StateMap, with_user: bool| -> StateMap {
-            map.iter()
-                .filter(|((kind, key), _)| {
-                    kind != "m.room.member"
-                        || needed.contains(key.as_str())
-                        || (with_user && key == user)
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+        // Lazy loading: the state without the members the timeline does not need.
+        let only_needed = |map: SharedState, with_user: bool| -> SharedState {
+            Arc::new(
+                map.iter()
+                    .filter(|((kind, key), _)| {
+                        kind != "m.room.member"
+                            || needed.contains(key.as_str())
+                            || (with_user && key == user)
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
         };
-        let state_of = |group: Option<u64>| -> Result<StateMap> {
-            Ok(match group {
-                Some(g) => (*rooms.state_at_group(g)?).clone(),
-                None => StateMap::new(),
-            })
+        // Shared, not copied: a big room's state is read on every gappy sync.
+        let state_of = |group: Option<u64>| -> Result<SharedState> {
+            match group {
+                Some(g) => rooms.state_at_group(g),
+                None => Ok(SharedState::default()),
+            }
         };
         let end_group = rooms.state_group_at(room_id, range.upto)?;
         let start_group = events.first().map(|e| e.meta.state_before).or(end_group);
@@ -133,8 +138,8 @@ impl SyncService {
             let end = state_of(end_group)?;
             match range.since {
                 _ if range.full_state => {
-                    let end = if lazy { only_needed(&end, true) } else { end };
-                    end.into_values().collect()
+                    let end = if lazy { only_needed(end, true) } else { end };
+                    end.values().cloned().collect()
                 }
                 Some(since) => {
                     let previous = state_of(rooms.state_group_at(room_id, since)?)?;
@@ -146,12 +151,12 @@ impl SyncService {
                         .map(|(_, id)| id.clone())
                         .collect()
                 }
-                None => end.into_values().collect(),
+                None => end.values().cloned().collect(),
             }
         } else if range.full_state || range.since.is_none() {
             let (start, end) = (state_of(start_group)?, state_of(end_group)?);
             let (start, end) = if lazy {
-                (only_needed(&start, true), only_needed(&end, true))
+                (only_needed(start, true), only_needed(end, true))
             } else {
                 (start, end)
             };
@@ -161,24 +166,28 @@ impl SyncService {
             if !limited && self.is_linear(room_id, since, events)? {
                 // Nothing happened to the state that the timeline does not show.
                 match events.first() {
-                    Some(first) if lazy => state_of(Some(first.meta.state_before))?
-                        .into_iter()
-                        .filter(|((kind, key), _)| {
-                            kind == "m.room.member" && needed.contains(key.as_str())
-                        })
-                        .map(|(_, id)| id)
-                        .collect(),
+                    Some(first) if lazy => {
+                        let start = state_of(Some(first.meta.state_before))?;
+                        needed
+                            .iter()
+                            .filter_map(|m| {
+                                start.get(&("m.room.member".to_owned(), (*m).to_owned()))
+                            })
+                            .cloned()
+                            .collect()
+                    }
                     _ => Vec::new(),
                 }
             } else {
                 let start = state_of(start_group)?;
                 let start = if lazy {
-                    only_needed(&start, false)
+                    only_needed(start, false)
                 } else {
                     start
                 };
                 let mut previous = state_of(rooms.state_group_at(room_id, since)?)?;
                 if lazy {
+                    let previous = Arc::make_mut(&mut previous);
                     // The timeline's members go again (unless the device has them, below):
                     // the client may never have been sent them.
                     let members: HashSet<&OwnedEventId> = start
