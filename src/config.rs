@@ -98,7 +98,7 @@ impl Default for Config {
             rate_limit_per_second: 10.0,
             rate_limit_burst: 50,
             rate_limits: String::new(),
-            default_room_version: "11".into(),
+            default_room_version: "12".into(),
             public_base_url: None,
             log_format: "text".into(),
             federation_listen: None,

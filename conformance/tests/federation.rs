@@ -1176,9 +1176,16 @@ async fn forged_events_do_not_enter_a_room() {
     let ca = TestCa::new();
     let (a, a_name, _) = federating_server(&ca).await;
     let (b, b_name, b_port) = federating_server(&ca).await;
+    // Version 11: the events below are made by hand with that version's auth events (the
+    // create event among them, which version 12 leaves out).
     let Shared {
         room, ann, bob_tok, ..
-    } = bob_joins_anns_room((&a, &a_name), &b, json!({ "preset": "public_chat" })).await;
+    } = bob_joins_anns_room(
+        (&a, &a_name),
+        &b,
+        json!({ "preset": "public_chat", "room_version": "11" }),
+    )
+    .await;
 
     // What B knows of the room: the auth events and the newest event to build on.
     let (_, state) = b

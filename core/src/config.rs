@@ -25,7 +25,7 @@ impl CoreConfig {
     pub fn new(server_name: OwnedServerName) -> Self {
         Self {
             server_name,
-            default_room_version: RoomVersionId::V11,
+            default_room_version: RoomVersionId::V12,
             presence: PresenceConfig::default(),
             delivery_receipts_max_members: 50,
             media: MediaConfig::default(),
