@@ -12,7 +12,7 @@ use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{Error, Result};
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Pdu {
     pub event_id: OwnedEventId,
     /// The room, also for a v12 create event whose JSON carries none (its id derives from it).
