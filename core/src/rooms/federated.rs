@@ -262,7 +262,10 @@ impl Rooms {
             // Against the state before it (resolved where it joins branches)...
             let state_before = self.state_before_remote(&h, &pdu)?;
             let mut batch = Batch::default();
-            if let Err(e) = self.authorize(&h.rules, &pdu, &state_before) {
+            let checked = self
+                .authorize(&h.rules, &pdu, &state_before)
+                .and_then(|()| self.check_redaction_target(&pdu));
+            if let Err(e) = checked {
                 let (true, Error::Forbidden(reason)) = (keep_rejected, &e) else {
                     return Err(e);
                 };
@@ -322,6 +325,24 @@ impl Rooms {
             }
             other => other,
         })
+    }
+
+    /// A redaction of an event of another room is refused (Synapse ignores it): it would
+    /// otherwise reach clients as if it had redacted something here. (One that redacts itself
+    /// is taken and has no effect: its target is not stored before it.)
+    fn check_redaction_target(&self, pdu: &Pdu) -> Result<()> {
+        use ruma::state_res::Event as _;
+        let Some(target) = pdu.redacts() else {
+            return Ok(());
+        };
+        if let Some(original) = self.pdu(target)?
+            && original.room_id != pdu.room_id
+        {
+            return Err(Error::Forbidden(
+                "a redaction cannot redact an event of another room".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// What `send_join` answers: the room state before `event` (the current state when the
