@@ -122,10 +122,11 @@ async fn try_fill(
             .collect();
     }
 
-    // What is still missing after the rounds: the far edges of the gap.
+    // What is still missing after the rounds: the far edges of the gap. When the sender gave
+    // none of the missing events, the event is dropped (its prev events unknown), as Synapse
+    // drops it: its state is not asked for at events the sender will not divulge.
     let mut edges: Vec<OwnedEventId> = fetched
         .values()
-        .chain(std::iter::once(event))
         .flat_map(prevs_of)
         .filter(|p| !have.contains(p) && !known(p))
         .collect();
@@ -145,7 +146,7 @@ async fn try_fill(
 
     let count = fetched.len();
     for ((_, id), obj) in fetched {
-        if let Err(e) = rooms.append_remote(room_id, id.clone(), obj).await {
+        if let Err(e) = rooms.receive_remote(room_id, id.clone(), obj).await {
             tracing::info!(%room_id, event_id = %id, error = %e, "a missing event was rejected");
         }
     }

@@ -100,8 +100,10 @@ async fn handle_pdu(state: &State, origin: &ServerName, pdu: Value) -> (Option<S
         )
         .await;
     }
+    // An event the auth rules refuse is taken (kept as rejected) and answered as accepted, as
+    // Synapse answers it: the sender sent what it had to, the refusal is this server's.
     match rooms
-        .append_remote(&room_id, checked.event_id, checked.json)
+        .receive_remote(&room_id, checked.event_id, checked.json)
         .await
     {
         Ok(_) => (Some(id), json!({})),

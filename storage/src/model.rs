@@ -67,6 +67,20 @@ pub struct EventMeta {
     /// the event is stored, not a place in any timeline.
     #[serde(default)]
     pub history_seq: Option<u64>,
+    /// For an event kept outside the timeline though it is not an outlier: it failed the auth
+    /// rules (rejected) or passed them only at its place in the graph (soft-failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
+}
+
+/// Why a remote event is in the graph but not in the timeline or the state.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Refused {
+    /// The auth rules refuse it against the state before it.
+    Rejected,
+    /// The auth rules allow it against the state before it, not against the current state.
+    SoftFailed,
 }
 
 /// A client transaction: what makes a retried request return the event its first try made.

@@ -555,6 +555,7 @@ mod tests {
                 replaces_state: None,
                 redacted_by: None,
                 history_seq: None,
+                refused: None,
             },
             room: RoomRecord {
                 room_version: "11".into(),
@@ -601,6 +602,7 @@ mod tests {
             replaces_state: None,
             redacted_by: None,
             history_seq: seq,
+            refused: None,
         };
         store
             .submit(vec![

@@ -25,6 +25,16 @@ pub struct RemoteJoin {
     pub auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
 }
 
+/// What became of a PDU another server sent (see [`Rooms::receive_remote`]).
+pub enum Received {
+    /// In the timeline and, for a state event, the room state.
+    Appended(PduRef),
+    /// Allowed by the state before it but not by the current state: kept in the graph only.
+    SoftFailed(PduRef),
+    /// Refused by the auth rules against the state before it: kept as rejected, with why.
+    Rejected(PduRef, String),
+}
+
 /// A room's state and the auth chain behind it, as PDU JSON.
 pub struct StateAndAuthChain {
     pub state: Vec<Box<RawJsonValue>>,
@@ -191,6 +201,21 @@ impl Rooms {
         self.append_signed(room_id, event_id, obj, false).await
     }
 
+    /// Takes a PDU of a transaction (`/send`) or of a gap that passed the signature checks.
+    /// One the auth rules refuse against the state before it is not an error here, as Synapse
+    /// treats it: it is kept as a rejected event (outside the timeline and the state, with the
+    /// state before it as its state after, so that what builds on it sees the room unchanged);
+    /// one that passes there but not against the current state is soft-failed.
+    pub async fn receive_remote(
+        &self,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        obj: CanonicalJsonObject,
+    ) -> Result<Received> {
+        self.append_checked(room_id, event_id, obj, false, true)
+            .await
+    }
+
     /// Appends a PDU whose signatures were checked, if the auth rules allow it against the
     /// state before it (see `forks.rs`); one they allow there but not against the current state
     /// is soft-failed. `ours` marks an event this server made (an invite another server
@@ -202,11 +227,28 @@ impl Rooms {
         obj: CanonicalJsonObject,
         ours: bool,
     ) -> Result<PduRef> {
+        match self
+            .append_checked(room_id, event_id, obj, ours, false)
+            .await?
+        {
+            Received::Appended(pdu) | Received::SoftFailed(pdu) => Ok(pdu),
+            Received::Rejected(_, reason) => Err(Error::Forbidden(reason)),
+        }
+    }
+
+    async fn append_checked(
+        &self,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        obj: CanonicalJsonObject,
+        ours: bool,
+        keep_rejected: bool,
+    ) -> Result<Received> {
         let head = self.head(room_id)?;
-        let queued = {
+        let (queued, outcome) = {
             let mut h = head.lock();
             if let Some(existing) = self.pdu(&event_id)? {
-                return Ok(existing);
+                return Ok(Received::Appended(existing));
             }
             let pdu = Arc::new(Pdu::from_canonical(event_id, &obj)?);
             if pdu.room_id != room_id {
@@ -219,40 +261,88 @@ impl Rooms {
             }
             // Against the state before it (resolved where it joins branches)...
             let state_before = self.state_before_remote(&h, &pdu)?;
-            self.authorize(&h.rules, &pdu, &state_before)?;
             let mut batch = Batch::default();
-            let forked = !Arc::ptr_eq(&state_before, &h.state);
-            // ...and against the current state: an event that passes the first check but not
-            // this one is soft-failed, kept in the graph but not in the timeline or the state.
-            if forked && let Err(e) = self.authorize(&h.rules, &pdu, &h.state) {
-                tracing::info!(room_id = %h.room_id, event_id = %pdu.event_id, error = %e, "soft-failed a remote event");
-                self.keep_soft_failed(&h, &pdu, obj, &mut batch)?;
-                (self.enqueue(&h, batch), Some(pdu))
+            let checked = self
+                .authorize(&h.rules, &pdu, &state_before)
+                .and_then(|()| self.check_redaction_target(&pdu));
+            if let Err(e) = checked {
+                let (true, Error::Forbidden(reason)) = (keep_rejected, &e) else {
+                    return Err(e);
+                };
+                tracing::info!(room_id = %h.room_id, event_id = %pdu.event_id, error = %reason, "rejected a remote event");
+                let reason = reason.clone();
+                self.keep_refused(
+                    &h,
+                    &pdu,
+                    obj,
+                    &state_before,
+                    hearth_storage::Refused::Rejected,
+                    &mut batch,
+                )?;
+                (self.enqueue(&h, batch), Received::Rejected(pdu, reason))
             } else {
-                if forked {
-                    self.set_head_state(&mut h, (*state_before).clone(), &mut batch)?;
-                    self.refresh_members(&mut h)?;
+                let forked = !Arc::ptr_eq(&state_before, &h.state);
+                // ...and against the current state: an event that passes the first check but
+                // not this one is soft-failed, kept in the graph but not in the timeline or the
+                // state.
+                if forked && let Err(e) = self.authorize(&h.rules, &pdu, &h.state) {
+                    tracing::info!(room_id = %h.room_id, event_id = %pdu.event_id, error = %e, "soft-failed a remote event");
+                    self.keep_refused(
+                        &h,
+                        &pdu,
+                        obj,
+                        &state_before,
+                        hearth_storage::Refused::SoftFailed,
+                        &mut batch,
+                    )?;
+                    (self.enqueue(&h, batch), Received::SoftFailed(pdu))
+                } else {
+                    if forked {
+                        self.set_head_state(&mut h, (*state_before).clone(), &mut batch)?;
+                        self.refresh_members(&mut h)?;
+                    }
+                    let behind_refused = self.prevs_before_refused(&pdu)?;
+                    h.extremities.retain(|e| !behind_refused.contains(e));
+                    self.append_to_head(&mut h, pdu.clone(), obj, None, &mut batch)?;
+                    if ours {
+                        self.queue_outbound(&h, &pdu, &mut batch);
+                    }
+                    if self.resolve_current(&mut h, &mut batch)? {
+                        self.refresh_members(&mut h)?;
+                        batch.ops.push(hearth_storage::WriteOp::PutRoom(
+                            h.room_id.to_string(),
+                            h.record(),
+                        ));
+                    }
+                    (self.enqueue(&h, batch), Received::Appended(pdu))
                 }
-                self.append_to_head(&mut h, pdu.clone(), obj, None, &mut batch)?;
-                if ours {
-                    self.queue_outbound(&h, &pdu, &mut batch);
-                }
-                if self.resolve_current(&mut h, &mut batch)? {
-                    self.refresh_members(&mut h)?;
-                    batch.ops.push(hearth_storage::WriteOp::PutRoom(
-                        h.room_id.to_string(),
-                        h.record(),
-                    ));
-                }
-                (self.enqueue(&h, batch), None)
             }
         };
-        let (queued, soft_failed) = queued;
         let mut events = self.finish(queued).await?;
-        if let Some(pdu) = soft_failed {
-            return Ok(pdu);
+        Ok(match outcome {
+            Received::Appended(_) => {
+                Received::Appended(events.pop().expect("one event was appended"))
+            }
+            other => other,
+        })
+    }
+
+    /// A redaction of an event of another room is refused (Synapse ignores it): it would
+    /// otherwise reach clients as if it had redacted something here. (One that redacts itself
+    /// is taken and has no effect: its target is not stored before it.)
+    fn check_redaction_target(&self, pdu: &Pdu) -> Result<()> {
+        use ruma::state_res::Event as _;
+        let Some(target) = pdu.redacts() else {
+            return Ok(());
+        };
+        if let Some(original) = self.pdu(target)?
+            && original.room_id != pdu.room_id
+        {
+            return Err(Error::Forbidden(
+                "a redaction cannot redact an event of another room".into(),
+            ));
         }
-        Ok(events.pop().expect("one event was appended"))
+        Ok(())
     }
 
     /// What `send_join` answers: the room state before `event` (the current state when the

@@ -298,18 +298,78 @@ impl Rooms {
         Ok(())
     }
 
-    /// Keeps a soft-failed event: in the graph (others may reference it), not in the timeline
-    /// and not in the state.
-    pub(crate) fn keep_soft_failed(
+    /// Keeps a remote event the auth rules refused (`Rejected`) or that passed them only at
+    /// its place in the graph (`SoftFailed`): in the graph, since other servers may reference
+    /// it, but not in the timeline, the state or the forward extremities. Its state after is the
+    /// state before it (and, for a soft-failed state event, the event itself), so that what
+    /// builds on it finds a state there. It has no state before of its own, so `/state` at it
+    /// is not found, as at an outlier.
+    pub(crate) fn keep_refused(
         &self,
         head: &RoomHead,
         pdu: &PduRef,
         obj: ruma::CanonicalJsonObject,
+        state_before: &SharedState,
+        refused: hearth_storage::Refused,
         batch: &mut Batch,
     ) -> Result<()> {
+        let changes = match (&pdu.state_key, refused) {
+            (Some(key), hearth_storage::Refused::SoftFailed) => {
+                vec![((pdu.kind.to_string(), key.clone()), pdu.event_id.clone())]
+            }
+            _ => Vec::new(),
+        };
+        let group = if changes.is_empty() && Arc::ptr_eq(state_before, &head.state) {
+            head.state_group
+        } else {
+            let mut map = (**state_before).clone();
+            map.extend(changes.iter().cloned());
+            let group = self.allocate_group();
+            let rec = next_group(head.room_id.as_str(), None, &map, &[]);
+            self.pending_groups.lock().insert(group, rec.clone());
+            batch
+                .ops
+                .push(hearth_storage::WriteOp::PutStateGroup(group, rec.clone()));
+            batch.groups.push((group, rec));
+            group
+        };
         self.pending_events
             .lock()
             .insert(pdu.event_id.clone(), pdu.clone());
-        self.put_outlier(&head.room_id, pdu, obj, 0, batch)
+        self.pending_state_after
+            .lock()
+            .insert(pdu.event_id.clone(), group);
+        self.put_outside_timeline(&head.room_id, pdu, obj, group, Some(refused), batch)
+    }
+
+    /// The forward extremities a new event replaces through refused events: walking back from
+    /// its prev events through rejected and soft-failed ones, the events before those (as
+    /// Synapse's `_get_prevs_before_rejected`). Without this an extremity followed only by
+    /// soft-failed events would stay one for good. Outliers stop the walk.
+    pub(crate) fn prevs_before_refused(&self, pdu: &PduRef) -> Result<HashSet<OwnedEventId>> {
+        let mut out = HashSet::new();
+        let mut stack: Vec<OwnedEventId> = pdu.prev_events.clone();
+        let mut steps = 0;
+        while let Some(id) = stack.pop() {
+            steps += 1;
+            if steps > 1_000 {
+                break;
+            }
+            let refused = self
+                .store
+                .event_meta(id.as_str())?
+                .is_some_and(|m| m.refused.is_some());
+            if !refused {
+                continue;
+            }
+            if let Some(p) = self.pdu(&id)? {
+                for prev in &p.prev_events {
+                    if out.insert(prev.clone()) {
+                        stack.push(prev.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -54,8 +54,8 @@ impl Rooms {
             let EdgeState {
                 pdu: edge_pdu,
                 obj: edge_obj,
-                after: group,
-                ..
+                before,
+                after: mut group,
             } = match self.edge_state(&h, edge, &mut batch) {
                 Ok(e) => e,
                 Err(e) => {
@@ -66,15 +66,34 @@ impl Rooms {
             self.pending_events
                 .lock()
                 .insert(edge_pdu.event_id.clone(), edge_pdu.clone());
-            if let Err(e) = self.authorize_by_auth_events(&h, &edge_pdu) {
-                self.clear_pending(&batch);
-                self.pending_events.lock().remove(&edge_pdu.event_id);
-                return Err(e);
-            }
+            // An edge the auth rules refuse is kept as rejected, with the state before it as
+            // its state after (Synapse leaves a rejected event out of the state at the gap), and
+            // what comes after it is still taken.
+            let refused = match self.authorize_by_auth_events(&h, &edge_pdu) {
+                Ok(()) => None,
+                Err(Error::Forbidden(reason)) => {
+                    tracing::info!(%room_id, event_id = %edge_pdu.event_id, error = %reason, "the event at the edge of a gap is rejected");
+                    if edge_pdu.state_key.is_some() {
+                        group = self.allocate_group();
+                        let rec = super::state::next_group(room_id.as_str(), None, &before, &[]);
+                        self.pending_groups.lock().insert(group, rec.clone());
+                        batch
+                            .ops
+                            .push(hearth_storage::WriteOp::PutStateGroup(group, rec.clone()));
+                        batch.groups.push((group, rec));
+                    }
+                    Some(hearth_storage::Refused::Rejected)
+                }
+                Err(e) => {
+                    self.clear_pending(&batch);
+                    self.pending_events.lock().remove(&edge_pdu.event_id);
+                    return Err(e);
+                }
+            };
             self.pending_state_after
                 .lock()
                 .insert(edge_pdu.event_id.clone(), group);
-            self.put_outlier(room_id, &edge_pdu, edge_obj, group, &mut batch)?;
+            self.put_outside_timeline(room_id, &edge_pdu, edge_obj, group, refused, &mut batch)?;
             self.enqueue(&h, batch)
         };
         self.finish(queued).await.map(drop)

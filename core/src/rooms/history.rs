@@ -635,6 +635,7 @@ impl Rooms {
                     replaces_state: p.replaces,
                     redacted_by: None,
                     history_seq: Some(seq),
+                    refused: None,
                 },
             });
             ids.push(p.pdu.event_id.clone());

@@ -187,6 +187,7 @@ impl Rooms {
                 replaces_state: None,
                 redacted_by: None,
                 history_seq: None,
+                refused: None,
             },
             membership: Some((
                 target.to_string(),

@@ -15,7 +15,7 @@ mod gap_edge;
 pub mod history;
 pub mod invites;
 mod state_res_v1;
-pub use federated::{RemoteJoin, StateAndAuthChain};
+pub use federated::{Received, RemoteJoin, StateAndAuthChain};
 pub use gap_edge::GapEdge;
 pub mod membership;
 pub mod pdu;

@@ -12,7 +12,7 @@ use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{Error, Result};
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Pdu {
     pub event_id: OwnedEventId,
     /// The room, also for a v12 create event whose JSON carries none (its id derives from it).
@@ -154,8 +154,15 @@ impl Pdu {
             relations: Option<&'a RawJsonValue>,
             #[serde(skip_serializing_if = "Option::is_none")]
             redacted_because: Option<&'a RawJsonValue>,
+            /// The id of `redacted_because`, as Synapse writes beside it.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            redacted_by: Option<OwnedEventId>,
             #[serde(skip_serializing_if = "Option::is_none")]
             membership: Option<&'a str>,
+        }
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            event_id: OwnedEventId,
         }
         #[derive(Serialize)]
         struct ClientEvent<'a> {
@@ -190,6 +197,10 @@ impl Pdu {
                 replaces_state: opts.replaces_state,
                 relations: opts.relations,
                 redacted_because: opts.redacted_because,
+                redacted_by: opts
+                    .redacted_because
+                    .and_then(|r| serde_json::from_str::<IdOnly>(r.get()).ok())
+                    .map(|r| r.event_id),
                 membership: opts.membership,
             },
         };

@@ -139,6 +139,13 @@ impl Rooms {
             .event_meta(at.as_str())?
             .filter(|m| m.room_id == room_id.as_str())
             .ok_or_else(|| Error::not_found("Event not found in this room"))?;
+        // An outlier, a rejected or a soft-failed event has no state of its own here (Synapse:
+        // 404 for outliers and rejected events).
+        if meta.state_before == 0 {
+            return Err(Error::not_found(format!(
+                "No state is known at {at}: it is an outlier or was rejected"
+            )));
+        }
         let state: Vec<OwnedEventId> = self
             .state_at_group(meta.state_before)?
             .values()
