@@ -116,9 +116,32 @@ pub struct DeviceLists {
     notifier: Arc<Notifier>,
     remote: Arc<dyn Remote>,
     /// One change of a local user's list at a time, so that each update's `prev_id` is the
-    /// one before it; and one remote update or resync at a time, so that they apply in order.
+    /// one before it.
     local_lock: tokio::sync::Mutex<()>,
-    remote_lock: tokio::sync::Mutex<()>,
+    /// One update or resync of a remote user's list at a time, so that they apply in order;
+    /// per user, so that a slow server holds up only its own users. An entry lives while
+    /// someone holds or waits for it.
+    remote_locks: parking_lot::Mutex<BTreeMap<OwnedUserId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a remote user's lock; drops the entry when nobody else wants it.
+struct RemoteGuard<'a> {
+    locks: &'a parking_lot::Mutex<BTreeMap<OwnedUserId, Arc<tokio::sync::Mutex<()>>>>,
+    user: OwnedUserId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RemoteGuard<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock();
+        self.guard.take();
+        if locks
+            .get(&self.user)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.user);
+        }
+    }
 }
 
 impl DeviceLists {
@@ -136,7 +159,7 @@ impl DeviceLists {
             notifier,
             remote,
             local_lock: Default::default(),
-            remote_lock: Default::default(),
+            remote_locks: Default::default(),
         }
     }
 
@@ -220,24 +243,34 @@ impl DeviceLists {
     /// of the room shared longest.
     fn tracked_since(&self, user: &UserId) -> Result<Option<StreamPos>> {
         let mut best: Option<StreamPos> = None;
-        for (room, m) in self.rooms.memberships_of(user)?.iter() {
-            if m.membership != "join" {
-                continue;
-            }
-            let room_id = RoomId::parse(room).map_err(Error::internal)?;
+        for (room_id, their_pos) in self.rooms_joined_by(user)? {
             let Ok(locals) = self.rooms.local_members(&room_id) else {
                 continue;
             };
             for local in locals {
                 let mine = self.rooms.memberships_of(&local)?;
-                let Some((_, lm)) = mine.iter().find(|(r, _)| r == room) else {
+                let Some((_, lm)) = mine.iter().find(|(r, _)| r == room_id.as_str()) else {
                     continue;
                 };
-                let since = lm.pos.max(m.pos);
+                let since = lm.pos.max(their_pos);
                 best = Some(best.map_or(since, |b| b.min(since)));
             }
         }
         Ok(best)
+    }
+
+    async fn lock_remote(&self, user: &UserId) -> RemoteGuard<'_> {
+        let lock = self
+            .remote_locks
+            .lock()
+            .entry(user.to_owned())
+            .or_default()
+            .clone();
+        RemoteGuard {
+            locks: &self.remote_locks,
+            user: user.to_owned(),
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     fn cache_of(&self, user: &UserId) -> Result<Option<RemoteDevices>> {
@@ -266,7 +299,7 @@ impl DeviceLists {
     /// when a local user shares a room with them, keeps it and tells the local users it
     /// changed. `None` when their server does not answer (what is kept stays as it was).
     pub async fn resync(&self, user: &UserId) -> Result<Option<RemoteDevices>> {
-        let _in_order = self.remote_lock.lock().await;
+        let _in_order = self.lock_remote(user).await;
         self.resync_locked(user).await
     }
 
@@ -340,7 +373,7 @@ impl DeviceLists {
     /// kept stream id); otherwise (nothing kept, an update missed, no `prev_id`) the whole list
     /// is fetched again.
     pub async fn incoming_update(&self, user: &UserId, content: &Json) -> Result<()> {
-        let _in_order = self.remote_lock.lock().await;
+        let _in_order = self.lock_remote(user).await;
         if !self.tracked(user)? {
             return Ok(());
         }
@@ -392,7 +425,7 @@ impl DeviceLists {
     /// An `m.signing_key_update` from the remote `user`'s server: their cross-signing keys as
     /// kept change; the local users who share a room with them query again.
     pub async fn incoming_signing_keys(&self, user: &UserId, content: &Json) -> Result<()> {
-        let _in_order = self.remote_lock.lock().await;
+        let _in_order = self.lock_remote(user).await;
         if !self.tracked(user)? {
             return Ok(());
         }
@@ -448,12 +481,38 @@ impl DeviceLists {
     }
 
     fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-        self.rooms
-            .memberships_of(user)?
-            .iter()
-            .filter(|(_, m)| m.membership == "join")
-            .map(|(r, _)| RoomId::parse(r).map_err(Error::internal))
-            .collect()
+        Ok(self
+            .rooms_joined_by(user)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// The rooms `user` is joined to, with the position of their membership. A room joined
+    /// through another server has its members then from the state it came with, which has
+    /// no membership records: for another server's user who has none, those rooms are found by
+    /// their members (position 0).
+    fn rooms_joined_by(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, StreamPos)>> {
+        let mut rooms: Vec<(OwnedRoomId, StreamPos)> = Vec::new();
+        for (room, m) in self.rooms.memberships_of(user)?.iter() {
+            if m.membership == "join" {
+                rooms.push((RoomId::parse(room).map_err(Error::internal)?, m.pos));
+            }
+        }
+        if rooms.is_empty() && user.server_name() != self.server_name {
+            for (room, _) in self.store.rooms()? {
+                let Ok(id) = RoomId::parse(&room) else {
+                    continue;
+                };
+                let Ok(head) = self.rooms.head(&id) else {
+                    continue;
+                };
+                if head.lock().membership_of(user) == Some("join") {
+                    rooms.push((id, 0));
+                }
+            }
+        }
+        Ok(rooms)
     }
 
     /// Everyone who shares a joined room with `user`, `user` included.
