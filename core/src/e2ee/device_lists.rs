@@ -122,6 +122,9 @@ pub struct DeviceLists {
     /// per user, so that a slow server holds up only its own users. An entry lives while
     /// someone holds or waits for it.
     remote_locks: parking_lot::Mutex<BTreeMap<OwnedUserId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The remote users whose lists an update found out of date and that are being fetched
+    /// again in the background: one fetch per user however many updates ask for it.
+    resyncing: parking_lot::Mutex<BTreeSet<OwnedUserId>>,
 }
 
 /// Holds a remote user's lock; drops the entry when nobody else wants it.
@@ -160,6 +163,7 @@ impl DeviceLists {
             remote,
             local_lock: Default::default(),
             remote_locks: Default::default(),
+            resyncing: Default::default(),
         }
     }
 
@@ -372,7 +376,7 @@ impl DeviceLists {
     /// them or when already seen; applied when it follows what is kept (its `prev_id`s are the
     /// kept stream id); otherwise (nothing kept, an update missed, no `prev_id`) the whole list
     /// is fetched again.
-    pub async fn incoming_update(&self, user: &UserId, content: &Json) -> Result<()> {
+    pub async fn incoming_update(self: &Arc<Self>, user: &UserId, content: &Json) -> Result<()> {
         let _in_order = self.lock_remote(user).await;
         if !self.tracked(user)? {
             return Ok(());
@@ -418,8 +422,26 @@ impl DeviceLists {
                 c.stream_id = stream_id;
                 self.keep(user, &c).await
             }
-            _ => self.resync_locked(user).await.map(|_| ()),
+            _ => {
+                self.resync_in_background(user);
+                Ok(())
+            }
         }
+    }
+
+    /// Fetches the user's list again after the update that found it out of date has been
+    /// answered, as Synapse does: the sending server's transaction does not wait for it.
+    fn resync_in_background(self: &Arc<Self>, user: &UserId) {
+        if !self.resyncing.lock().insert(user.to_owned()) {
+            return;
+        }
+        let (this, user) = (self.clone(), user.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = this.resync(&user).await {
+                tracing::warn!(%user, error = %e, "device list resync failed");
+            }
+            this.resyncing.lock().remove(&user);
+        });
     }
 
     /// An `m.signing_key_update` from the remote `user`'s server: their cross-signing keys as
