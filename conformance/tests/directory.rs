@@ -243,6 +243,81 @@ async fn the_user_directory_finds_people_one_shares_rooms_with() {
     assert_eq!(none["results"], json!([]), "{none}");
 }
 
+/// A room puts its members in everyone's directory while anyone may join it or read its
+/// history; a private room only in the directory of those who share it, the searcher not
+/// among them (as Synapse's `search_all_users: false`).
+#[tokio::test]
+async fn room_members_are_in_everyones_directory_while_the_room_is_public_or_world_readable() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (bob_id, bob, _) = server.register("bob", "pw-bob-1").await;
+    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
+    let room = server
+        .create_room(
+            &alice,
+            &json!({ "preset": "private_chat", "invite": [bob_id] }),
+        )
+        .await;
+    server.join_raw(&bob, &room).await;
+    let finds_bob = |token: String| {
+        let server = &server;
+        let bob_id = bob_id.clone();
+        async move {
+            let (status, found) = server
+                .post(
+                    "/user_directory/search",
+                    &token,
+                    &json!({ "search_term": "bob", "limit": 10 }),
+                )
+                .await;
+            assert_eq!(status, 200, "{found}");
+            found["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["user_id"] == json!(bob_id))
+        }
+    };
+    let set = |kind: &'static str, content: serde_json::Value| {
+        let (server, alice, room) = (&server, alice.clone(), room.clone());
+        async move {
+            let (status, body) = server
+                .put(
+                    &format!("/rooms/{}/state/{kind}/", enc(&room)),
+                    &alice,
+                    &content,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    assert!(finds_bob(alice.clone()).await);
+    assert!(
+        !finds_bob(bob.clone()).await,
+        "the searcher through a private room"
+    );
+    assert!(!finds_bob(carol.clone()).await);
+
+    set("m.room.join_rules", json!({ "join_rule": "public" })).await;
+    assert!(finds_bob(carol.clone()).await);
+    assert!(finds_bob(bob.clone()).await);
+    set("m.room.join_rules", json!({ "join_rule": "invite" })).await;
+    assert!(!finds_bob(carol.clone()).await);
+
+    set(
+        "m.room.history_visibility",
+        json!({ "history_visibility": "world_readable" }),
+    )
+    .await;
+    assert!(finds_bob(carol.clone()).await);
+    set(
+        "m.room.history_visibility",
+        json!({ "history_visibility": "shared" }),
+    )
+    .await;
+    assert!(!finds_bob(carol).await);
+}
+
 /// A canonical alias may name only aliases that point to the room (400 `M_BAD_ALIAS`
 /// otherwise), and deleting an alias takes it out of the room's canonical alias, as Synapse
 /// does.

@@ -1605,3 +1605,92 @@ async fn the_history_before_a_join_is_backfilled_from_the_other_server() {
         "a first join replaces nothing: {join}"
     );
 }
+
+/// Bob's device keys as his client uploads them, with `key` as the ed25519 key.
+fn bobs_device_keys(bob: &str, device: &str, key: &str) -> serde_json::Value {
+    json!({ "device_keys": {
+        "user_id": bob,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("ed25519:{device}"): key },
+        "signatures": {},
+    }})
+}
+
+/// The ed25519 key of Bob's device in Ann's `/keys/query` answer, and its `failures`.
+async fn bobs_key_as_ann_sees_it(
+    a: &TestServer,
+    ann_tok: &str,
+    bob: &str,
+    device: &str,
+) -> (Option<String>, serde_json::Value) {
+    let (status, q) = a
+        .post(
+            "/keys/query",
+            ann_tok,
+            &json!({ "device_keys": { bob: [] } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{q}");
+    let key = q["device_keys"][bob][device]["keys"][format!("ed25519:{device}")]
+        .as_str()
+        .map(str::to_owned);
+    (key, q["failures"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_users_device_list_is_kept_current_and_answered_while_their_server_is_down() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (mut b, _, _) = federating_server(&ca).await;
+    let Shared { ann_tok, bob, .. } =
+        bob_joins_anns_room((&a, &a_name), &b, json!({ "preset": "public_chat" })).await;
+    let (_, bob_tok, device) = b.login("bob", "pw-bob-1").await;
+    let (status, body) = b
+        .post(
+            "/keys/upload",
+            &bob_tok,
+            &bobs_device_keys(&bob, &device, "first"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A has nothing of Bob's devices yet: it fetches his list from B (`/user/devices`).
+    let mut key = None;
+    for _ in 0..30 {
+        key = bobs_key_as_ann_sees_it(&a, &ann_tok, &bob, &device).await.0;
+        if key.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(key.as_deref(), Some("first"), "{}", a.log_tail(20));
+
+    // Bob's new keys reach A as an `m.device_list_update` that follows the list A has (its
+    // `prev_id`): Ann hears that Bob's devices changed, and A answers the new keys.
+    let (_, first) = a.get("/sync?timeout=0", &ann_tok).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let (status, body) = b
+        .post(
+            "/keys/upload",
+            &bob_tok,
+            &bobs_device_keys(&bob, &device, "second"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&a, &ann_tok, &mut since, |s| {
+        s["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == &json!(bob)))
+            .then_some(())
+    })
+    .await;
+    let (key, _) = bobs_key_as_ann_sees_it(&a, &ann_tok, &bob, &device).await;
+    assert_eq!(key.as_deref(), Some("second"), "{}", a.log_tail(20));
+
+    // With B down, A still answers the list it keeps, and lists no failure.
+    b.kill9();
+    let (key, failures) = bobs_key_as_ann_sees_it(&a, &ann_tok, &bob, &device).await;
+    assert_eq!(key.as_deref(), Some("second"));
+    assert_eq!(failures, json!({}));
+}

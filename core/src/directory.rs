@@ -6,7 +6,7 @@
 //! visibility is `public`, largest first, as Synapse orders it. The user directory finds users
 //! who share a room with the searcher or sit in a public room, by user id or display name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use hearth_storage::directory::DirectoryOp;
@@ -355,6 +355,22 @@ impl Directory {
         })
     }
 
+    /// Whether a room puts its members in everyone's user directory: anyone may join it
+    /// (`join_rule` public) or read its history (`world_readable`), as Synapse counts it.
+    fn is_publicly_visible(&self, room: &RoomId) -> Result<bool> {
+        let content = |kind: &str| -> Result<Option<Value>> {
+            Ok(self
+                .rooms
+                .state_event(room, kind, "")?
+                .map(|p| p.content_value()))
+        };
+        Ok(
+            text(&content("m.room.join_rules")?, "join_rule").as_deref() == Some("public")
+                || text(&content("m.room.history_visibility")?, "history_visibility").as_deref()
+                    == Some("world_readable"),
+        )
+    }
+
     /// `POST /user_directory/search`: users who share a joined room with the searcher or are in
     /// a public room, whose user id or display name contains the term.
     pub fn search_users(
@@ -364,18 +380,22 @@ impl Directory {
         limit: usize,
     ) -> Result<(Vec<FoundUser>, bool)> {
         let term = term.to_lowercase();
-        let mut rooms: Vec<OwnedRoomId> = self.rooms.joined_rooms(searcher)?;
-        for (room, rec) in self.store.rooms()? {
-            if rec.is_public
-                && let Ok(id) = RoomId::parse(&room)
-            {
-                rooms.push(id);
+        // As Synapse's directory (`search_all_users: false`): everyone in a public room (one
+        // anyone may join or whose history anyone may read), and the others who share a room
+        // with the searcher, the searcher not among them.
+        let mine: BTreeSet<OwnedRoomId> = self.rooms.joined_rooms(searcher)?.into_iter().collect();
+        let mut rooms: Vec<(OwnedRoomId, bool)> = Vec::new();
+        for (room, _) in self.store.rooms()? {
+            let Ok(id) = RoomId::parse(&room) else {
+                continue;
+            };
+            let public = self.is_publicly_visible(&id)?;
+            if public || mine.contains(&id) {
+                rooms.push((id, public));
             }
         }
-        rooms.sort();
-        rooms.dedup();
         let mut found: BTreeMap<OwnedUserId, (Option<String>, Option<String>)> = BTreeMap::new();
-        for room in rooms {
+        for (room, public) in rooms {
             let joined: Vec<OwnedUserId> = {
                 let head = self.rooms.head(&room)?;
                 let h = head.lock();
@@ -386,7 +406,7 @@ impl Directory {
                     .collect()
             };
             for user in joined {
-                if found.contains_key(&user) {
+                if found.contains_key(&user) || (!public && user == searcher) {
                     continue;
                 }
                 let member = self

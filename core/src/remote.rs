@@ -94,6 +94,11 @@ pub trait Remote: Send + Sync + 'static {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 
+    /// `GET /user/devices/{userId}` on the user's server: its answer as JSON.
+    fn user_devices<'a>(&'a self, _user: &'a UserId) -> RemoteFuture<'a, serde_json::Value> {
+        Box::pin(async { Err(Error::not_found("Federation is disabled")) })
+    }
+
     /// `GET /media/download/{mediaId}` on the media's origin server.
     fn fetch_media<'a>(
         &'a self,

@@ -102,7 +102,8 @@ pub async fn devices(
         .collect();
     let mut body = json!({
         "user_id": user,
-        "stream_id": state.core.store.persisted_pos(),
+        // The user's latest change: the `prev_id` of their next `m.device_list_update`.
+        "stream_id": state.core.store.device_list_latest(user.as_str()).map_err(hearth_core::Error::from)?.unwrap_or(0),
         "devices": devices,
     });
     if let Some(m) = keys.master_keys.remove(&user) {

@@ -165,6 +165,19 @@ impl Remote for Federation {
         Box::pin(self.post_keys(server, "/_matrix/federation/v1/user/keys/query", body))
     }
 
+    fn user_devices<'a>(&'a self, user: &'a ruma::UserId) -> RemoteFuture<'a, Value> {
+        Box::pin(async move {
+            let path = format!(
+                "/_matrix/federation/v1/user/devices/{}",
+                joining::seg(user.as_str())
+            );
+            self.client
+                .request(user.server_name(), http::Method::GET, &path, None)
+                .await
+                .map_err(|e| hearth_core::Error::Unknown(e.to_string()))
+        })
+    }
+
     fn fetch_media<'a>(
         &'a self,
         server: &'a ruma::ServerName,

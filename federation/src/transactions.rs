@@ -202,13 +202,20 @@ async fn handle_edu(state: &State, origin: &ServerName, edu: &Value) {
                 }
             }
         }
-        Some("m.device_list_update" | "m.signing_key_update") => {
-            // The keys themselves are fetched again when a local client queries them; the
-            // update only has to reach the local users who share a room.
-            if let Some(user) = edu["content"]["user_id"].as_str().and_then(from_origin)
-                && let Err(e) = core.e2ee.device_lists().remote_changed(&user).await
-            {
-                tracing::warn!(%user, error = %e, "a device list update could not be recorded");
+        Some(kind @ ("m.device_list_update" | "m.signing_key_update")) => {
+            // Applied in order, or the whole list fetched again when one went missing; the
+            // local users who share a room with the user hear of it in their next sync.
+            let content = &edu["content"];
+            if let Some(user) = content["user_id"].as_str().and_then(from_origin) {
+                let lists = core.e2ee.device_lists();
+                let done = if kind == "m.device_list_update" {
+                    lists.incoming_update(&user, content).await
+                } else {
+                    lists.incoming_signing_keys(&user, content).await
+                };
+                if let Err(e) = done {
+                    tracing::warn!(%user, error = %e, "a device list update could not be recorded");
+                }
             }
         }
         _ => {}

@@ -69,6 +69,12 @@ pub enum E2eeOp {
     },
     /// Records at the next stream position that a user's device list changed.
     DeviceListChanged(String),
+    /// Replaces (`Some`) or forgets (`None`) what this server keeps of a remote user's device
+    /// list.
+    PutRemoteDevices {
+        user_id: String,
+        json: Option<String>,
+    },
     /// Records at the next stream position a change of `target`'s keys that only `viewer`
     /// hears of: their own user-signing key, or their signature on `target`'s master key.
     UserSignatureChanged { viewer: String, target: String },
@@ -119,6 +125,10 @@ pub trait E2eeStore {
         after: StreamPos,
         upto: StreamPos,
     ) -> StorageResult<Vec<(StreamPos, String)>>;
+    /// The position of a user's latest device list change.
+    fn device_list_latest(&self, user_id: &str) -> StorageResult<Option<StreamPos>>;
+    /// What this server keeps of a remote user's device list.
+    fn remote_devices(&self, user_id: &str) -> StorageResult<Option<String>>;
     /// The users whose keys changed in `(after, upto]` in a way only `viewer` hears of.
     fn user_signature_changes(
         &self,
@@ -240,6 +250,18 @@ impl E2eeStore for RedbStore {
             .collect()
     }
 
+    fn device_list_latest(&self, user_id: &str) -> StorageResult<Option<StreamPos>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(DEVICE_LIST_LATEST)?;
+        Ok(t.get(user_id)?.map(|v| v.value()))
+    }
+
+    fn remote_devices(&self, user_id: &str) -> StorageResult<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REMOTE_DEVICE_CACHE)?;
+        Ok(t.get(user_id)?.map(|v| v.value().to_owned()))
+    }
+
     fn user_signature_changes(
         &self,
         viewer: &str,
@@ -331,6 +353,7 @@ pub(crate) struct E2eeTables<'t> {
     signatures: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
     device_lists: Table<'t, u64, &'static str>,
     device_list_latest: Table<'t, &'static str, u64>,
+    remote_devices: Table<'t, &'static str, &'static str>,
     user_signatures: Table<'t, u64, (&'static str, &'static str)>,
     user_signature_latest: Table<'t, (&'static str, &'static str), u64>,
     backup_versions: Table<'t, (&'static str, u64), &'static [u8]>,
@@ -347,6 +370,7 @@ impl<'t> E2eeTables<'t> {
             signatures: txn.open_table(KEY_SIGNATURES)?,
             device_lists: txn.open_table(DEVICE_LIST_STREAM)?,
             device_list_latest: txn.open_table(DEVICE_LIST_LATEST)?,
+            remote_devices: txn.open_table(REMOTE_DEVICE_CACHE)?,
             user_signatures: txn.open_table(USER_SIGNATURE_STREAM)?,
             user_signature_latest: txn.open_table(USER_SIGNATURE_LATEST)?,
             backup_versions: txn.open_table(BACKUP_VERSIONS)?,
@@ -432,6 +456,15 @@ impl<'t> E2eeTables<'t> {
                     json.as_str(),
                 )?;
             }
+            E2eeOp::PutRemoteDevices { user_id, json } => match json {
+                Some(json) => {
+                    self.remote_devices
+                        .insert(user_id.as_str(), json.as_str())?;
+                }
+                None => {
+                    self.remote_devices.remove(user_id.as_str())?;
+                }
+            },
             E2eeOp::DeviceListChanged(user_id) => {
                 *next_pos += 1;
                 let pos = *next_pos;

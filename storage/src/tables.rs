@@ -74,6 +74,10 @@ pub const DEVICE_LIST_STREAM: TableDefinition<u64, &str> = TableDefinition::new(
 /// user id → position of the user's latest entry in DEVICE_LIST_STREAM
 pub const DEVICE_LIST_LATEST: TableDefinition<&str, u64> =
     TableDefinition::new("device_list_latest");
+/// remote user id → the device list their server last told this one of (JSON: `stream_id`,
+/// `devices`, `master_key`, `self_signing_key`), kept while a local user shares a room with them
+pub const REMOTE_DEVICE_CACHE: TableDefinition<&str, &str> =
+    TableDefinition::new("remote_device_cache");
 /// stream position → (viewer, target): changes that only the viewer hears of, in stream order:
 /// their own user-signing key changed (target = viewer), or they signed the target's master key
 /// (Synapse's user signature stream); only each pair's latest change is kept

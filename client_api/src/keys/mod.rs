@@ -13,7 +13,7 @@ use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, UInt};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Ruma;
+use crate::extract::{Patched, Ruma};
 
 pub(crate) fn to_json<T>(raw: &Raw<T>) -> ApiResult<Json> {
     raw.deserialize_as::<Json>()
@@ -71,7 +71,7 @@ pub async fn upload(
 pub async fn query(
     state: AppState,
     req: Ruma<get_keys::v3::Request>,
-) -> ApiResult<get_keys::v3::Response> {
+) -> ApiResult<Patched<get_keys::v3::Response>> {
     let s = req.session();
     let query = KeyQuery {
         requester: Some(&s.user_id),
@@ -100,7 +100,15 @@ pub async fn query(
     resp.master_keys = raw_map(keys.master_keys);
     resp.self_signing_keys = raw_map(keys.self_signing_keys);
     resp.user_signing_keys = raw_map(keys.user_signing_keys);
-    Ok(resp)
+    // `failures` is always there, empty when every server answered, as Synapse sends it.
+    Ok(Patched {
+        resp,
+        patch: Box::new(|v| {
+            if v.get("failures").is_none() {
+                v["failures"] = serde_json::json!({});
+            }
+        }),
+    })
 }
 
 pub async fn claim(

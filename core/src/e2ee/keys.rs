@@ -47,6 +47,10 @@ pub struct ClaimedKeys {
 /// `failures` and the rest of the answer goes out.
 const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A query fetches at most this many remote device lists whole; the other users are asked of
+/// their servers with `/user/keys/query`.
+const MAX_RESYNCS_PER_QUERY: usize = 20;
+
 /// The algorithm every client counts; reported even at zero, as Synapse does, so that clients
 /// top it up.
 const SIGNED_CURVE25519: &str = "signed_curve25519";
@@ -299,8 +303,32 @@ impl E2ee {
     ) -> Result<()> {
         let mut by_server: BTreeMap<OwnedServerName, serde_json::Map<String, Json>> =
             BTreeMap::new();
+        let mut resyncs = 0;
         for (user, wanted) in users {
-            if user.server_name() != self.server_name {
+            if user.server_name() == self.server_name {
+                continue;
+            }
+            // The users a local user shares a room with: their device lists as kept (the
+            // updates of their server keep them current), fetched whole when none is kept.
+            let lists = &self.device_lists;
+            let mut kept = lists.cached(user)?;
+            if kept.is_none() && resyncs < MAX_RESYNCS_PER_QUERY && lists.tracked(user)? {
+                resyncs += 1;
+                kept = lists.resync(user).await?;
+            }
+            if let Some(kept) = kept {
+                out.device_keys
+                    .insert(user.clone(), kept.query_keys(wanted));
+                if let Some(mut key) = kept.master_key {
+                    self.add_signatures_of(requester, user, &mut key)?;
+                    out.master_keys.insert(user.clone(), key);
+                }
+                if let Some(key) = kept.self_signing_key {
+                    out.self_signing_keys.insert(user.clone(), key);
+                }
+                continue;
+            }
+            {
                 by_server
                     .entry(user.server_name().to_owned())
                     .or_default()

@@ -55,7 +55,7 @@ impl E2ee {
         }
     }
 
-    pub fn device_lists(&self) -> &DeviceLists {
+    pub fn device_lists(&self) -> &Arc<DeviceLists> {
         &self.device_lists
     }
 }
