@@ -387,6 +387,33 @@ async fn users_of_two_servers_share_a_room_and_nothing_is_lost_while_one_is_down
     assert!(bodies(&again, &room).is_empty(), "nothing twice: {again}");
 }
 
+/// A server whose users have all left a room lets no one in through it any more (`make_join`
+/// is 404, as Synapse answers), and the joining server passes that refusal on to its client as
+/// it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_everyone_left_cannot_be_joined_through_its_server() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let room = a
+        .create_room(&ann_tok, &json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = a
+        .post(
+            &format!("/rooms/{}/leave", enc(&room)),
+            &ann_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let join = format!("/join/{}?server_name={}", enc(&room), enc(&a_name));
+    let (status, body) = b.post(&join, &bob_tok, &json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND", "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_acl_shuts_a_server_out() {
     let ca = TestCa::new();

@@ -317,6 +317,18 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
             get(membership::make_join),
         )
         .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            axum::routing::put(membership::send_join_v1),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            axum::routing::put(membership::send_leave_v1),
+        )
+        .route(
+            "/_matrix/federation/v1/invite/{room_id}/{event_id}",
+            axum::routing::put(membership::invite_v1),
+        )
+        .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             axum::routing::put(membership::send_join),
         )

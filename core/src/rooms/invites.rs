@@ -133,7 +133,11 @@ impl Rooms {
                 "the invitee is not a user of this server".into(),
             ));
         }
-        if self.store.user(target.as_str())?.is_none() {
+        // Into a room this server is in, the invite is an event like any other (the auth rules
+        // decide; Synapse asks no more); one to a room it is not in is kept for the invitee,
+        // who must exist.
+        let in_room = self.exists(&pdu.room_id)?;
+        if !in_room && self.store.user(target.as_str())?.is_none() {
             return Err(Error::not_found("No such user"));
         }
         // Adds this server's signature (the hashes stay as they are: the content is unchanged).
@@ -144,7 +148,7 @@ impl Rooms {
             &rules.redaction,
         )
         .map_err(|e| Error::BadJson(e.to_string()))?;
-        if self.exists(&pdu.room_id)? {
+        if in_room {
             // This server is in the room: the invite arrives in a transaction like any event.
             return Ok(obj);
         }
