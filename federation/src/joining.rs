@@ -292,12 +292,12 @@ impl Federation {
         room_id: &RoomId,
         user: &UserId,
         servers: &[OwnedServerName],
-    ) -> Result<(), hearth_core::Error> {
+    ) -> Result<(OwnedEventId, CanonicalJsonObject), hearth_core::Error> {
         through_servers(servers, "leaving", room_id, |server| async move {
             let signed = self
                 .signed_template(&server, Membership::Leave, room_id, user, &Value::Null)
                 .await?;
-            match self
+            let sent = match self
                 .send_member_event(&server, "v2/send_leave", room_id, &signed)
                 .await
             {
@@ -306,7 +306,8 @@ impl Federation {
                     .await
                     .map(drop),
                 other => other.map(drop),
-            }
+            };
+            sent.map(|()| (signed.event_id, signed.event))
         })
         .await
     }

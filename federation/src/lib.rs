@@ -139,7 +139,7 @@ impl Remote for Federation {
         room_id: &'a ruma::RoomId,
         user: &'a UserId,
         servers: &'a [ruma::OwnedServerName],
-    ) -> RemoteFuture<'a, ()> {
+    ) -> RemoteFuture<'a, (ruma::OwnedEventId, ruma::CanonicalJsonObject)> {
         Box::pin(self.leave_remote_room(room_id, user, servers))
     }
 
