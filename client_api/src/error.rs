@@ -98,7 +98,8 @@ impl From<CoreError> for ApiError {
                 S::BAD_REQUEST,
                 "M_INCOMPATIBLE_ROOM_VERSION",
                 format!("Room version {v} is not supported"),
-            ),
+            )
+            .with("room_version", json!(v)),
             CoreError::UnsupportedRoomVersion(m) => {
                 Self::new(S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION", m)
             }
@@ -135,6 +136,26 @@ impl From<CoreError> for ApiError {
                 "Can't send same reaction twice",
             ),
             CoreError::UnknownPos => Self::new(S::BAD_REQUEST, "M_UNKNOWN_POS", "Unknown position"),
+            CoreError::Remote {
+                status,
+                errcode,
+                message,
+                room_version,
+            } => {
+                // The errcode is the remote's, not one of ours: it goes in `extra` (an empty
+                // `errcode` leaves the body to it).
+                let mut e = Self::new(
+                    StatusCode::from_u16(status).unwrap_or(S::BAD_GATEWAY),
+                    "",
+                    message.clone(),
+                )
+                .with("errcode", json!(errcode))
+                .with("error", json!(message));
+                if let Some(v) = room_version {
+                    e = e.with("room_version", json!(v));
+                }
+                e
+            }
             CoreError::Internal(m) => {
                 // The detail goes to the log, not to the client.
                 tracing::error!(error = %m, "internal error");

@@ -387,6 +387,33 @@ async fn users_of_two_servers_share_a_room_and_nothing_is_lost_while_one_is_down
     assert!(bodies(&again, &room).is_empty(), "nothing twice: {again}");
 }
 
+/// A server whose users have all left a room lets no one in through it any more (`make_join`
+/// is 404, as Synapse answers), and the joining server passes that refusal on to its client as
+/// it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_everyone_left_cannot_be_joined_through_its_server() {
+    let ca = TestCa::new();
+    let (a, a_name, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (_, bob_tok, _) = b.register("bob", "pw-bob-1").await;
+    let room = a
+        .create_room(&ann_tok, &json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = a
+        .post(
+            &format!("/rooms/{}/leave", enc(&room)),
+            &ann_tok,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let join = format!("/join/{}?server_name={}", enc(&room), enc(&a_name));
+    let (status, body) = b.post(&join, &bob_tok, &json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND", "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_acl_shuts_a_server_out() {
     let ca = TestCa::new();
@@ -653,6 +680,62 @@ async fn aliases_and_room_lists_reach_across_servers() {
             expected,
             "{term}: {list}"
         );
+    }
+}
+
+/// An invite from a server that is down can still be turned down: the invitee's server keeps
+/// a leave of its own making (Synapse's out-of-band leave), and the invitee's `/sync` shows the
+/// room left with that leave event, as it shows a leave the inviting server took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_from_a_server_that_is_down_is_turned_down_here() {
+    let ca = TestCa::new();
+    let (mut a, _, _) = federating_server(&ca).await;
+    let (b, _, _) = federating_server(&ca).await;
+    let (_, ann_tok, _) = a.register("ann", "pw-ann-1").await;
+    let (carol, carol_tok, _) = b.register("carol", "pw-carol-1").await;
+    let (_, first) = b.get("/sync?timeout=0", &carol_tok).await;
+    let mut carol_since = first["next_batch"].as_str().unwrap().to_owned();
+    for (version, down) in [("10", false), ("1", true), ("10", true)] {
+        let room = a
+            .create_room(&ann_tok, &json!({ "room_version": version }))
+            .await;
+        let (status, body) = a
+            .post(
+                &format!("/rooms/{}/invite", enc(&room)),
+                &ann_tok,
+                &json!({ "user_id": carol }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sync_until(&b, &carol_tok, &mut carol_since, |s| {
+            s["rooms"]["invite"][&room].as_object().cloned()
+        })
+        .await;
+        if down {
+            a.kill9();
+        }
+        let (status, body) = b
+            .post(
+                &format!("/rooms/{}/leave", enc(&room)),
+                &carol_tok,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version} down={down}: {body}");
+        let left = sync_until(&b, &carol_tok, &mut carol_since, |s| {
+            s["rooms"]["leave"][&room].as_object().cloned()
+        })
+        .await;
+        let event = &left["timeline"]["events"][0];
+        assert_eq!(event["type"], "m.room.member", "{left:?}");
+        assert_eq!(event["sender"], carol.as_str(), "{left:?}");
+        assert_eq!(event["state_key"], carol.as_str(), "{left:?}");
+        assert_eq!(event["content"]["membership"], "leave", "{left:?}");
+        let (_, full) = b.get("/sync?timeout=0", &carol_tok).await;
+        assert!(full["rooms"]["invite"][&room].is_null(), "{full}");
+        if down {
+            a.restart().await;
+        }
     }
 }
 

@@ -64,6 +64,15 @@ pub enum Error {
     /// A request the server understood but refuses for a reason with no errcode of its own.
     #[error("{0}")]
     Unknown(String),
+    /// Another server's error answer to a request made for a client (`make_join`), passed on
+    /// as it came, as Synapse does: its status, errcode, message and room version.
+    #[error("{errcode}: {message}")]
+    Remote {
+        status: u16,
+        errcode: String,
+        message: String,
+        room_version: Option<String>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

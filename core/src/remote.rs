@@ -43,12 +43,13 @@ pub trait Remote: Send + Sync + 'static {
 
     /// Turns down an invite to a room this server is not in, through one of `servers`
     /// (`make_leave`, sign, `send_leave`).
+    /// Returns the leave event, as signed and sent.
     fn leave_remote<'a>(
         &'a self,
         _room_id: &'a RoomId,
         _user: &'a UserId,
         _servers: &'a [OwnedServerName],
-    ) -> RemoteFuture<'a, ()> {
+    ) -> RemoteFuture<'a, (ruma::OwnedEventId, ruma::CanonicalJsonObject)> {
         Box::pin(async { Err(Error::not_found("Federation is disabled")) })
     }
 

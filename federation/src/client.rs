@@ -201,31 +201,46 @@ impl Client {
 
     async fn json(destination: &ServerName, resp: reqwest::Response) -> Result<Value, FedError> {
         let status = resp.status();
-        let body: Value = resp
-            .json()
+        let bytes = resp
+            .bytes()
             .await
             .map_err(|e| FedError::peer(format!("{destination}: {e}")))?;
+        let parsed = serde_json::from_slice::<Value>(&bytes);
         if status.is_success() {
-            return Ok(body);
+            return parsed.map_err(|e| FedError::peer(format!("{destination}: {e}")));
         }
+        // An error answer need not be JSON (a 404 of a server without the endpoint).
+        let body = parsed.unwrap_or(Value::Null);
         let errcode = match body["errcode"].as_str() {
             Some("M_NOT_FOUND") => "M_NOT_FOUND",
             Some("M_FORBIDDEN") => "M_FORBIDDEN",
+            Some("M_UNRECOGNIZED") => "M_UNRECOGNIZED",
+            None if status == axum::http::StatusCode::NOT_FOUND => "M_UNRECOGNIZED",
             _ => "M_UNKNOWN",
         };
         let message = body["error"]
             .as_str()
             .unwrap_or("remote server error")
             .to_owned();
-        let status = match errcode {
-            "M_NOT_FOUND" => axum::http::StatusCode::NOT_FOUND,
+        let mapped = match errcode {
+            "M_NOT_FOUND" | "M_UNRECOGNIZED" => axum::http::StatusCode::NOT_FOUND,
             "M_FORBIDDEN" => axum::http::StatusCode::FORBIDDEN,
             _ => axum::http::StatusCode::BAD_GATEWAY,
         };
-        Err(FedError::new(
-            status,
-            errcode,
-            format!("{destination}: {message}"),
-        ))
+        let mut e = FedError::new(mapped, errcode, format!("{destination}: {message}"));
+        e.remote = Some((status, body));
+        Err(e)
+    }
+
+    /// Whether an error answer says the peer does not have the endpoint (a server that serves
+    /// only an older version of it): a 404 or 405 with no errcode or `M_UNRECOGNIZED`, as
+    /// Synapse tells them.
+    pub fn is_unknown_endpoint(e: &FedError) -> bool {
+        let Some((status, body)) = &e.remote else {
+            return false;
+        };
+        let errcode = body.get("errcode").and_then(Value::as_str);
+        matches!(status.as_u16(), 404 | 405 | 400)
+            && (errcode == Some("M_UNRECOGNIZED") || (errcode.is_none() && status.as_u16() != 400))
     }
 }

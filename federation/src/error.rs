@@ -11,6 +11,9 @@ pub struct FedError {
     pub message: String,
     /// `M_INCOMPATIBLE_ROOM_VERSION` names the room's version.
     pub room_version: Option<String>,
+    /// A peer's error answer as it came (its status and body), for what passes it on to a
+    /// client (a failed `make_join`).
+    pub remote: Option<(StatusCode, serde_json::Value)>,
 }
 
 impl FedError {
@@ -20,6 +23,7 @@ impl FedError {
             errcode,
             message: message.into(),
             room_version: None,
+            remote: None,
         }
     }
     pub fn with_room_version(mut self, version: &str) -> Self {
@@ -59,6 +63,7 @@ impl From<hearth_core::Error> for FedError {
             E::BadJson(m) => Self::bad_json(m),
             E::InvalidParam(m) => Self::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", m),
             E::Unknown(m) => Self::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", m),
+            E::Remote { message, .. } => Self::peer(message),
             E::IncompatibleRoomVersion(v) => Self::new(
                 StatusCode::BAD_REQUEST,
                 "M_INCOMPATIBLE_ROOM_VERSION",
@@ -79,10 +84,10 @@ impl From<hearth_core::Error> for FedError {
 
 impl IntoResponse for FedError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "errcode": self.errcode, "error": self.message })),
-        )
-            .into_response()
+        let mut body = json!({ "errcode": self.errcode, "error": self.message });
+        if let Some(v) = self.room_version {
+            body["room_version"] = v.into();
+        }
+        (self.status, Json(body)).into_response()
     }
 }

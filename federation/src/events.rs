@@ -151,6 +151,8 @@ pub async fn missing_events(
     struct Body {
         #[serde(default)]
         earliest_events: Vec<String>,
+        // Synapse answers `{}` (after the ACL check) with no events.
+        #[serde(default)]
         latest_events: Vec<String>,
         limit: Option<usize>,
         min_depth: Option<u64>,

@@ -74,12 +74,33 @@ where
             "No known servers for this room",
         ));
     };
+    // A server's own refusal reaches the client as it came (its errcode, message and room
+    // version), as Synapse passes it on.
+    if let Some((status, body)) = &e.remote
+        && status.is_client_error()
+        && let Some(errcode) = body.get("errcode").and_then(Value::as_str)
+    {
+        return Err(hearth_core::Error::Remote {
+            status: status.as_u16(),
+            errcode: errcode.to_owned(),
+            message: body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("The remote server refused the request")
+                .to_owned(),
+            room_version: body
+                .get("room_version")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        });
+    }
     Err(match e.errcode {
         "M_FORBIDDEN" => hearth_core::Error::Forbidden(e.message),
         "M_NOT_FOUND" => hearth_core::Error::NotFound(e.message),
         "M_INCOMPATIBLE_ROOM_VERSION" | "M_UNSUPPORTED_ROOM_VERSION" => {
             hearth_core::Error::UnsupportedRoomVersion(e.message)
         }
+        "M_BAD_JSON" => hearth_core::Error::BadJson(e.message),
         _ => hearth_core::Error::Unknown(e.message),
     })
 }
@@ -109,9 +130,22 @@ impl Federation {
         let signed = self
             .signed_template(server, Membership::Join, room_id, user, content)
             .await?;
-        let resp = self
+        let resp = match self
             .send_member_event(server, "v2/send_join", room_id, &signed)
-            .await?;
+            .await
+        {
+            Err(e) if crate::client::Client::is_unknown_endpoint(&e) => {
+                // A server without v2: v1 answers `[200, {...}]`.
+                let v1 = self
+                    .send_member_event(server, "v1/send_join", room_id, &signed)
+                    .await?;
+                unwrap_v1(v1, "send_join")?
+            }
+            other => other?,
+        };
+        if !resp.is_object() {
+            return Err(FedError::bad_json("the send_join answer is not an object"));
+        }
         let SignedMember {
             version,
             rules,
@@ -126,8 +160,31 @@ impl Federation {
         {
             obj = theirs;
         }
-        let state = self.checked_pdus(&version, &resp["state"]).await?;
-        let auth_chain = self.checked_pdus(&version, &resp["auth_chain"]).await?;
+        let state = self.checked_pdus(&version, &resp["state"]).await;
+        let auth_chain = self.checked_pdus(&version, &resp["auth_chain"]).await;
+        // The room's state must have its create event, and of the version agreed on.
+        let create = state.iter().find(|(_, e)| {
+            e.get("type").and_then(|t| t.as_str()) == Some("m.room.create")
+                && e.get("state_key").and_then(|k| k.as_str()) == Some("")
+        });
+        let Some((_, create)) = create else {
+            return Err(FedError::peer(format!(
+                "{server}'s send_join answer has no m.room.create event in the room's state"
+            )));
+        };
+        let create_version = match create.get("content") {
+            Some(CanonicalJsonValue::Object(c)) => match c.get("room_version") {
+                Some(CanonicalJsonValue::String(v)) => v.clone(),
+                Some(_) => String::new(),
+                None => "1".to_owned(),
+            },
+            _ => String::new(),
+        };
+        if create_version != version.as_str() {
+            return Err(FedError::peer(format!(
+                "{server}'s send_join answer has a create event of another room version"
+            )));
+        }
         Ok(RemoteJoin {
             room_version: version,
             event_id,
@@ -167,8 +224,10 @@ impl Federation {
             .client
             .request(server, Method::GET, &path, None)
             .await?;
-        let version = template["room_version"]
-            .as_str()
+        // A server from before room versions (MSC1813) names none: the room is of version 1.
+        let version = template
+            .get("room_version")
+            .map_or(Some("1"), Value::as_str)
             .and_then(|v| RoomVersionId::try_from(v).ok())
             .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
             .ok_or_else(|| {
@@ -233,14 +292,22 @@ impl Federation {
         room_id: &RoomId,
         user: &UserId,
         servers: &[OwnedServerName],
-    ) -> Result<(), hearth_core::Error> {
+    ) -> Result<(OwnedEventId, CanonicalJsonObject), hearth_core::Error> {
         through_servers(servers, "leaving", room_id, |server| async move {
             let signed = self
                 .signed_template(&server, Membership::Leave, room_id, user, &Value::Null)
                 .await?;
-            self.send_member_event(&server, "v2/send_leave", room_id, &signed)
+            let sent = match self
+                .send_member_event(&server, "v2/send_leave", room_id, &signed)
                 .await
-                .map(drop)
+            {
+                Err(e) if crate::client::Client::is_unknown_endpoint(&e) => self
+                    .send_member_event(&server, "v1/send_leave", room_id, &signed)
+                    .await
+                    .map(drop),
+                other => other.map(drop),
+            };
+            sent.map(|()| (signed.event_id, signed.event))
         })
         .await
     }
@@ -296,22 +363,38 @@ impl Federation {
             .await
     }
 
-    /// Every PDU of a list, with its signatures and hashes checked; one bad PDU fails the join
-    /// (a room whose state cannot be trusted is not taken in).
+    /// The PDUs of a list whose signatures and hashes check out. One that does not is left
+    /// out and the join goes on, as Synapse does: the core then takes in only what the auth
+    /// rules allow of what is left, and a room whose state lacks what it needs is refused.
     async fn checked_pdus(
         &self,
         version: &RoomVersionId,
         list: &Value,
-    ) -> Result<Vec<(OwnedEventId, CanonicalJsonObject)>, FedError> {
+    ) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
         let mut out = Vec::new();
         for pdu in list.as_array().into_iter().flatten() {
             let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(pdu.clone())
             else {
-                return Err(FedError::bad_json("a state PDU is not canonical JSON"));
+                tracing::info!("a PDU of a send_join answer is not canonical JSON; left out");
+                continue;
             };
-            let checked = check_signed_pdu(self, version, obj).await?;
-            out.push((checked.event_id, checked.json));
+            match check_signed_pdu(self, version, obj).await {
+                Ok(checked) => out.push((checked.event_id, checked.json)),
+                Err(e) => {
+                    tracing::info!(error = %e, "a PDU of a send_join answer does not check out; left out");
+                }
+            }
         }
-        Ok(out)
+        out
+    }
+}
+
+/// The body of a v1 membership answer, `[200, {...}]` (MSC1802 dropped the wrapper in v2).
+pub(crate) fn unwrap_v1(answer: Value, what: &str) -> Result<Value, FedError> {
+    match answer {
+        Value::Array(mut a) if a.len() == 2 && a[0] == 200 && a[1].is_object() => Ok(a.remove(1)),
+        _ => Err(FedError::bad_json(format!(
+            "the v1 {what} answer is not [200, {{...}}]"
+        ))),
     }
 }

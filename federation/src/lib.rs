@@ -139,7 +139,7 @@ impl Remote for Federation {
         room_id: &'a ruma::RoomId,
         user: &'a UserId,
         servers: &'a [ruma::OwnedServerName],
-    ) -> RemoteFuture<'a, ()> {
+    ) -> RemoteFuture<'a, (ruma::OwnedEventId, ruma::CanonicalJsonObject)> {
         Box::pin(self.leave_remote_room(room_id, user, servers))
     }
 
@@ -328,6 +328,18 @@ pub fn routes(core: Arc<Core>, federation: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
             get(membership::make_join),
+        )
+        .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            axum::routing::put(membership::send_join_v1),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            axum::routing::put(membership::send_leave_v1),
+        )
+        .route(
+            "/_matrix/federation/v1/invite/{room_id}/{event_id}",
+            axum::routing::put(membership::invite_v1),
         )
         .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",

@@ -59,9 +59,9 @@ fn template_target(
 /// The asking server must speak the room's version (its `ver` parameters; a server that names
 /// none speaks only version 1).
 fn check_version_offered(uri: &http::Uri, version: &RoomVersionId) -> Result<(), FedError> {
-    if query_params(uri, "ver")
-        .iter()
-        .any(|v| v == version.as_str())
+    let offered = query_params(uri, "ver");
+    if offered.is_empty() && *version == RoomVersionId::V1
+        || offered.iter().any(|v| v == version.as_str())
     {
         return Ok(());
     }
@@ -81,8 +81,25 @@ pub async fn make_join(
     signed: Signed,
 ) -> Result<Json<Value>, FedError> {
     let (room_id, user_id) = template_target(&state, room_id, user_id, &signed)?;
-    let (version, template) = state.core.rooms.join_template(&room_id, &user_id)?;
+    let version = state.core.rooms.room_version(&room_id)?;
     check_version_offered(&uri, &version)?;
+    // A room every local user has left is not one this server can let anyone into (its view
+    // of the room is stale), as Synapse answers.
+    let ours = &state.core.config.server_name;
+    if !state
+        .core
+        .rooms
+        .servers_in_room(&room_id)?
+        .iter()
+        .any(|s| s.as_str() == ours.as_str())
+    {
+        return Err(FedError::new(
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+            "Not an active room on this server",
+        ));
+    }
+    let (version, template) = state.core.rooms.join_template(&room_id, &user_id)?;
     Ok(Json(json!({ "room_version": version, "event": template })))
 }
 
@@ -145,6 +162,17 @@ async fn checked_member_event(
     Ok((room_id, event_id, checked.json, sender))
 }
 
+/// `PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}`: v2's answer in the `[200, ...]`
+/// wrapper of v1 (removed from the spec in v1.18; Synapse and older servers still use it).
+pub async fn send_join_v1(
+    st: AxState<State>,
+    path: Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let Json(body) = send_join(st, path, signed).await?;
+    Ok(Json(json!([200, body])))
+}
+
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
 pub async fn send_join(
     AxState(state): AxState<State>,
@@ -168,10 +196,32 @@ pub async fn send_join(
     })))
 }
 
+/// `PUT /_matrix/federation/v1/invite/{roomId}/{eventId}`: the body is the event alone and
+/// the answer is wrapped in `[200, ...]`. v1 names no room version: as Synapse, the invite is
+/// taken as of version 1 (versions 1 and 2 differ only in state resolution, which an invite
+/// does not use).
+pub async fn invite_v1(
+    AxState(state): AxState<State>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let event: Value =
+        serde_json::from_slice(&signed.body).map_err(|e| FedError::bad_json(e.to_string()))?;
+    let answered = receive_invite(
+        &state,
+        room_id,
+        event_id,
+        &signed,
+        RoomVersionId::V1,
+        event,
+        Vec::new(),
+    )
+    .await?;
+    Ok(Json(json!([200, { "event": answered }])))
+}
+
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: another server invites a user of
-/// this one. The event is checked (format, the sender server's signature, hash), must be an
-/// invite of a local user by a user of the sending server, and is answered signed by this
-/// server.
+/// this one.
 pub async fn invite(
     AxState(state): AxState<State>,
     Path((room_id, event_id)): Path<(String, String)>,
@@ -184,24 +234,53 @@ pub async fn invite(
         #[serde(default)]
         invite_room_state: Vec<Value>,
     }
-    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
-    let event_id = OwnedEventId::try_from(event_id).map_err(|e| invalid(e.to_string()))?;
     let body: Body =
         serde_json::from_slice(&signed.body).map_err(|e| FedError::bad_json(e.to_string()))?;
-    if body.room_version.rules().is_none() {
+    let answered = receive_invite(
+        &state,
+        room_id,
+        event_id,
+        &signed,
+        body.room_version,
+        body.event,
+        body.invite_room_state,
+    )
+    .await?;
+    Ok(Json(json!({ "event": answered })))
+}
+
+/// An invite from another server, as Synapse takes it: the room's ACL first, then the event
+/// (format, the sender server's signature: a bad or missing one is 403, hash), which must be
+/// an invite of a local user by a user of the sending server; answered signed by this server.
+async fn receive_invite(
+    state: &State,
+    room_id: String,
+    event_id: String,
+    signed: &Signed,
+    room_version: RoomVersionId,
+    event: Value,
+    invite_room_state: Vec<Value>,
+) -> Result<CanonicalJsonObject, FedError> {
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| invalid(e.to_string()))?;
+    let event_id = OwnedEventId::try_from(event_id).map_err(|e| invalid(e.to_string()))?;
+    if room_version.rules().is_none() {
         return Err(FedError::new(
             StatusCode::BAD_REQUEST,
             "M_INCOMPATIBLE_ROOM_VERSION",
-            format!("Room version {} is not supported", body.room_version),
+            format!("Room version {room_version} is not supported"),
         )
-        .with_room_version(body.room_version.as_str()));
+        .with_room_version(room_version.as_str()));
     }
-    let Ok(CanonicalJsonValue::Object(pdu)) = CanonicalJsonValue::try_from(body.event) else {
+    // A room this server is not in has no ACL here to check.
+    if state.core.rooms.exists(&room_id)? {
+        check_acl(state, &room_id, &signed.origin)?;
+    }
+    let Ok(CanonicalJsonValue::Object(pdu)) = CanonicalJsonValue::try_from(event) else {
         return Err(FedError::bad_json(
             "the event must be a canonical JSON object",
         ));
     };
-    let checked = check_signed_pdu(&state.federation, &body.room_version, pdu).await?;
+    let checked = check_signed_pdu(&state.federation, &room_version, pdu).await?;
     if checked.redacted {
         return Err(FedError::bad_json(
             "the invite's content hash does not match",
@@ -227,17 +306,11 @@ pub async fn invite(
             "not an invite to this room by a user of the sending server",
         ));
     }
-    let answered = state
+    Ok(state
         .core
         .rooms
-        .receive_invite(
-            &body.room_version,
-            event_id,
-            checked.json,
-            body.invite_room_state,
-        )
-        .await?;
-    Ok(Json(json!({ "event": answered })))
+        .receive_invite(&room_version, event_id, checked.json, invite_room_state)
+        .await?)
 }
 
 /// Sends an invite to the invitee's server and takes its signature back: the answer must be
@@ -269,21 +342,47 @@ pub(crate) async fn send_invite(
         "event": event,
         "invite_room_state": invite_room_state,
     });
-    let answer = federation
+    let answer = match federation
         .client
         .request(server, http::Method::PUT, &path, Some(&body))
         .await
-        .map_err(|e| match e.errcode {
-            "M_FORBIDDEN" => E::forbidden(e.to_string()),
-            "M_NOT_FOUND" => E::not_found(e.to_string()),
-            _ => E::Unknown(format!("{server} refused the invite: {e}")),
-        })?;
-    let Ok(CanonicalJsonValue::Object(returned)) =
-        CanonicalJsonValue::try_from(answer["event"].clone())
-    else {
-        return Err(E::Unknown(format!(
-            "{server} answered the invite without an event"
-        )));
+    {
+        // A server without v2 (Synapse falls back the same way): v1 takes the event alone and
+        // answers `[200, {"event": ...}]`.
+        Err(e) if crate::client::Client::is_unknown_endpoint(&e) => {
+            let path = path.replacen("/v2/invite/", "/v1/invite/", 1);
+            let body = serde_json::to_value(&event).map_err(E::internal)?;
+            federation
+                .client
+                .request(server, http::Method::PUT, &path, Some(&body))
+                .await
+                .and_then(|a| crate::joining::unwrap_v1(a, "invite"))
+        }
+        other => other,
+    }
+    .map_err(|e| match e.errcode {
+        "M_FORBIDDEN" => E::forbidden(e.to_string()),
+        "M_NOT_FOUND" => E::not_found(e.to_string()),
+        "M_BAD_JSON" => E::BadJson(e.to_string()),
+        _ => E::Unknown(format!("{server} refused the invite: {e}")),
+    })?;
+    let returned = match answer
+        .get("event")
+        .cloned()
+        .map(CanonicalJsonValue::try_from)
+    {
+        Some(Ok(CanonicalJsonValue::Object(returned))) => returned,
+        // Floats, out-of-range integers: not JSON a signed event may hold.
+        Some(Err(e)) => {
+            return Err(E::BadJson(format!(
+                "{server} answered the invite with an event that is not canonical JSON: {e}"
+            )));
+        }
+        _ => {
+            return Err(E::Unknown(format!(
+                "{server} answered the invite without an event"
+            )));
+        }
     };
     // Same event: the reference hash covers everything but signatures and unsigned data.
     if !hearth_core::rooms::version::same_event(&returned, &event, &rules) {
@@ -325,6 +424,16 @@ pub async fn make_leave(
     let (room_id, user_id) = template_target(&state, room_id, user_id, &signed)?;
     let (version, template) = state.core.rooms.leave_template(&room_id, &user_id)?;
     Ok(Json(json!({ "room_version": version, "event": template })))
+}
+
+/// `PUT /_matrix/federation/v1/send_leave/{roomId}/{eventId}`: v2 in v1's `[200, ...]`.
+pub async fn send_leave_v1(
+    st: AxState<State>,
+    path: Path<(String, String)>,
+    signed: Signed,
+) -> Result<Json<Value>, FedError> {
+    let Json(body) = send_leave(st, path, signed).await?;
+    Ok(Json(json!([200, body])))
 }
 
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`

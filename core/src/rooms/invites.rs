@@ -133,7 +133,11 @@ impl Rooms {
                 "the invitee is not a user of this server".into(),
             ));
         }
-        if self.store.user(target.as_str())?.is_none() {
+        // Into a room this server is in, the invite is an event like any other (the auth rules
+        // decide; Synapse asks no more); one to a room it is not in is kept for the invitee,
+        // who must exist.
+        let in_room = self.exists(&pdu.room_id)?;
+        if !in_room && self.store.user(target.as_str())?.is_none() {
             return Err(Error::not_found("No such user"));
         }
         // Adds this server's signature (the hashes stay as they are: the content is unchanged).
@@ -144,7 +148,7 @@ impl Rooms {
             &rules.redaction,
         )
         .map_err(|e| Error::BadJson(e.to_string()))?;
-        if self.exists(&pdu.room_id)? {
+        if in_room {
             // This server is in the room: the invite arrives in a transaction like any event.
             return Ok(obj);
         }
@@ -277,17 +281,28 @@ impl Rooms {
     }
 
     /// Turns down an invite to a room this server is not in: through the inviting server
-    /// (`make_leave`/`send_leave`), or here only when it cannot be reached, as Synapse falls
-    /// back to.
+    /// (`make_leave`/`send_leave`), or, when it cannot be reached or refuses, here only with a
+    /// leave event of this server's making (Synapse's "out-of-band" leave: after the invite,
+    /// signed by this server, never sent). Either leave is kept like the invite, and the user's
+    /// `/sync` shows it.
     pub(crate) async fn reject_kept_invite(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         let Some(m) = self.store.membership(user.as_str(), room_id.as_str())? else {
             return Err(Error::forbidden("You are not a member of this room"));
         };
         if m.membership == "invite"
             && let Some(server) = self.inviting_server(room_id, user)?
-            && let Err(e) = self.remote.leave_remote(room_id, user, &[server]).await
         {
-            tracing::info!(%room_id, %user, error = %e, "the inviting server could not be told; turning the invite down here only");
+            let (event_id, obj) = match self.remote.leave_remote(room_id, user, &[server]).await {
+                Ok(sent) => sent,
+                Err(e) => {
+                    tracing::info!(%room_id, %user, error = %e, "the inviting server could not be told; turning the invite down here only");
+                    self.out_of_band_leave(room_id, user, &m.event_id)?
+                }
+            };
+            let pdu = Pdu::from_canonical(event_id, &obj)?;
+            return self
+                .keep_outlier_membership(&pdu, &obj, user, "leave", Vec::new())
+                .await;
         }
         let rec = MembershipRecord {
             membership: "leave".into(),
@@ -303,5 +318,65 @@ impl Rooms {
             .await?;
         self.notifier.notify(std::iter::once(user));
         Ok(())
+    }
+
+    /// A leave of `user` after the kept invite `invite_id`, made and signed here. The room's
+    /// version is the one its create event names in the kept stripped state; without one, the
+    /// invite's own format tells (an `event_id` in it: version 1; else 10, whose event format
+    /// all later versions share). The event stays on this server, so only its format matters.
+    fn out_of_band_leave(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        invite_id: &str,
+    ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+        use super::version::VersionRules as _;
+        let invite: Value = match self.store.event_json(invite_id)? {
+            Some(json) => serde_json::from_slice(&json)?,
+            None => return Err(Error::internal("the kept invite is missing")),
+        };
+        let unsigned = &invite["unsigned"];
+        let named = unsigned
+            .get(KEPT_STATE)
+            .or_else(|| unsigned.get("invite_room_state"))
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|e| e["type"] == "m.room.create"))
+            .map(|c| c["content"]["room_version"].as_str().unwrap_or("1"))
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .filter(is_supported);
+        let version = named.unwrap_or(if invite.get("event_id").is_some() {
+            RoomVersionId::V1
+        } else {
+            RoomVersionId::V10
+        });
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::internal("a supported version without rules"))?;
+        let id = OwnedEventId::try_from(invite_id).map_err(Error::internal)?;
+        let hash = invite["hashes"]["sha256"].as_str().map(str::to_owned);
+        let refs = rules.event_refs(&[(id, hash)]);
+        let depth = invite["depth"].as_u64().unwrap_or(0) + 1;
+        let mut event = serde_json::json!({
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": user,
+            "state_key": user,
+            "content": { "membership": "leave" },
+            "prev_events": refs,
+            "auth_events": refs,
+            "depth": depth,
+            "origin_server_ts": crate::util::now_ms(),
+        });
+        if invite.get("origin").is_some() {
+            event["origin"] = self.server_name().as_str().into();
+        }
+        let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(event) else {
+            return Err(Error::internal(
+                "an out-of-band leave that is not canonical JSON",
+            ));
+        };
+        let event_id =
+            rules.sign_event(self.server_name().as_str(), &self.keys.key_pair, &mut obj)?;
+        Ok((event_id, obj))
     }
 }

@@ -423,6 +423,13 @@ impl SyncService {
                             || req.filter.include_leave
                             || !self.left_by_self(m, &req.user_id)?) =>
                 {
+                    if !self.rooms.exists(&room_id)? {
+                        // An invite (or knock) of a room this server is not in, turned down:
+                        // the kept leave event is all there is to show.
+                        resp.left
+                            .push(self.kept_leave_update(req, &room_id, m, now)?);
+                        continue;
+                    }
                     // Joined and left again since the last sync: the client never had the
                     // room, so it gets the whole state up to the leave.
                     let joined_between = moved
@@ -620,6 +627,37 @@ impl SyncService {
             ephemeral: Vec::new(),
             counts: None,
             arrived,
+        })
+    }
+
+    /// The update of a room this server is not in that the user left: its timeline is the
+    /// kept leave event alone (none for a leave kept before leave events were).
+    fn kept_leave_update(
+        &self,
+        req: &SyncRequest,
+        room_id: &RoomId,
+        m: &MembershipRecord,
+        now: StreamPos,
+    ) -> Result<RoomUpdate> {
+        let id = ruma::EventId::parse(&m.event_id).map_err(Error::internal)?;
+        let viewer = Some((&*req.user_id, req.device_id.as_str()));
+        let timeline = match self.rooms.timeline_event(&id)? {
+            Some(e) if e.pdu.membership().as_deref() == Some("leave") => {
+                vec![self.rooms.format(&e, viewer, false)]
+            }
+            _ => Vec::new(),
+        };
+        Ok(RoomUpdate {
+            room_id: room_id.to_owned(),
+            timeline,
+            limited: false,
+            prev_batch: Some(now),
+            state: Vec::new(),
+            summary: None,
+            account_data: Vec::new(),
+            ephemeral: Vec::new(),
+            counts: None,
+            arrived: Vec::new(),
         })
     }
 
