@@ -140,8 +140,12 @@ impl Rooms {
             .filter(|m| m.room_id == room_id.as_str())
             .ok_or_else(|| Error::not_found("Event not found in this room"))?;
         // An outlier, a rejected or a soft-failed event has no state of its own here (Synapse:
-        // 404 for outliers and rejected events).
-        if meta.state_before == 0 {
+        // 404 for outliers and rejected events). The create event's state before it is the
+        // empty one (group 0, as an outlier's), and a peer backfilling from it asks for it.
+        let is_create = self.pdu(at)?.is_some_and(|p| {
+            p.kind.to_string() == "m.room.create" && p.state_key.as_deref() == Some("")
+        });
+        if meta.refused.is_some() || (meta.state_before == 0 && !is_create) {
             return Err(Error::not_found(format!(
                 "No state is known at {at}: it is an outlier or was rejected"
             )));
