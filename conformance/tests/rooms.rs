@@ -706,3 +706,24 @@ async fn a_join_keeps_the_content_the_client_sent() {
     );
     assert_eq!(member["displayname"], "bob", "{member}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_created_at_the_same_moment_are_different_rooms() {
+    // A version-12 room is named after its create event: two alike creates by one user in the
+    // same millisecond must still be two events.
+    let server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", "pw-alice-1").await;
+    let empty = json!({});
+    let creates = (0..16).map(|_| server.post("/createRoom", &token, &empty));
+    let answers = futures_util::future::join_all(creates).await;
+    let mut ids: Vec<String> = answers
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 200, "{body}");
+            body["room_id"].as_str().expect("room_id").to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 16, "{ids:?}");
+}

@@ -311,12 +311,18 @@ impl Rooms {
         ev: NewEvent,
         batch: &mut Batch,
     ) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = now_ms();
+        let ts = self
+            .last_create_ts
+            .fetch_update(SeqCst, SeqCst, |last| Some(now.max(last + 1)))
+            .map_or(now, |last| now.max(last + 1));
         let mut obj = to_canonical(json!({
             "auth_events": [],
             "prev_events": [],
             "content": ev.content,
             "depth": 1,
-            "origin_server_ts": now_ms(),
+            "origin_server_ts": ts,
             "sender": creator,
             "type": "m.room.create",
             "state_key": "",

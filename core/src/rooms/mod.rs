@@ -176,6 +176,10 @@ pub struct Rooms {
     /// durable too.
     pending_txns: Mutex<HashMap<TxnRef, OwnedEventId>>,
     next_group: AtomicU64,
+    /// The `origin_server_ts` of the last version-12 create event made here: each gets a later
+    /// one, so that two rooms a user creates in the same millisecond (with the same content)
+    /// are not one event, and one room id.
+    last_create_ts: AtomicU64,
     /// Per room, one backfill at a time (see `history.rs`).
     history_gates: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<history::HistoryGate>>>>,
 }
@@ -209,6 +213,7 @@ impl Rooms {
             pending_groups: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
             next_group: AtomicU64::new(next_group),
+            last_create_ts: AtomicU64::new(0),
             history_gates: Mutex::new(HashMap::new()),
         }))
     }
