@@ -314,10 +314,16 @@ async fn concurrent_sends_reach_a_long_poll_exactly_once() {
     }
 }
 
-/// `m.ignored_user_list`: what an ignored user sends (but the room's state) and their invites
-/// no longer reach the user, through /sync and /messages; the others' messages still do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ignored_users_messages_and_invites_do_not_arrive() {
+/// Alice, Bob and Carol in Carol's public room; Alice ignores Bob.
+struct Ignoring {
+    server: TestServer,
+    alice: String,
+    bob: String,
+    carol: String,
+    room: String,
+}
+
+async fn alice_ignores_bob() -> Ignoring {
     let server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", "pw-alice-1").await;
     let (_, bob, _) = server.register("bob", "pw-bob-1").await;
@@ -337,6 +343,26 @@ async fn ignored_users_messages_and_invites_do_not_arrive() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    Ignoring {
+        server,
+        alice,
+        bob,
+        carol,
+        room,
+    }
+}
+
+/// `m.ignored_user_list`: what an ignored user sends (but the room's state) and their invites
+/// no longer reach the user, through /sync and /messages; the others' messages still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_users_messages_and_invites_do_not_arrive() {
+    let Ignoring {
+        server,
+        alice,
+        bob,
+        carol,
+        room,
+    } = alice_ignores_bob().await;
     server.send_text(&bob, &room, "b1", "from bob").await;
     server.send_text(&carol, &room, "c1", "from carol").await;
     let bob_room = server.create_room(&bob, &json!({})).await;
@@ -431,25 +457,13 @@ async fn sync_answers_carry_their_sections_even_when_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignored_users_neither_notify_nor_show_receipts() {
-    let server = TestServer::start().await;
-    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
-    let (_, bob, _) = server.register("bob", "pw-bob-1").await;
-    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
-    let room = server
-        .create_room(&carol, &json!({ "preset": "public_chat" }))
-        .await;
-    for tok in [&alice, &bob] {
-        let (status, body) = server.join_raw(tok, &room).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let (status, body) = server
-        .put(
-            "/user/@alice:localhost/account_data/m.ignored_user_list",
-            &alice,
-            &json!({ "ignored_users": { "@bob:localhost": {} } }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let Ignoring {
+        server,
+        alice,
+        bob,
+        carol,
+        room,
+    } = alice_ignores_bob().await;
     server.send_text(&bob, &room, "b1", "from bob").await;
     let carols = server.send_text(&carol, &room, "c1", "from carol").await;
     for (tok, who) in [(&bob, "bob"), (&carol, "carol")] {
