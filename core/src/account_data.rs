@@ -17,7 +17,15 @@ pub struct AccountData {
     push_rules_version: std::sync::atomic::AtomicU64,
     /// Serialises read-modify-write of one entry (tags).
     tags: tokio::sync::Mutex<()>,
+    /// Each user's ignore list as last read: push evaluation asks it for every member of every
+    /// event's room, and every sync asks it too. Dropped on a write of the list; `ignored_gen`
+    /// keeps a read that raced a write from caching the old list.
+    ignored: parking_lot::Mutex<lru::LruCache<ruma::OwnedUserId, Arc<Vec<String>>>>,
+    ignored_gen: std::sync::atomic::AtomicU64,
 }
+
+/// Users whose ignore lists are kept in memory.
+const IGNORED_CACHED: usize = 10_000;
 
 fn room_key(room: Option<&RoomId>) -> &str {
     room.map_or("", |r| r.as_str())
@@ -30,6 +38,10 @@ impl AccountData {
             notifier,
             push_rules_version: Default::default(),
             tags: tokio::sync::Mutex::new(()),
+            ignored: parking_lot::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(IGNORED_CACHED).expect("non-zero"),
+            )),
+            ignored_gen: Default::default(),
         }
     }
 
@@ -62,6 +74,11 @@ impl AccountData {
             content: content.to_string(),
         };
         self.store.submit(vec![op]).await?;
+        if kind == "m.ignored_user_list" {
+            self.ignored_gen
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.ignored.lock().pop(user);
+        }
         if kind == "m.push_rules" {
             self.push_rules_version
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -73,14 +90,23 @@ impl AccountData {
     /// The users `user` ignores (`m.ignored_user_list`): their messages and invites do not
     /// reach them.
     pub fn ignored_users(&self, user: &UserId) -> Result<Vec<String>> {
-        Ok(self
+        if let Some(list) = self.ignored.lock().get(user) {
+            return Ok(list.to_vec());
+        }
+        let generation = self.ignored_gen.load(std::sync::atomic::Ordering::SeqCst);
+        let list: Vec<String> = self
             .get(user, None, "m.ignored_user_list")?
             .and_then(|v| {
                 v["ignored_users"]
                     .as_object()
                     .map(|o| o.keys().cloned().collect())
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let mut cache = self.ignored.lock();
+        if self.ignored_gen.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            cache.put(user.to_owned(), Arc::new(list.clone()));
+        }
+        Ok(list)
     }
 
     pub fn push_rules_version(&self) -> u64 {
